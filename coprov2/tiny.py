@@ -1,0 +1,312 @@
+"""Tiny random models, built from configs in code, written as standard Hugging Face folders.
+
+Why: tests, benchmarks and the smoke preset must run offline on a CPU, yet every consumer has to
+go through its *real* loading code (``DiffusionPipeline.from_pretrained(dir)``,
+``CLIPModel.from_pretrained(dir)``, ``vllm.LLM(model=dir)``), the same call that takes a Hub id.
+So this module writes folders that look exactly like Hub checkpoints, only small and random:
+
+- ``sd15``: a Stable Diffusion 1.5-shaped pipeline (UNet2DConditionModel, AutoencoderKL,
+  CLIPTextModel, CLIPTokenizer, DDIM scheduler), 32 px by default;
+- ``sdxl``: an SDXL-shaped pipeline (two text encoders, pooled embeddings, time ids);
+- ``clip``: a CLIPModel (image and text towers) and its CLIPProcessor;
+- ``lm``: a Llama-shaped causal LM with a fast byte-level tokenizer and a chat template
+  (head_dim 64, which vLLM's CPU attention kernel accepts).
+
+Every builder seeds its own RNG (without touching the global one), so the same seed gives
+bit-identical weights in any process.
+
+CLI: ``python -m coprov2.tiny OUT_DIR [--kinds sd15 sdxl clip lm] [--seed 0]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import string
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
+
+KINDS = ("sd15", "sdxl", "clip", "lm")
+
+#: CLIP's context length; the prompt validators of the builder rely on it.
+CLIP_MAX_LENGTH = 77
+#: Pixel size of the tiny pipelines' default output (UNet sample 16 x VAE factor 2).
+TINY_IMAGE_SIZE = 32
+
+LM_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def _seeded(builder: Callable[..., object]) -> Callable[..., object]:
+    """Run ``builder`` under ``torch.manual_seed(seed)`` without disturbing the caller's RNG."""
+
+    def wrapper(seed: int = 0, **kwargs: object) -> object:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return builder(**kwargs)
+
+    wrapper.__name__ = builder.__name__
+    wrapper.__doc__ = builder.__doc__
+    return wrapper
+
+
+def clip_tokenizer() -> CLIPTokenizer:
+    """A CLIP-style BPE tokenizer whose vocabulary is written here, not downloaded.
+
+    The vocabulary holds the 256 byte-level symbols (alone and word-final) and every pair of
+    lowercase letters (alone and word-final), so an English word costs about half its length in
+    tokens: close enough to real CLIP for the 77-token prompt limit to behave realistically.
+    """
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    pairs = [a + b for a, b in itertools.product(string.ascii_lowercase, repeat=2)]
+    symbols = alphabet + [s + "</w>" for s in alphabet] + pairs + [p + "</w>" for p in pairs]
+    symbols += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {symbol: index for index, symbol in enumerate(symbols)}
+    merges = [(a, b) for a, b in itertools.product(string.ascii_lowercase, repeat=2)]
+    merges += [(a, b + "</w>") for a, b in itertools.product(string.ascii_lowercase, repeat=2)]
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CLIP_MAX_LENGTH)
+
+
+def _clip_text_config(tokenizer: CLIPTokenizer, hidden_size: int = 32, **kwargs: object) -> CLIPTextConfig:
+    """Text-tower config whose vocabulary and special ids match ``tokenizer``."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        max_position_embeddings=CLIP_MAX_LENGTH,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **kwargs,
+    )
+
+
+def _tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 64),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=32,
+        sample_size=TINY_IMAGE_SIZE,
+    )
+
+
+def _sd_scheduler():
+    from diffusers import DDIMScheduler
+
+    # SD1.5's noise schedule; steps_offset=1 as in the real checkpoint config.
+    return DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+@_seeded
+def build_sd15():
+    """A Stable Diffusion 1.5-shaped pipeline with random weights (safety checker absent)."""
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    tokenizer = clip_tokenizer()
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=TINY_IMAGE_SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    return StableDiffusionPipeline(
+        vae=_tiny_vae(),
+        text_encoder=CLIPTextModel(_clip_text_config(tokenizer)),
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_sd_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+@_seeded
+def build_sdxl():
+    """An SDXL-shaped pipeline: two text encoders (the second with projection), time-id conditioning."""
+    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+
+    tokenizer = clip_tokenizer()
+    time_embed_dim = 8
+    text_embed_dim = 32
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=TINY_IMAGE_SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_embed_dim,
+        transformer_layers_per_block=(1, 2),
+        # pooled text embedding + 6 time ids (original size, crop, target size), each embedded.
+        projection_class_embeddings_input_dim=text_embed_dim + 6 * time_embed_dim,
+        cross_attention_dim=2 * text_embed_dim,
+        norm_num_groups=1,
+    )
+    return StableDiffusionXLPipeline(
+        vae=_tiny_vae(),
+        text_encoder=CLIPTextModel(_clip_text_config(tokenizer, hidden_size=text_embed_dim)),
+        text_encoder_2=CLIPTextModelWithProjection(
+            _clip_text_config(tokenizer, hidden_size=text_embed_dim, projection_dim=text_embed_dim)
+        ),
+        tokenizer=tokenizer,
+        tokenizer_2=clip_tokenizer(),
+        unet=unet,
+        scheduler=_sd_scheduler(),
+        force_zeros_for_empty_prompt=True,
+    )
+
+
+@_seeded
+def build_clip() -> tuple[CLIPModel, CLIPProcessor]:
+    """A CLIP model (ViT image tower + text tower) and the processor the CLIP gate loads with it."""
+    tokenizer = clip_tokenizer()
+    config = CLIPConfig(
+        text_config=_clip_text_config(tokenizer).to_dict(),
+        vision_config=CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            image_size=TINY_IMAGE_SIZE,
+            patch_size=8,
+        ).to_dict(),
+        projection_dim=32,
+    )
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": TINY_IMAGE_SIZE},
+        crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
+    )
+    return CLIPModel(config), CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def lm_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer with no merges (every byte is a token) and a chat template."""
+    specials = ["<s>", "</s>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>"]
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {token: index for index, token in enumerate(specials + alphabet)}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        additional_special_tokens=specials[3:],
+        model_max_length=2048,
+    )
+    tokenizer.chat_template = LM_CHAT_TEMPLATE
+    return tokenizer
+
+
+@_seeded
+def build_lm() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """A Llama-shaped causal LM (hidden 128, 2 heads: head_dim 64 as vLLM's CPU kernel needs)."""
+    tokenizer = lm_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    return LlamaForCausalLM(config), tokenizer
+
+
+def build(kind: str, seed: int = 0):
+    """Build one tiny model by kind name; pipelines come back alone, the rest as (model, processor)."""
+    builders = {"sd15": build_sd15, "sdxl": build_sdxl, "clip": build_clip, "lm": build_lm}
+    if kind not in builders:
+        raise ValueError(f"unknown tiny model kind {kind!r}; choose from {', '.join(KINDS)}")
+    return builders[kind](seed=seed)
+
+
+def write_tiny_models(out_dir: str | Path, kinds: Iterable[str] = KINDS, seed: int = 0) -> dict[str, Path]:
+    """Write each requested tiny model to ``out_dir/<kind>`` and return those folders.
+
+    Each folder loads with the loader a real checkpoint uses (``DiffusionPipeline``,
+    ``CLIPModel``/``CLIPProcessor``, ``AutoModelForCausalLM``/``AutoTokenizer``, ``vllm.LLM``).
+    """
+    out_dir = Path(out_dir)
+    folders: dict[str, Path] = {}
+    for kind in kinds:
+        folder = out_dir / kind
+        built = build(kind, seed=seed)
+        for part in built if isinstance(built, tuple) else (built,):
+            part.save_pretrained(folder)
+        folders[kind] = folder
+    return folders
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m coprov2.tiny",
+        description="Write tiny random models (offline, seeded) as standard Hugging Face folders, "
+        "for tests, benchmarks and the smoke preset. Each lands in OUT_DIR/<kind>.",
+    )
+    parser.add_argument("out_dir", type=Path, help="folder to write the models into")
+    parser.add_argument(
+        "--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which models (default: all)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="weight seed; same seed, same weights")
+    args = parser.parse_args(argv)
+    for kind, folder in write_tiny_models(args.out_dir, args.kinds, args.seed).items():
+        print(f"{kind}: {folder}")
+
+
+if __name__ == "__main__":
+    main()
