@@ -26,11 +26,19 @@ class VLLMBackend:
         cpu_kv_cache_gib: int = 1,
         show_progress: bool = True,
     ) -> None:
+        engine_options: dict[str, object] = {}
         if not torch.cuda.is_available():
             # vLLM's CPU build sizes its KV cache from this variable (the GPU fraction does not apply),
             # and an in-process engine spares library users the spawn/``__main__`` guard.
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kv_cache_gib))
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            # A partly prefilled request has its sampled token discarded and its seeded generator
+            # rewound by offset, which CPU generators cannot do ("CPU Generator does not use offset");
+            # so on CPU every prompt is prefilled whole, never chunked.
+            engine_options = {
+                "enable_chunked_prefill": False,
+                "max_num_batched_tokens": max_model_len or 8192,
+            }
         from vllm import LLM
 
         self.model = model
@@ -45,6 +53,7 @@ class VLLMBackend:
             seed=seed,
             # Compact JSON: the per-request whitespace flag has no effect, the engine-level one does.
             structured_outputs_config={"backend": "xgrammar", "disable_any_whitespace": True},
+            **engine_options,
         )
 
     def generate(self, requests: Sequence[LLMRequest]) -> list[LLMAnswer]:

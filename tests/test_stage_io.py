@@ -1,0 +1,61 @@
+"""Sharding and stage files: deterministic shards, atomic writes, config guard, manifest sums."""
+
+import json
+
+import pytest
+
+from coprov2.seeds import derive_seed
+from coprov2.sharding import shard_of, shards_for_rank, split_into_shards
+from coprov2.stage_io import ShardResult, StageConfigMismatch, StageDir
+
+
+def test_shard_of_is_a_fixed_function_of_the_key():
+    # Known answers: a change here would silently invalidate every finished shard on disk.
+    assert [shard_of(key, 8) for key in ("violence/stabbing", "hate/swastika", "sexual/nudity")] == [1, 1, 0]
+    assert derive_seed(0, "unsafe", "violence/stabbing", 0) == 2112381832
+
+
+def test_adding_an_item_moves_no_other_item():
+    keys = [f"c/{i}" for i in range(50)]
+    before = split_into_shards(keys, str, 4)
+    after = split_into_shards([*keys, "c/new"], str, 4)
+    for shard_before, shard_after in zip(before, after, strict=True):
+        assert [k for k in shard_after if k != "c/new"] == shard_before
+
+
+@pytest.mark.parametrize("world", [1, 2, 3, 5])
+def test_ranks_partition_the_shards(world):
+    owned = [s for rank in range(world) for s in shards_for_rank(7, rank, world)]
+    assert sorted(owned) == list(range(7))
+    with pytest.raises(ValueError, match="rank 5 is outside a world of 5"):
+        shards_for_rank(7, 5, 5)
+
+
+def test_stage_writes_whole_shards_and_sums_stats(tmp_path):
+    stage = StageDir(tmp_path, "prompts", num_shards=2)
+    stage.write_shard(0, ShardResult([{"id": "a"}], [{"reason": "empty"}], {"pairs": {"hate": 1}}))
+    assert stage.pending(range(2)) == [1]
+    with pytest.raises(RuntimeError, match=r"1 shard\(s\) unfinished \(shard-00001-of-00002\); rerun"):
+        stage.read_records()
+    stage.write_shard(1, ShardResult([{"id": "b"}, {"id": "c"}], [], {"pairs": {"hate": 1, "sexual": 1}}))
+    assert [r["id"] for r in stage.read_records()] == ["a", "b", "c"]
+    manifest = stage.write_manifest({"seed": 3})
+    assert manifest["stats"] == {"pairs": {"hate": 2, "sexual": 1}}
+    assert json.loads(stage.manifest_path.read_text()) == manifest
+    assert not list(tmp_path.rglob("*.tmp-*"))
+
+
+def test_partial_files_of_a_killed_run_are_removed(tmp_path):
+    stage = StageDir(tmp_path, "prompts", num_shards=1)
+    stage.dir.mkdir(parents=True)
+    (stage.dir / ".shard-00000-of-00001.jsonl.tmp-123").write_text("half a line")
+    stage.remove_partial_files()
+    assert list(stage.dir.iterdir()) == []
+
+
+def test_resuming_with_another_config_is_refused(tmp_path):
+    stage = StageDir(tmp_path, "prompts", num_shards=1)
+    stage.bind_config({"seed": 0, "model": "m"})
+    stage.bind_config({"seed": 0, "model": "m"})
+    with pytest.raises(StageConfigMismatch, match=r"different config \(changed: seed\)"):
+        stage.bind_config({"seed": 1, "model": "m"})
