@@ -143,3 +143,34 @@ def test_expansion_gives_up_on_a_stalled_category():
     assert grown.categories[0].concepts == ("a",)
     assert len(llm.batches) == 3
     assert result.stats["categories_short_of_target"] == {"hate": 1}
+
+
+def test_expansion_reaches_the_papers_723_concepts():
+    """The shipped taxonomy grown to 104 concepts per category: 728 >= 723, all unique, all normalized."""
+
+    def answer(request):
+        n = request.schema["properties"]["concepts"]["minItems"]
+        # a noisy LLM: case and spacing variants, and a repeat of an existing seed concept
+        items = [f"Concept  {request.seed} {i}" for i in range(n)]
+        if n > 1:
+            items[0] = "  Swastika "
+        return json.dumps({"concepts": items})
+
+    from coprov2.taxonomy import load_taxonomy
+
+    llm = ScriptedLLM(answer)
+    grown, result = expand_taxonomy(
+        load_taxonomy(),
+        llm,
+        load_template("expand_concepts"),
+        104,
+        25,
+        max_stalls=2,
+        sampling=SAMPLING,
+        seed=0,
+    )
+    concepts = grown.concepts()
+    assert len(concepts) == 7 * 104 >= 723
+    assert len({c.name for c in concepts}) == len(concepts)
+    assert all(c.name == " ".join(c.name.lower().split()) for c in concepts)
+    assert result.stats["rejected"]["expand/duplicate"] >= len(llm.batches)
