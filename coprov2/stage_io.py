@@ -25,14 +25,19 @@ def dumps(record: Any) -> str:
     return json.dumps(record, ensure_ascii=False, sort_keys=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write through a temporary file and ``os.replace``: readers see the old file or the whole new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
+    with open(tmp, "wb") as handle:
+        handle.write(payload)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
@@ -42,10 +47,6 @@ def atomic_write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as handle:
         return [json.loads(line) for line in handle if line.strip()]
-
-
-def fingerprint(config: Mapping[str, Any]) -> str:
-    return hashlib.sha256(dumps(config).encode()).hexdigest()[:16]
 
 
 class StageConfigMismatch(RuntimeError):
@@ -108,10 +109,20 @@ class StageDir:
     def pending(self, shards: Iterable[int]) -> list[int]:
         return [index for index in shards if not self.is_done(index)]
 
-    def write_shard(self, index: int, result: ShardResult) -> None:
+    def extra_path(self, index: int, suffix: str) -> Path:
+        """A further file of shard ``index`` (e.g. ``.parquet`` with its images)."""
+        return self._path(index, suffix)
+
+    def write_shard(self, index: int, result: ShardResult, extra: Mapping[str, bytes] | None = None) -> None:
+        """Write the shard's files, ``extra`` ones ({suffix: bytes}) included, the stats file last."""
+        for suffix, payload in (extra or {}).items():
+            atomic_write_bytes(self.extra_path(index, suffix), payload)
         atomic_write_jsonl(self.records_path(index), result.records)
         atomic_write_jsonl(self.rejected_path(index), result.rejected)
         atomic_write_text(self.stats_path(index), dumps(result.stats) + "\n")
+
+    def read_shard(self, index: int) -> list[dict[str, Any]]:
+        return read_jsonl(self.records_path(index))
 
     def read_records(self) -> list[dict[str, Any]]:
         """All records of a complete stage, shard by shard."""
@@ -122,7 +133,7 @@ class StageDir:
                 f"stage {self.name!r} in {self.dir} is incomplete: {len(missing)} shard(s) unfinished ({names}"
                 f"{', …' if len(missing) > 5 else ''}); rerun the same command to resume it"
             )
-        return [record for i in range(self.num_shards) for record in read_jsonl(self.records_path(i))]
+        return [record for i in range(self.num_shards) for record in self.read_shard(i)]
 
     def write_manifest(self, extra: Mapping[str, Any]) -> dict[str, Any]:
         """Sum the shard stats into ``manifest.json`` (with ``extra``: config, model ids, seeds)."""

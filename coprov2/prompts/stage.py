@@ -1,26 +1,25 @@
 """Stage ``prompts``: validated (unsafe, safe twin) pairs for every concept, sharded and resumable.
 
-Concepts are split into ``num_shards`` shards by the hash of their id; under ``accelerate launch``
-each process takes shards ``rank, rank + world, ...``. Finished shards are skipped, so a rerun after
-an interruption only does the missing ones, and since every request seed derives from the run seed
-and names, a shard comes out the same whichever run writes it.
+Concepts are split into ``num_shards`` shards by the hash of their id (later stages keep that split:
+their shard ``i`` holds the pairs of prompts shard ``i``). Since every request seed derives from the
+run seed and names, a shard comes out the same whichever run writes it.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accelerate import PartialState
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
+from coprov2.executor import run_sharded
 from coprov2.llm import LLMBackend
 from coprov2.prompts.generate import generate_pairs
 from coprov2.prompts.templates import load_template
 from coprov2.prompts.validate import PromptChecker
-from coprov2.sharding import shards_for_rank, split_into_shards
+from coprov2.sharding import split_into_shards
 from coprov2.stage_io import StageDir
 from coprov2.taxonomy import Taxonomy
 
@@ -34,12 +33,13 @@ def clip_token_counter(t2i_model: str) -> Callable[[str], int]:
     return lambda text: len(tokenizer(text, truncation=False, verbose=False).input_ids)
 
 
-def run_prompts_stage(
-    config: BuildConfig, taxonomy: Taxonomy, backend: Callable[[], LLMBackend]
-) -> dict[str, Any]:
+def prompts_stage_dir(config: BuildConfig) -> StageDir:
+    return StageDir(Path(config.output_dir), "prompts", config.num_shards)
+
+
+def run_prompts_stage(config: BuildConfig, taxonomy: Taxonomy, backend: Callable[[], LLMBackend]) -> dict[str, Any]:
     """Write ``prompts/`` shards for this process's share, then (main process) the manifest."""
     templates = {name: load_template(name, config.templates_dir) for name in ("unsafe_prompts", "safe_twin")}
-    t2i_model = config.resolve_model(config.t2i_model)
     stage_config = {
         "taxonomy": taxonomy.fingerprint(),
         "seed": config.seed,
@@ -52,34 +52,21 @@ def run_prompts_stage(
         "max_prompt_chars": config.max_prompt_chars,
         "max_prompt_tokens": config.max_prompt_tokens,
     }
-    stage = StageDir(Path(config.output_dir), "prompts", config.num_shards)
-    state = PartialState()
-    if state.is_main_process:
-        stage.bind_config(stage_config)
-        stage.remove_partial_files()
-    state.wait_for_everyone()
-    shards = split_into_shards(
-        taxonomy.concepts(), key=lambda concept: concept.id, num_shards=config.num_shards
-    )
-    mine = stage.pending(shards_for_rank(config.num_shards, state.process_index, state.num_processes))
-    if mine:
-        checker = PromptChecker(clip_token_counter(t2i_model), config.max_prompt_tokens)
-        llm = backend()
-        for index in tqdm(
-            mine, desc=f"prompt shards (rank {state.process_index})", disable=not config.progress
-        ):
-            result = generate_pairs(
-                shards[index], taxonomy, llm, checker, templates, config, config.sampling(), config.seed
-            )
-            stage.write_shard(index, result)
-    state.wait_for_everyone()
-    manifest: dict[str, Any] = {}
-    if state.is_main_process:
-        manifest = stage.write_manifest(
-            {
-                "config": stage_config,
-                "llm_model": config.llm_model,
-                "taxonomy_concepts": {c.id: len(c.concepts) for c in taxonomy.categories},
-            }
+    shards = split_into_shards(taxonomy.concepts(), key=lambda concept: concept.id, num_shards=config.num_shards)
+
+    @functools.cache
+    def checker() -> PromptChecker:
+        counter = clip_token_counter(config.resolve_model(config.t2i_model))
+        return PromptChecker(counter, config.max_prompt_tokens)
+
+    def step(index: int):
+        result = generate_pairs(
+            shards[index], taxonomy, backend(), checker(), templates, config, config.sampling(), config.seed
         )
-    return manifest
+        return result, {}
+
+    extra = {
+        "llm_model": config.llm_model,
+        "taxonomy_concepts": {c.id: len(c.concepts) for c in taxonomy.categories},
+    }
+    return run_sharded(prompts_stage_dir(config), stage_config, step, extra, config.progress)

@@ -1,0 +1,1 @@
+"""Stage ``images``: both prompts of every pair rendered with the same seed."""
