@@ -1,4 +1,4 @@
-"""``python -m coprov2.build``: taxonomy -> (LLM expansion) -> prompt pairs, as one resumable run.
+"""``python -m coprov2.build``: taxonomy -> (LLM expansion) -> prompt pairs -> image pairs -> CLIP gate.
 
 Library use is one call: ``build(BuildConfig(...))``; the CLI only parses flags into that config.
 """
@@ -11,7 +11,10 @@ import sys
 from typing import Any
 
 from coprov2.config import STAGES, BuildConfig, parse_build_args
+from coprov2.executor import distributed_state
 from coprov2.expand import run_taxonomy_stage
+from coprov2.gate.stage import run_gate_stage
+from coprov2.images.stage import run_images_stage
 from coprov2.llm import LLMBackend, make_backend
 from coprov2.prompts.stage import run_prompts_stage
 
@@ -21,11 +24,17 @@ logger = logging.getLogger("coprov2.build")
 def build(config: BuildConfig) -> dict[str, Any]:
     """Run every stage up to ``config.stage``; returns the last stage's manifest (main process)."""
     stop = STAGES.index(config.stage)
+    with distributed_state().main_process_first():
+        # tiny:<kind> models are written once, by the main process, before the others look for them
+        models = {
+            name: config.resolve_model(getattr(config, name))
+            for name in ("llm_model", "t2i_model", "clip_model")
+        }
 
     @functools.cache
     def backend() -> LLMBackend:
         # Started at most once, and only if some stage still has LLM work to do.
-        llm_config = BuildConfig(**{**vars(config), "llm_model": config.resolve_model(config.llm_model)})
+        llm_config = BuildConfig(**{**vars(config), "llm_model": models["llm_model"]})
         try:
             return make_backend(llm_config, seed=config.seed, show_progress=config.progress)
         except ImportError as error:
@@ -40,6 +49,10 @@ def build(config: BuildConfig) -> dict[str, Any]:
     manifest: dict[str, Any] = {"taxonomy_concepts": {c.id: len(c.concepts) for c in taxonomy.categories}}
     if stop >= STAGES.index("prompts"):
         manifest = run_prompts_stage(config, taxonomy, backend)
+    if stop >= STAGES.index("images"):
+        manifest = run_images_stage(config)
+    if stop >= STAGES.index("gate"):
+        manifest = run_gate_stage(config)
     return manifest
 
 
@@ -51,10 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    stats = manifest.get("stats", {})
-    if stats:
-        print(f"pairs per category: {stats.get('pairs', {})}")
-        print(f"rejected by reason: {stats.get('rejected', {})}")
+    if "gate" in manifest:
+        print(
+            f"gate: {manifest['gate']['passed']} pairs kept, {manifest['gate']['rejected']} rejected "
+            f"{manifest['gate']['reasons']}"
+        )
+    elif manifest.get("stats"):
+        print(f"stats: {manifest['stats']}")
     print(f"done: {config.output_dir}/{config.stage}")
     return 0
 

@@ -17,11 +17,13 @@ import yaml
 from transformers import HfArgumentParser
 
 from coprov2.expand import ExpandConfig
+from coprov2.gate.decide import GateConfig
+from coprov2.images.render import RenderConfig
 from coprov2.llm import LLMConfig
 from coprov2.prompts.generate import PromptsConfig
 from coprov2.tiny import KINDS, write_tiny_models
 
-STAGES = ("taxonomy", "prompts")
+STAGES = ("taxonomy", "prompts", "images", "gate")
 TINY_PREFIX = "tiny:"
 
 #: Every stage on tiny random models, offline, in a few minutes on 2 CPU cores.
@@ -43,12 +45,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "max_prompt_chars": 40,
         "max_retries": 1,
         "num_shards": 2,
+        "t2i_steps": 2,
+        "t2i_batch_pairs": 4,
+        "clip_model": "tiny:clip",
+        # A random UNet barely follows prompts, so both images of a pair look alike and the relative rule
+        # (each image closer to its own prompt) could never hold; a random CLIP scores around 0. The smoke
+        # gate drops the run's lowest quarter of own-prompt scores instead.
+        "gate_min_score": -1.0,
+        "gate_percentile": 25.0,
+        "gate_require_own_closer": False,
+        "stage": "gate",
     }
 }
 
 
 @dataclass
-class BuildConfig(LLMConfig, PromptsConfig, ExpandConfig):
+class BuildConfig(GateConfig, RenderConfig, LLMConfig, PromptsConfig, ExpandConfig):
     """Everything ``python -m coprov2.build`` does, as one value; ``coprov2.build.build(config)`` runs it."""
 
     output_dir: str = field(default="coprov2-out", metadata={"help": "where stage folders are written"})
@@ -79,7 +91,13 @@ class BuildConfig(LLMConfig, PromptsConfig, ExpandConfig):
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
             raise ValueError(f"stage {self.stage!r} is unknown; choose from {', '.join(STAGES)}")
-        for name in ("num_shards", "prompts_per_concept", "max_prompt_chars", "max_prompt_tokens"):
+        for name in (
+            "num_shards",
+            "prompts_per_concept",
+            "max_prompt_chars",
+            "max_prompt_tokens",
+            "t2i_batch_pairs",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_retries < 0:
@@ -124,7 +142,8 @@ def make_parser() -> HfArgumentParser:
         BuildConfig,
         prog="python -m coprov2.build",
         description=(
-            "Build CoProV2: taxonomy -> (LLM expansion) -> unsafe prompts and safe twins. Every stage writes "
+            "Build CoProV2: taxonomy -> (LLM expansion) -> unsafe prompts and safe twins -> same-seed image "
+            "pairs -> CLIP gate. Every stage writes "
             "atomic shards under --output_dir and a rerun of the same command resumes where it stopped. "
             "Example: python -m coprov2.build --preset smoke"
         ),

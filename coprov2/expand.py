@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from accelerate import PartialState
-
+from coprov2.executor import distributed_state
 from coprov2.llm import LLMBackend, LLMRequest
 from coprov2.prompts.schemas import concepts_schema
 from coprov2.prompts.templates import ChatTemplate, load_template
@@ -123,7 +122,7 @@ def run_taxonomy_stage(config: BuildConfig, backend: Callable[[], LLMBackend]) -
     """
     base = load_taxonomy(config.concepts).limited(config.limit_concepts)
     stage = StageDir(Path(config.output_dir), "taxonomy", num_shards=1)
-    state = PartialState()
+    state = distributed_state()
     if state.is_main_process:
         stage_config = {
             "taxonomy": base.fingerprint(),
@@ -161,6 +160,7 @@ def run_taxonomy_stage(config: BuildConfig, backend: Callable[[], LLMBackend]) -
     if state.is_main_process:
         atomic_write_text(stage.dir / "taxonomy.yaml", taxonomy.to_yaml())
         stage.write_manifest({"config": json.loads((stage.dir / "config.json").read_text())})
+    state.wait_for_everyone()
     return taxonomy
 
 

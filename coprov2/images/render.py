@@ -26,14 +26,20 @@ IMAGE_FORMATS = ("png", "webp")
 class RenderConfig:
     """How the text-to-image model renders the pairs (the model itself is ``t2i_model``)."""
 
-    t2i_dtype: str = field(default="auto", metadata={"help": "auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32"})
+    t2i_dtype: str = field(
+        default="auto", metadata={"help": "auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32"}
+    )
     t2i_steps: int = field(default=30, metadata={"help": "denoising steps"})
     t2i_guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
     t2i_height: int | None = field(default=None, metadata={"help": "image height (default: the model's)"})
     t2i_width: int | None = field(default=None, metadata={"help": "image width (default: the model's)"})
-    t2i_negative_prompt: str | None = field(default=None, metadata={"help": "negative prompt for every image"})
+    t2i_negative_prompt: str | None = field(
+        default=None, metadata={"help": "negative prompt for every image"}
+    )
     t2i_batch_pairs: int = field(default=4, metadata={"help": "pairs per pipeline call (2x images)"})
-    t2i_compile: bool = field(default=False, metadata={"help": "torch.compile the UNet (GPU; slow first batch)"})
+    t2i_compile: bool = field(
+        default=False, metadata={"help": "torch.compile the UNet (GPU; slow first batch)"}
+    )
     image_format: str = field(
         default="png", metadata={"help": "png or webp, both lossless", "choices": IMAGE_FORMATS}
     )
@@ -56,8 +62,10 @@ def load_t2i_pipeline(model: str, device: torch.device, dtype: str = "auto", com
     default in diffusers on torch 2, so nothing is set for it.
     """
     components = DiffusionPipeline.load_config(model)
-    extra = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in components else {}
-    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=resolve_dtype(dtype, device), **extra)
+    extra = (
+        {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in components else {}
+    )
+    pipe = DiffusionPipeline.from_pretrained(model, dtype=resolve_dtype(dtype, device), **extra)
     pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     if compile_unet:
@@ -78,7 +86,11 @@ def encode_image(image: Image.Image, image_format: str) -> bytes:
 
 
 def render_pairs(
-    pipe, unsafe_prompts: Sequence[str], safe_prompts: Sequence[str], seeds: Sequence[int], config: RenderConfig
+    pipe,
+    unsafe_prompts: Sequence[str],
+    safe_prompts: Sequence[str],
+    seeds: Sequence[int],
+    config: RenderConfig,
 ) -> list[tuple[Image.Image, Image.Image]]:
     """One (unsafe image, safe image) per pair, both from that pair's seed, in one pipeline call."""
     if not len(unsafe_prompts) == len(safe_prompts) == len(seeds):

@@ -37,7 +37,9 @@ def prompts_stage_dir(config: BuildConfig) -> StageDir:
     return StageDir(Path(config.output_dir), "prompts", config.num_shards)
 
 
-def run_prompts_stage(config: BuildConfig, taxonomy: Taxonomy, backend: Callable[[], LLMBackend]) -> dict[str, Any]:
+def run_prompts_stage(
+    config: BuildConfig, taxonomy: Taxonomy, backend: Callable[[], LLMBackend]
+) -> dict[str, Any]:
     """Write ``prompts/`` shards for this process's share, then (main process) the manifest."""
     templates = {name: load_template(name, config.templates_dir) for name in ("unsafe_prompts", "safe_twin")}
     stage_config = {
@@ -52,7 +54,9 @@ def run_prompts_stage(config: BuildConfig, taxonomy: Taxonomy, backend: Callable
         "max_prompt_chars": config.max_prompt_chars,
         "max_prompt_tokens": config.max_prompt_tokens,
     }
-    shards = split_into_shards(taxonomy.concepts(), key=lambda concept: concept.id, num_shards=config.num_shards)
+    shards = split_into_shards(
+        taxonomy.concepts(), key=lambda concept: concept.id, num_shards=config.num_shards
+    )
 
     @functools.cache
     def checker() -> PromptChecker:

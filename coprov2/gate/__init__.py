@@ -1,0 +1,1 @@
+"""Stage ``gate``: CLIP scores for every pair, then a keep/reject decision with reasons."""

@@ -1,0 +1,143 @@
+"""`python -m coprov2.build` end to end through its CLI: vLLM's real CPU engine and the tiny LM write
+the prompts, the tiny SD pipeline renders, the tiny CLIP gates. Then the same run killed (SIGKILL)
+mid-stage and resumed, and the same run split over two processes, must give the same bytes."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from coprov2.prompts.validate import contains_concept
+from coprov2.stage_io import read_jsonl
+
+pytestmark = pytest.mark.slow
+
+ARGS = ["--preset", "smoke", "--no_progress", "--num_shards", "4", "--t2i_steps", "6"]
+STAGES = ("taxonomy", "prompts", "images", "gate")
+# One intra-op thread everywhere: CPU kernels may sum in another order with another thread count.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _build(
+    output_dir: Path, launcher: tuple[str, ...] = (sys.executable, "-m")
+) -> subprocess.CompletedProcess:
+    command = [*launcher, "coprov2.build", *ARGS, "--output_dir", str(output_dir)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+def _content(output_dir: Path, stages=STAGES) -> dict[str, str]:
+    return {
+        str(path.relative_to(output_dir)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for stage in stages
+        for path in sorted((output_dir / stage).rglob("*"))
+        if path.is_file()
+    }
+
+
+def _kill_when(output_dir: Path, stage: str) -> None:
+    """Start the build and SIGKILL it as soon as the first shard of ``stage`` is finished."""
+    command = [sys.executable, "-m", "coprov2.build", *ARGS, "--output_dir", str(output_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((output_dir / stage).glob("*.stats.json")):
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert not (output_dir / stage / "manifest.json").exists(), f"killed too late to test resuming {stage}"
+
+
+def _copy_stages(source: Path, target: Path, names=("taxonomy", "prompts", "tiny-models")) -> None:
+    for name in names:
+        shutil.copytree(source / name, target / name)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("smoke") / "out"
+    _build(output_dir)
+    return output_dir
+
+
+def test_vllm_pairs_pass_every_rule_and_match_the_manifest(smoke_run):
+    prompts = smoke_run / "prompts"
+    manifest = json.loads((prompts / "manifest.json").read_text())
+    pairs = [p for i in range(4) for p in read_jsonl(prompts / f"shard-{i:05d}-of-00004.jsonl")]
+    rejected = [r for i in range(4) for r in read_jsonl(prompts / f"shard-{i:05d}-of-00004.rejected.jsonl")]
+    assert pairs, "the tiny LM under guided decoding should yield some valid pairs"
+    assert sum(manifest["stats"]["pairs"].values()) == len(pairs)
+    assert sum(manifest["stats"]["rejected"].values()) == len(rejected)
+    # guided decoding held the schema: no answer had the wrong shape or item count
+    assert not {r["reason"] for r in rejected} & {"schema_violation", "wrong_count"}
+    tokenizer = AutoTokenizer.from_pretrained(smoke_run / "tiny-models" / "sd15", subfolder="tokenizer")
+    for pair in pairs:
+        assert contains_concept(pair["unsafe_prompt"], pair["concept"])
+        assert not contains_concept(pair["safe_prompt"], pair["concept"])
+        for text in (pair["unsafe_prompt"], pair["safe_prompt"]):
+            assert len(tokenizer(text, verbose=False).input_ids) <= 77
+    assert len({p["id"] for p in pairs}) == len(pairs)
+    assert manifest["taxonomy_concepts"] == dict.fromkeys(manifest["taxonomy_concepts"], 3)
+
+
+def test_every_pair_is_rendered_scored_and_decided(smoke_run):
+    pair_ids = {
+        p["id"] for i in range(4) for p in read_jsonl(smoke_run / "prompts" / f"shard-{i:05d}-of-00004.jsonl")
+    }
+    images = [r for i in range(4) for r in read_jsonl(smoke_run / "images" / f"shard-{i:05d}-of-00004.jsonl")]
+    assert {r["id"] for r in images} == pair_ids and len(images) == len(pair_ids)
+    assert all(r["width"] == r["height"] == 32 for r in images)
+    decisions = read_jsonl(smoke_run / "gate" / "decisions.jsonl")
+    assert {d["id"] for d in decisions} == pair_ids
+    gate = json.loads((smoke_run / "gate" / "manifest.json").read_text())["gate"]
+    assert gate["passed"] == sum(d["passed"] for d in decisions) > 0
+    assert gate["rejected"] == sum(not d["passed"] for d in decisions) > 0
+    assert (smoke_run / "gate" / "embeddings" / "img_emb" / "img_emb_0.npy").exists()
+
+
+def test_sigkill_during_prompts_then_resume_is_byte_identical(smoke_run, tmp_path):
+    output_dir = tmp_path / "out"
+    _kill_when(output_dir, "prompts")
+    _build(output_dir)
+    assert _content(output_dir) == _content(smoke_run)
+
+
+def test_sigkill_during_rendering_then_resume_is_byte_identical(smoke_run, tmp_path):
+    output_dir = tmp_path / "out"
+    _copy_stages(smoke_run, output_dir)
+    _kill_when(output_dir, "images")
+    _build(output_dir)
+    assert _content(output_dir) == _content(smoke_run)
+
+
+def test_two_processes_split_the_shards_and_match_one_process(smoke_run, tmp_path):
+    output_dir = tmp_path / "out"
+    _copy_stages(smoke_run, output_dir)
+    launcher = (
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "-m",
+    )
+    result = _build(output_dir, launcher)
+    for stage in ("images", "gate"):
+        assert f"{stage}: rank 0 of 2 takes shards [0, 2]" in result.stderr
+        assert f"{stage}: rank 1 of 2 takes shards [1, 3]" in result.stderr
+    assert _content(output_dir, ("images", "gate")) == _content(smoke_run, ("images", "gate"))
