@@ -120,6 +120,22 @@ def _tiny_vae():
     )
 
 
+def _tiny_unet(**conditioning: object):
+    """A two-level UNet (one cross-attention level) on 16x16 latents; ``conditioning`` sets the text side."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=TINY_IMAGE_SIZE // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **conditioning,
+    )
+
+
 def _sd_scheduler():
     from diffusers import DDIMScheduler
 
@@ -137,17 +153,10 @@ def _sd_scheduler():
 @_seeded
 def build_sd15():
     """A Stable Diffusion 1.5-shaped pipeline with random weights (safety checker absent)."""
-    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionPipeline
 
     tokenizer = clip_tokenizer()
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=TINY_IMAGE_SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=32,
@@ -167,19 +176,12 @@ def build_sd15():
 @_seeded
 def build_sdxl():
     """An SDXL-shaped pipeline: two text encoders (the second with projection), time-id conditioning."""
-    from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import StableDiffusionXLPipeline
 
     tokenizer = clip_tokenizer()
     time_embed_dim = 8
     text_embed_dim = 32
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=TINY_IMAGE_SIZE // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet = _tiny_unet(
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",

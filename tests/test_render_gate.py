@@ -43,8 +43,24 @@ def test_a_pair_renders_the_same_alone_or_at_any_batch_position(pipe):
     np.testing.assert_allclose(_pixels(batch[1][1]), _pixels(alone_safe), atol=1)
 
 
-def test_safety_checker_is_not_loaded(pipe):
-    assert getattr(pipe, "safety_checker", None) is None
+def test_safety_checker_is_not_loaded(tmp_path):
+    """A checkpoint that ships a safety checker (as SD1.5 does) loads without it: it would black out
+    exactly the unsafe images this dataset needs."""
+    from diffusers import DiffusionPipeline
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+
+    from coprov2.tiny import build
+
+    with_checker = build("sd15")
+    clip, processor = build("clip")
+    clip.config._attn_implementation = "eager"  # the checker supports no other
+    with_checker.register_modules(
+        safety_checker=StableDiffusionSafetyChecker(clip.config), feature_extractor=processor.image_processor
+    )
+    with_checker.register_to_config(requires_safety_checker=True)
+    with_checker.save_pretrained(tmp_path)
+    assert DiffusionPipeline.load_config(tmp_path)["safety_checker"][1] == "StableDiffusionSafetyChecker"
+    assert load_t2i_pipeline(str(tmp_path), torch.device("cpu")).safety_checker is None
 
 
 def test_lossless_encodings_round_trip(pipe):
