@@ -1,4 +1,5 @@
-"""``python -m coprov2.build``: taxonomy -> (LLM expansion) -> prompt pairs -> image pairs -> CLIP gate.
+"""``python -m coprov2.build``: taxonomy -> (LLM expansion) -> prompt pairs -> image pairs -> CLIP gate ->
+dataset folder.
 
 Library use is one call: ``build(BuildConfig(...))``; the CLI only parses flags into that config.
 """
@@ -11,6 +12,7 @@ import sys
 from typing import Any
 
 from coprov2.config import STAGES, BuildConfig, parse_build_args
+from coprov2.dataset.export import export_dataset
 from coprov2.executor import distributed_state
 from coprov2.expand import run_taxonomy_stage
 from coprov2.gate.stage import run_gate_stage
@@ -53,6 +55,11 @@ def build(config: BuildConfig) -> dict[str, Any]:
         manifest = run_images_stage(config)
     if stop >= STAGES.index("gate"):
         manifest = run_gate_stage(config)
+    if stop >= STAGES.index("dataset"):
+        state = distributed_state()
+        if state.is_main_process:
+            manifest = {**manifest, "dataset": export_dataset(config)}
+        state.wait_for_everyone()
     return manifest
 
 
@@ -71,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     elif manifest.get("stats"):
         print(f"stats: {manifest['stats']}")
+    if "dataset" in manifest:
+        print(
+            f"dataset: {manifest['dataset']['rows_total']} pairs, load with datasets.load_dataset({config.output_dir + '/dataset'!r})"
+        )
     print(f"done: {config.output_dir}/{config.stage}")
     return 0
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from transformers import HfArgumentParser
 
+from coprov2.dataset.export import DatasetConfig
 from coprov2.expand import ExpandConfig
 from coprov2.gate.decide import GateConfig
 from coprov2.images.render import RenderConfig
@@ -23,7 +24,7 @@ from coprov2.llm import LLMConfig
 from coprov2.prompts.generate import PromptsConfig
 from coprov2.tiny import KINDS, write_tiny_models
 
-STAGES = ("taxonomy", "prompts", "images", "gate")
+STAGES = ("taxonomy", "prompts", "images", "gate", "dataset")
 TINY_PREFIX = "tiny:"
 
 #: Every stage on tiny random models, offline, in a few minutes on 2 CPU cores.
@@ -54,13 +55,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gate_min_score": -1.0,
         "gate_percentile": 25.0,
         "gate_require_own_closer": False,
-        "stage": "gate",
+        "stage": "dataset",
+        "test_ratio": 0.34,
     }
 }
 
 
 @dataclass
-class BuildConfig(GateConfig, RenderConfig, LLMConfig, PromptsConfig, ExpandConfig):
+class BuildConfig(DatasetConfig, GateConfig, RenderConfig, LLMConfig, PromptsConfig, ExpandConfig):
     """Everything ``python -m coprov2.build`` does, as one value; ``coprov2.build.build(config)`` runs it."""
 
     output_dir: str = field(default="coprov2-out", metadata={"help": "where stage folders are written"})
@@ -143,7 +145,7 @@ def make_parser() -> HfArgumentParser:
         prog="python -m coprov2.build",
         description=(
             "Build CoProV2: taxonomy -> (LLM expansion) -> unsafe prompts and safe twins -> same-seed image "
-            "pairs -> CLIP gate. Every stage writes "
+            "pairs -> CLIP gate -> Hugging Face dataset (<output_dir>/dataset). Every stage writes "
             "atomic shards under --output_dir and a rerun of the same command resumes where it stopped. "
             "Example: python -m coprov2.build --preset smoke"
         ),

@@ -21,7 +21,7 @@ from coprov2.stage_io import read_jsonl
 pytestmark = pytest.mark.slow
 
 ARGS = ["--preset", "smoke", "--no_progress", "--num_shards", "4", "--t2i_steps", "6"]
-STAGES = ("taxonomy", "prompts", "images", "gate")
+STAGES = ("taxonomy", "prompts", "images", "gate", "dataset")
 # One intra-op thread everywhere: CPU kernels may sum in another order with another thread count.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -136,3 +136,51 @@ def test_two_processes_split_the_shards_and_match_one_process(smoke_run, tmp_pat
         assert f"{stage}: rank 0 of 2 takes shards [0, 2]" in result.stderr
         assert f"{stage}: rank 1 of 2 takes shards [1, 3]" in result.stderr
     assert _content(output_dir, ("images", "gate")) == _content(smoke_run, ("images", "gate"))
+
+
+def test_dataset_folder_loads_and_matches_its_card(smoke_run):
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    folder = smoke_run / "dataset"
+    card = DatasetCard.load(folder / "README.md")
+    everything = datasets.load_dataset(str(folder))
+    decisions = read_jsonl(smoke_run / "gate" / "decisions.jsonl")
+    kept = {d["id"] for d in decisions if d["passed"]}
+    rows = [row for split in everything.values() for row in split]
+    assert {row["id"] for row in rows} == kept and len(rows) == len(kept)
+    train_concepts = {(r["category"], r["concept"]) for r in everything["train"]}
+    test_concepts = {(r["category"], r["concept"]) for r in everything["test"]}
+    assert train_concepts and test_concepts and not train_concepts & test_concepts
+    assert rows[0]["unsafe_image"].size == (32, 32) and rows[0]["safe_image"].mode == "RGB"
+    table = {
+        line.split("|")[1].strip(): [int(x) for x in line.split("|")[2:4]]
+        for line in card.text.splitlines()
+        if line.startswith("| ") and line.count("|") == 4 and line.split("|")[2].strip().isdigit()
+    }
+    assert table["all"] == [len(everything["train"]), len(everything["test"])]
+    configs = [c["config_name"] for c in card.data.configs]
+    assert configs[0] == "all"
+    for name in configs[1:]:
+        subset = datasets.load_dataset(str(folder), name)
+        assert [len(subset[s]) if s in subset else 0 for s in ("train", "test")] == table[name]
+        assert {r["category"] for s in subset.values() for r in s} == {name}
+
+
+def test_an_all_rejected_run_exports_nothing_and_says_why(smoke_run, tmp_path):
+    output_dir = tmp_path / "out"
+    _copy_stages(smoke_run, output_dir, names=("taxonomy", "prompts", "images", "gate", "tiny-models"))
+    command = [
+        sys.executable,
+        "-m",
+        "coprov2.build",
+        *ARGS,
+        "--output_dir",
+        str(output_dir),
+        "--gate_min_score",
+        "2",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
+    assert result.returncode == 2
+    assert "error: every one of the" in result.stderr and "nothing to export" in result.stderr
+    assert not (output_dir / "dataset").exists()

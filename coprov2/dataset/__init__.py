@@ -1,0 +1,1 @@
+"""Stage ``dataset``: the kept pairs as a Hugging Face dataset folder (parquet + card)."""
