@@ -9,10 +9,12 @@ from __future__ import annotations
 import functools
 import logging
 import sys
+from pathlib import Path
 from typing import Any
 
 from coprov2.config import STAGES, BuildConfig, parse_build_args
 from coprov2.dataset.export import export_dataset
+from coprov2.dataset.push import push_dataset
 from coprov2.executor import distributed_state
 from coprov2.expand import run_taxonomy_stage
 from coprov2.gate.stage import run_gate_stage
@@ -59,6 +61,14 @@ def build(config: BuildConfig) -> dict[str, Any]:
         state = distributed_state()
         if state.is_main_process:
             manifest = {**manifest, "dataset": export_dataset(config)}
+            if config.push_to_hub:
+                push_dataset(
+                    Path(config.output_dir) / "dataset",
+                    config.push_to_hub,
+                    gated=config.hub_gated,
+                    public=config.hub_public,
+                    dry_run=config.dry_run,
+                )
         state.wait_for_everyone()
     return manifest
 

@@ -59,6 +59,19 @@ class DatasetConfig:
         default=0.25, metadata={"help": "share of each category's concepts held out as test"}
     )
     dataset_license: str = field(default="cc-by-nc-4.0", metadata={"help": "license in the dataset card"})
+    push_to_hub: str | None = field(
+        default=None,
+        metadata={"help": "after export, push the dataset to this Hub repo (created private, gated)"},
+    )
+    hub_gated: str = field(
+        default="manual", metadata={"help": "gate approval: manual or auto", "choices": ("manual", "auto")}
+    )
+    hub_public: bool = field(
+        default=False, metadata={"help": "make the repo public (still gated); default private"}
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "print the Hub calls and files instead of pushing"}
+    )
 
 
 class EmptyDatasetError(RuntimeError):
