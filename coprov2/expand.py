@@ -8,20 +8,19 @@ across *all* categories. A category that gains nothing ``max_stalls`` rounds in 
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coprov2.executor import distributed_state
+from coprov2.executor import run_sharded
 from coprov2.llm import LLMBackend, LLMRequest
 from coprov2.prompts.schemas import concepts_schema
 from coprov2.prompts.templates import ChatTemplate, load_template
 from coprov2.prompts.validate import AnswerRejected, Reason, clean_text, parse_answer
 from coprov2.seeds import derive_seed
-from coprov2.stage_io import ShardResult, StageDir, atomic_write_text, read_jsonl
+from coprov2.stage_io import ShardResult, StageDir, atomic_write_text
 from coprov2.taxonomy import (
     MAX_CONCEPT_CHARS,
     Category,
@@ -117,51 +116,50 @@ def expand_taxonomy(
 def run_taxonomy_stage(config: BuildConfig, backend: Callable[[], LLMBackend]) -> Taxonomy:
     """Stage ``taxonomy``: load (and limit) the taxonomy, expand it if asked, record it under ``taxonomy/``.
 
-    ``backend`` is called only when an expansion actually has to run (a finished stage needs no LLM).
-    Runs on the main process; the others wait and read the result.
+    A one-shard stage (so the main process does it); its records are the added concepts, from which
+    every process derives the same taxonomy. ``backend`` is called only when an expansion actually
+    has to run (a finished stage needs no LLM).
     """
     base = load_taxonomy(config.concepts).limited(config.limit_concepts)
     stage = StageDir(Path(config.output_dir), "taxonomy", num_shards=1)
-    state = distributed_state()
-    if state.is_main_process:
-        stage_config = {
-            "taxonomy": base.fingerprint(),
-            "expand_to": config.expand_to,
-            "seed": config.seed,
-        }
-        if config.expand_to:
-            template = load_template("expand_concepts", config.templates_dir)
-            stage_config.update(
-                expand_batch=config.expand_batch,
-                max_retries=config.max_retries,
-                llm=config.identity(),
-                template=template.fingerprint(),
-            )
-        stage.bind_config(stage_config)
-        stage.remove_partial_files()
-        if not stage.is_done(0):
-            if config.expand_to:
-                _, result = expand_taxonomy(
-                    base,
-                    backend(),
-                    template,
-                    target=config.expand_to,
-                    batch=config.expand_batch,
-                    max_stalls=config.max_retries + 1,
-                    sampling=config.sampling(),
-                    seed=config.seed,
-                )
-            else:
-                result = ShardResult([], [], {})
-            stage.write_shard(0, result)
-    state.wait_for_everyone()
-    added = read_jsonl(stage.records_path(0))
-    taxonomy = with_added_concepts(base, added)
-    if state.is_main_process:
-        atomic_write_text(stage.dir / "taxonomy.yaml", taxonomy.to_yaml())
-        stage.write_manifest({"config": json.loads((stage.dir / "config.json").read_text())})
-    state.wait_for_everyone()
-    return taxonomy
+    stage_config: dict[str, Any] = {
+        "taxonomy": base.fingerprint(),
+        "expand_to": config.expand_to,
+        "seed": config.seed,
+    }
+    template = load_template("expand_concepts", config.templates_dir)
+    if config.expand_to:
+        stage_config.update(
+            expand_batch=config.expand_batch,
+            max_retries=config.max_retries,
+            llm=config.identity(),
+            template=template.fingerprint(),
+        )
+
+    def step(index: int) -> tuple[ShardResult, dict[str, bytes]]:
+        if not config.expand_to:
+            return ShardResult([], [], {}), {}
+        _, result = expand_taxonomy(
+            base,
+            backend(),
+            template,
+            target=config.expand_to,
+            batch=config.expand_batch,
+            max_stalls=config.max_retries + 1,
+            sampling=config.sampling(),
+            seed=config.seed,
+        )
+        return result, {}
+
+    def summarize() -> dict[str, Any]:
+        # the resolved taxonomy, for people; the stages themselves derive it from the records
+        atomic_write_text(
+            stage.dir / "taxonomy.yaml", with_added_concepts(base, stage.read_shard(0)).to_yaml()
+        )
+        return {}
+
+    run_sharded(stage, stage_config, step, {}, config.progress, summarize)
+    return with_added_concepts(base, stage.read_shard(0))
 
 
 def with_added_concepts(taxonomy: Taxonomy, added: list[dict[str, Any]]) -> Taxonomy:
