@@ -84,6 +84,13 @@ class StageDir:
     def manifest_path(self) -> Path:
         return self.dir / "manifest.json"
 
+    def read_manifest(self) -> dict[str, Any]:
+        return json.loads(self.manifest_path.read_text())
+
+    def manifest_sha256(self) -> str:
+        """Identifies a finished stage (its manifest holds every shard's hash): later stages record it."""
+        return hashlib.sha256(self.manifest_path.read_bytes()).hexdigest()
+
     def bind_config(self, config: Mapping[str, Any]) -> None:
         """Record ``config`` on first use; refuse to resume a folder made with a different one."""
         path = self.dir / "config.json"

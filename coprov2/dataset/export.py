@@ -9,7 +9,6 @@ written beside the target and swapped in whole, so an interrupted export leaves 
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections import defaultdict
@@ -26,7 +25,7 @@ from coprov2.gate.stage import gate_stage_dir
 from coprov2.images.stage import images_stage_dir, read_image_rows
 from coprov2.prompts.stage import prompts_stage_dir
 from coprov2.seeds import derive_seed
-from coprov2.stage_io import StageDir, read_jsonl
+from coprov2.stage_io import read_jsonl
 
 if TYPE_CHECKING:
     from coprov2.config import BuildConfig
@@ -110,7 +109,7 @@ def export_dataset(config: BuildConfig) -> dict[str, Any]:
     images, gate = images_stage_dir(config), gate_stage_dir(config)
     scores = {record["id"]: record for record in gate.read_records()}  # raises if the gate is unfinished
     decisions = {d["id"]: d for d in read_jsonl(gate.dir / "decisions.jsonl")}
-    gate_manifest = _manifest(gate)
+    gate_manifest = gate.read_manifest()
     kept: list[dict[str, Any]] = []
     for index in range(config.num_shards):
         for row in read_image_rows(images, index):
@@ -164,12 +163,8 @@ def export_dataset(config: BuildConfig) -> dict[str, Any]:
     return summary
 
 
-def _manifest(stage: StageDir) -> dict[str, Any]:
-    return json.loads(stage.manifest_path.read_text())
-
-
 def _summary(config: BuildConfig, tables, gate_manifest: dict[str, Any]) -> dict[str, Any]:
-    prompts_manifest = _manifest(prompts_stage_dir(config))
+    prompts_manifest = prompts_stage_dir(config).read_manifest()
     counts = {(category, split): len(rows) for (category, split), rows in tables.items()}
     categories = sorted({category for category, _ in counts})
     split_rows = [

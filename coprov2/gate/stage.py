@@ -9,7 +9,6 @@ percentile re-gates a finished run without touching CLIP again.
 from __future__ import annotations
 
 import functools
-import hashlib
 import io
 from collections import Counter
 from pathlib import Path
@@ -39,7 +38,7 @@ def run_gate_stage(config: BuildConfig) -> dict[str, Any]:
     images = images_stage_dir(config)
     stage = gate_stage_dir(config)
     stage_config = {
-        "images": hashlib.sha256(images.manifest_path.read_bytes()).hexdigest(),
+        "images": images.manifest_sha256(),
         "clip_model": config.clip_model,
         "image_embeddings": config.gate_image_embeddings,
     }

@@ -49,8 +49,7 @@ def run_images_stage(config: BuildConfig) -> dict[str, Any]:
     prompts = prompts_stage_dir(config)
     device = distributed_state().device
     stage_config = {
-        # the finished prompts stage this run renders (its manifest holds every shard's hash)
-        "prompts": _sha(prompts.manifest_path.read_bytes()),
+        "prompts": prompts.manifest_sha256(),
         "t2i_model": config.t2i_model,
         "seed": config.seed,
         "num_shards": config.num_shards,
