@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -42,6 +43,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_jsonl(path: Path, records: Iterable[Mapping[str, Any]]) -> None:
     atomic_write_text(path, "".join(dumps(record) + "\n" for record in records))
+
+
+def staging_folder(target: Path) -> Path:
+    """An empty ``<target>.partial`` beside ``target``, for :func:`swap_in`."""
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Replace ``target`` by the finished ``staging`` folder, so a killed writer leaves the old one or none."""
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

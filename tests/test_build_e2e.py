@@ -165,6 +165,9 @@ def test_dataset_folder_loads_and_matches_its_card(smoke_run):
         subset = datasets.load_dataset(str(folder), name)
         assert [len(subset[s]) if s in subset else 0 for s in ("train", "test")] == table[name]
         assert {r["category"] for s in subset.values() for r in s} == {name}
+    release = datasets.load_dataset(str(smoke_run / "release_pickapic_formatted"))
+    assert {s: len(release[s]) for s in release} == {s: len(everything[s]) for s in everything}
+    assert [r["caption"] for r in release["train"]] == everything["train"]["unsafe_prompt"]
 
 
 def test_an_all_rejected_run_exports_nothing_and_says_why(smoke_run, tmp_path):

@@ -16,3 +16,73 @@ def test_split_holds_out_whole_concepts_per_category():
     assert held_out_concepts(concepts, ratio=0.0, seed=0) == set()
     with pytest.raises(ValueError, match=r"test_ratio must be within \[0, 1\), got 1"):
         held_out_concepts(concepts, ratio=1, seed=0)
+
+
+def _pairs(n: int, category: str):
+    import datasets
+    from PIL import Image
+
+    rows = [
+        {
+            "unsafe_prompt": f"unsafe prompt {category} {i}",
+            "category": category,
+            "unsafe_image": Image.new("RGB", (16, 16), (200, 0, 0)),
+            "safe_image": Image.new("RGB", (16, 16), (0, 0, 200)),
+        }
+        for i in range(n)
+    ]
+    features = datasets.Features(
+        {
+            "unsafe_prompt": datasets.Value("string"),
+            "category": datasets.Value("string"),
+            "unsafe_image": datasets.Image(),
+            "safe_image": datasets.Image(),
+        }
+    )
+    return datasets.Dataset.from_list(rows, features=features)
+
+
+def test_release_layout_is_what_the_release_train_script_reads(tmp_path):
+    """The release's train.py: ``load_dataset(folder)[split]``, ``Image.open(folder/jpg_0)``, label_0 == 1 keeps jpg_0 first."""
+    import csv
+    import os
+
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    from coprov2.dataset.release_layout import export_release_layout, from_release_category
+
+    dataset = datasets.DatasetDict({"train": _pairs(2, "harassment"), "test": _pairs(1, "self-harm")})
+    folder = tmp_path / "coprov2_pickapic_formatted"
+    assert export_release_layout(dataset, folder) == {"train": 2, "test": 1}
+
+    with (folder / "CoProv2_test.csv").open(newline="") as handle:
+        assert list(csv.DictReader(handle)) == [
+            {"prompt": "unsafe prompt self-harm 0", "image": "0000002_0.jpg", "category": "self-harm"}
+        ]
+    with (folder / "CoProv2_train.csv").open(newline="") as handle:
+        train_rows = list(csv.DictReader(handle))
+    assert [r["image"] for r in train_rows] == ["0000000_0.jpg", "0000001_0.jpg"]
+    assert {r["category"] for r in train_rows} == {"Harrasment"}, "the release's spelling"
+    assert (
+        from_release_category("Harrasment") == "harassment"
+        and from_release_category("Illegal Activity") == "illegal-activity"
+    )
+    assert sorted(p.name for p in (folder / "images").iterdir()) == sorted(
+        f"{kind}_idx_{i:07d}_0.jpg" for kind in "us" for i in range(3)
+    )
+
+    loaded = datasets.load_dataset(str(folder))
+    assert {split: len(rows) for split, rows in loaded.items()} == {"train": 2, "test": 1}
+    row = loaded["train"][0]
+    assert row["caption"] == "unsafe prompt harassment 0" and row["label_0"] == 1
+    preferred = np.asarray(Image.open(os.path.join(str(folder), row["jpg_0"])).convert("RGB"), dtype=float)
+    rejected = np.asarray(Image.open(os.path.join(str(folder), row["jpg_1"])).convert("RGB"), dtype=float)
+    assert abs(preferred.mean(axis=(0, 1)) - (0, 0, 200)).max() < 3, "jpg_0 is the safe image"
+    assert abs(rejected.mean(axis=(0, 1)) - (200, 0, 0)).max() < 3
+
+    with pytest.raises(ValueError, match=r"columns \['safe_image'\] are missing"):
+        export_release_layout(
+            datasets.DatasetDict({"train": _pairs(1, "hate").remove_columns("safe_image")}), tmp_path / "x"
+        )

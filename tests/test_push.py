@@ -29,7 +29,9 @@ def test_push_creates_private_gated_repo_then_uploads_the_folder(folder, monkeyp
     paths = [(r.method, r.url.path) for r in hub.requests if r.url.path != "/api/agent-harnesses"]
     assert paths[:2] == [("POST", "/api/repos/create"), ("PUT", "/api/datasets/me/coprov2/settings")]
     assert paths[-1] == ("POST", "/api/datasets/me/coprov2/commit/main")
-    assert hub.created == [{"name": "coprov2", "organization": "me", "visibility": "private", "type": "dataset"}]
+    assert hub.created == [
+        {"name": "coprov2", "organization": "me", "visibility": "private", "type": "dataset"}
+    ]
     assert hub.settings == [{"gated": "auto"}]
     assert hub.committed == {
         p: (folder / p).read_bytes() for p in ("README.md", "data/hate/train-00000-of-00001.parquet")

@@ -10,7 +10,6 @@ written beside the target and swapped in whole, so an interrupted export leaves 
 from __future__ import annotations
 
 import math
-import shutil
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +19,13 @@ import datasets
 from datasets import Features, Image, Value
 
 from cards.dataset_card import coprov2_dataset_card
+from coprov2.dataset.release_layout import RELEASE_FOLDER_NAME, export_release_layout
 from coprov2.gate.clip_scores import SCORE_NAMES
 from coprov2.gate.stage import gate_stage_dir
 from coprov2.images.stage import images_stage_dir, read_image_rows
 from coprov2.prompts.stage import prompts_stage_dir
 from coprov2.seeds import derive_seed
-from coprov2.stage_io import read_jsonl
+from coprov2.stage_io import read_jsonl, staging_folder, swap_in
 
 if TYPE_CHECKING:
     from coprov2.config import BuildConfig
@@ -58,6 +58,13 @@ class DatasetConfig:
         default=0.25, metadata={"help": "share of each category's concepts held out as test"}
     )
     dataset_license: str = field(default="cc-by-nc-4.0", metadata={"help": "license in the dataset card"})
+    release_layout: bool = field(
+        default=True,
+        metadata={
+            "help": "also write the SafetyDPO release layout (images + CSVs its train.py reads) "
+            "to <output_dir>/release_pickapic_formatted"
+        },
+    )
     push_to_hub: str | None = field(
         default=None,
         metadata={"help": "after export, push the dataset to this Hub repo (created private, gated)"},
@@ -145,8 +152,7 @@ def export_dataset(config: BuildConfig) -> dict[str, Any]:
         )
 
     target = Path(config.output_dir) / "dataset"
-    staging = target.with_name("dataset.partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_folder(target)
     files = {}
     for (category, split), rows in sorted(tables.items()):
         path = staging / "data" / category / f"{split}-00000-of-00001.parquet"
@@ -157,9 +163,9 @@ def export_dataset(config: BuildConfig) -> dict[str, Any]:
     summary = _summary(config, tables, gate_manifest)
     summary["configs"] = _configs(files)
     coprov2_dataset_card(summary, config.dataset_license).save(staging / "README.md")
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
+    swap_in(staging, target)
+    if config.release_layout:
+        export_release_layout(target, Path(config.output_dir) / RELEASE_FOLDER_NAME)
     return summary
 
 
