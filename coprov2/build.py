@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cards.push import push_folder
 from coprov2.config import STAGES, BuildConfig, parse_build_args
 from coprov2.dataset.export import export_dataset
-from coprov2.dataset.push import push_dataset
 from coprov2.executor import distributed_state
 from coprov2.expand import run_taxonomy_stage
 from coprov2.gate.stage import run_gate_stage
@@ -62,7 +62,7 @@ def build(config: BuildConfig) -> dict[str, Any]:
         if state.is_main_process:
             manifest = {**manifest, "dataset": export_dataset(config)}
             if config.push_to_hub:
-                push_dataset(
+                push_folder(
                     Path(config.output_dir) / "dataset",
                     config.push_to_hub,
                     gated=config.hub_gated,

@@ -7,7 +7,7 @@ import logging
 import pytest
 from huggingface_hub.errors import HfHubHTTPError
 
-from coprov2.dataset.push import push_dataset
+from cards.push import push_folder
 from tests.mock_hub import install_mock_hub
 
 FAKE_TOKEN = "hf_FAKEtoken1234567890abcdef"
@@ -25,7 +25,7 @@ def test_push_creates_private_gated_repo_then_uploads_the_folder(folder, monkeyp
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     hub = install_mock_hub(monkeypatch)
     with caplog.at_level(logging.DEBUG):
-        push_dataset(folder, "me/coprov2", gated="auto")
+        push_folder(folder, "me/coprov2", gated="auto")
     paths = [(r.method, r.url.path) for r in hub.requests if r.url.path != "/api/agent-harnesses"]
     assert paths[:2] == [("POST", "/api/repos/create"), ("PUT", "/api/datasets/me/coprov2/settings")]
     assert paths[-1] == ("POST", "/api/datasets/me/coprov2/commit/main")
@@ -45,7 +45,7 @@ def test_push_creates_private_gated_repo_then_uploads_the_folder(folder, monkeyp
 def test_public_only_when_asked(folder, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     hub = install_mock_hub(monkeypatch)
-    push_dataset(folder, "me/coprov2", public=True, echo=lambda _: None)
+    push_folder(folder, "me/coprov2", public=True, echo=lambda _: None)
     assert hub.created[0]["visibility"] == "public"
     assert hub.settings == [{"gated": "manual"}]
 
@@ -55,7 +55,7 @@ def test_hub_error_names_the_repo_and_hides_the_token(folder, monkeypatch):
     hub = install_mock_hub(monkeypatch)
     hub.refuse.add("/api/repos/create")
     with pytest.raises(HfHubHTTPError) as error:
-        push_dataset(folder, "me/coprov2", echo=lambda _: None)
+        push_folder(folder, "me/coprov2", echo=lambda _: None)
     assert "403" in str(error.value) and "repos/create" in str(error.value)
     assert FAKE_TOKEN not in str(error.value) and FAKE_TOKEN not in repr(vars(error.value))
     assert not hub.committed
@@ -63,7 +63,7 @@ def test_hub_error_names_the_repo_and_hides_the_token(folder, monkeypatch):
 
 def test_dry_run_prints_the_calls_and_files_and_sends_nothing(folder, monkeypatch, capsys):
     hub = install_mock_hub(monkeypatch)
-    plan = push_dataset(folder, "me/coprov2", dry_run=True)
+    plan = push_folder(folder, "me/coprov2", dry_run=True)
     out = capsys.readouterr().out
     assert hub.requests == []
     assert "would call HfApi.create_repo(repo_id='me/coprov2', repo_type='dataset', private=True" in out
@@ -73,6 +73,14 @@ def test_dry_run_prints_the_calls_and_files_and_sends_nothing(folder, monkeypatc
 
 def test_bad_inputs(folder, tmp_path_factory):
     with pytest.raises(ValueError, match="hub_gated must be one of manual, auto, got 'yes'"):
-        push_dataset(folder, "me/x", gated="yes")
+        push_folder(folder, "me/x", gated="yes")
     with pytest.raises(FileNotFoundError, match=r"has no README\.md"):
-        push_dataset(tmp_path_factory.mktemp("empty"), "me/x")
+        push_folder(tmp_path_factory.mktemp("empty"), "me/x")
+
+
+def test_model_push_is_private_and_ungated(folder, monkeypatch):
+    hub = install_mock_hub(monkeypatch)
+    push_folder(folder, "me/expert", repo_type="model", gated=None, echo=lambda _: None)
+    assert hub.created == [{"name": "expert", "organization": "me", "visibility": "private", "type": "model"}]
+    assert hub.settings == []
+    assert set(hub.committed) == {"README.md", "data/hate/train-00000-of-00001.parquet"}

@@ -1,7 +1,7 @@
-"""Push the dataset folder to the Hub: a **private** dataset repo, gated, then the upload.
+"""Push an artifact folder (dataset, expert, merged LoRA) to the Hub: a **private** repo, gated, then the upload.
 
 Order matters: the repo is created private and its gate is set before any file goes up, so the data
-is never reachable ungated. ``public=True`` is the only way to a public repo. The token is never
+is never reachable ungated (``gated=None`` skips the gate, for models). ``public=True`` is the only way to a public repo. The token is never
 handled here: ``HfApi`` reads it from ``HF_TOKEN`` or the ``hf auth login`` cache, and nothing in this
 module logs request headers. ``upload_folder`` batches large folders into several commits and, re-run
 after an interruption, skips what is already committed.
@@ -21,38 +21,40 @@ logger = logging.getLogger(__name__)
 GATING = ("manual", "auto")
 
 
-def push_plan(folder: Path, repo_id: str, gated: str, public: bool) -> list[dict[str, Any]]:
+def push_plan(
+    folder: Path, repo_id: str, gated: str | None, public: bool, repo_type: str = "dataset"
+) -> list[dict[str, Any]]:
     """The Hub calls a push makes, in order, with the files it uploads."""
-    if gated not in GATING:
+    if gated is not None and gated not in GATING:
         raise ValueError(f"hub_gated must be one of {', '.join(GATING)}, got {gated!r}")
     files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
     if "README.md" not in files:
-        raise FileNotFoundError(f"{folder} has no README.md: export the dataset (its card) before pushing")
-    return [
-        {
-            "call": "create_repo",
-            "repo_id": repo_id,
-            "repo_type": "dataset",
-            "private": not public,
-            "exist_ok": True,
-        },
-        {"call": "update_repo_settings", "repo_id": repo_id, "repo_type": "dataset", "gated": gated},
-        {
-            "call": "upload_folder",
-            "repo_id": repo_id,
-            "repo_type": "dataset",
-            "folder_path": str(folder),
-            "commit_message": "Upload CoProV2 dataset built with alignguard",
-            "files": files,
-        },
-    ]
+        raise FileNotFoundError(f"{folder} has no README.md: write its card before pushing")
+    create = {
+        "call": "create_repo",
+        "repo_id": repo_id,
+        "repo_type": repo_type,
+        "private": not public,
+        "exist_ok": True,
+    }
+    gate = [{"call": "update_repo_settings", "repo_id": repo_id, "repo_type": repo_type, "gated": gated}]
+    upload = {
+        "call": "upload_folder",
+        "repo_id": repo_id,
+        "repo_type": repo_type,
+        "folder_path": str(folder),
+        "commit_message": f"Upload {folder.name} with alignguard",
+        "files": files,
+    }
+    return [create, *(gate if gated is not None else []), upload]
 
 
-def push_dataset(
+def push_folder(
     folder: str | Path,
     repo_id: str,
     *,
-    gated: str = "manual",
+    repo_type: str = "dataset",
+    gated: str | None = "manual",
     public: bool = False,
     dry_run: bool = False,
     api: HfApi | None = None,
@@ -60,7 +62,7 @@ def push_dataset(
 ) -> list[dict[str, Any]]:
     """Create (private), gate and upload; with ``dry_run`` only print the calls and files."""
     folder = Path(folder)
-    plan = push_plan(folder, repo_id, gated, public)
+    plan = push_plan(folder, repo_id, gated, public, repo_type)
     if dry_run:
         for step in plan:
             arguments = ", ".join(f"{k}={v!r}" for k, v in step.items() if k not in ("call", "files"))
@@ -74,6 +76,6 @@ def push_dataset(
         logger.info("HfApi.%s(%s)", step["call"], ", ".join(f"{k}={v!r}" for k, v in arguments.items()))
         getattr(api, step["call"])(**arguments)
     echo(
-        f"pushed {len(plan[-1]['files'])} files to https://huggingface.co/datasets/{repo_id} (private={not public}, gated={gated})"
+        f"pushed {len(plan[-1]['files'])} files to {repo_type} repo {repo_id} (private={not public}, gated={gated})"
     )
     return plan
