@@ -22,12 +22,21 @@ GATING = ("manual", "auto")
 
 
 def push_plan(
-    folder: Path, repo_id: str, gated: str | None, public: bool, repo_type: str = "dataset"
+    folder: Path,
+    repo_id: str,
+    gated: str | None,
+    public: bool,
+    repo_type: str = "dataset",
+    ignore: tuple[str, ...] = (),
 ) -> list[dict[str, Any]]:
-    """The Hub calls a push makes, in order, with the files it uploads."""
+    """The Hub calls a push makes, in order, with the files it uploads (top-level folders in ``ignore`` stay local)."""
     if gated is not None and gated not in GATING:
         raise ValueError(f"hub_gated must be one of {', '.join(GATING)}, got {gated!r}")
-    files = sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+    files = sorted(
+        str(path.relative_to(folder))
+        for path in folder.rglob("*")
+        if path.is_file() and path.relative_to(folder).parts[0] not in ignore
+    )
     if "README.md" not in files:
         raise FileNotFoundError(f"{folder} has no README.md: write its card before pushing")
     create = {
@@ -44,6 +53,7 @@ def push_plan(
         "repo_type": repo_type,
         "folder_path": str(folder),
         "commit_message": f"Upload {folder.name} with alignguard",
+        **({"ignore_patterns": [f"{name}/**" for name in ignore]} if ignore else {}),
         "files": files,
     }
     return [create, *(gate if gated is not None else []), upload]
@@ -57,12 +67,13 @@ def push_folder(
     gated: str | None = "manual",
     public: bool = False,
     dry_run: bool = False,
+    ignore: tuple[str, ...] = (),
     api: HfApi | None = None,
     echo: Callable[[str], None] = print,
 ) -> list[dict[str, Any]]:
     """Create (private), gate and upload; with ``dry_run`` only print the calls and files."""
     folder = Path(folder)
-    plan = push_plan(folder, repo_id, gated, public, repo_type)
+    plan = push_plan(folder, repo_id, gated, public, repo_type, ignore)
     if dry_run:
         for step in plan:
             arguments = ", ".join(f"{k}={v!r}" for k, v in step.items() if k not in ("call", "files"))

@@ -22,10 +22,9 @@ from coprov2.gate.decide import GateConfig
 from coprov2.images.render import RenderConfig
 from coprov2.llm import LLMConfig
 from coprov2.prompts.generate import PromptsConfig
-from coprov2.tiny import KINDS, write_tiny_models
+from coprov2.tiny import resolve_tiny_model
 
 STAGES = ("taxonomy", "prompts", "images", "gate", "dataset")
-TINY_PREFIX = "tiny:"
 
 #: Every stage on tiny random models, offline, in a few minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -111,17 +110,7 @@ class BuildConfig(DatasetConfig, GateConfig, RenderConfig, LLMConfig, PromptsCon
 
     def resolve_model(self, name: str) -> str:
         """A model id or folder; ``tiny:<kind>`` becomes a tiny model folder, written if missing."""
-        if not name.startswith(TINY_PREFIX):
-            return name
-        kind = name.removeprefix(TINY_PREFIX)
-        if kind not in KINDS:
-            raise ValueError(
-                f"unknown tiny model {name!r}; choose from {', '.join(TINY_PREFIX + k for k in KINDS)}"
-            )
-        folder = self.models_dir / kind
-        if not (folder / "config.json").exists() and not (folder / "model_index.json").exists():
-            write_tiny_models(self.models_dir, [kind], seed=0)
-        return str(folder)
+        return resolve_tiny_model(name, self.models_dir)
 
 
 FIELDS = {f.name for f in dataclasses.fields(BuildConfig)}

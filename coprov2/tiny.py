@@ -105,9 +105,15 @@ def _clip_text_config(tokenizer: CLIPTokenizer, hidden_size: int = 32, **kwargs:
 
 
 def _tiny_vae():
+    """A random VAE calibrated like a trained one: a nearly deterministic posterior, unit-variance scaled latents.
+
+    Left at random init, the posterior's std is ~1 (it drowns the image in sampling noise) and the
+    scaling factor of SD (0.18215) shrinks latents far below the noise scale; both would make tiny
+    training runs behave unlike real ones.
+    """
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(
+    vae = AutoencoderKL(
         block_out_channels=(32, 64),
         in_channels=3,
         out_channels=3,
@@ -118,6 +124,14 @@ def _tiny_vae():
         norm_num_groups=32,
         sample_size=TINY_IMAGE_SIZE,
     )
+    with torch.no_grad():
+        logvar = vae.quant_conv.weight.shape[0] // 2
+        vae.quant_conv.weight[logvar:] = 0
+        vae.quant_conv.bias[logvar:] = -12.0  # posterior std exp(-6), like SD's VAE
+        probe = torch.rand(8, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) * 2 - 1
+        std = vae.encode(probe).latent_dist.mean.std().item()
+    vae.register_to_config(scaling_factor=1.0 / std)
+    return vae
 
 
 def _tiny_unet(**conditioning: object):
@@ -292,6 +306,24 @@ def write_tiny_models(out_dir: str | Path, kinds: Iterable[str] = KINDS, seed: i
             part.save_pretrained(folder)
         folders[kind] = folder
     return folders
+
+
+TINY_PREFIX = "tiny:"
+
+
+def resolve_tiny_model(name: str, models_dir: str | Path) -> str:
+    """A model id or folder; ``tiny:<kind>`` becomes ``models_dir/<kind>``, written (seed 0) if missing."""
+    if not name.startswith(TINY_PREFIX):
+        return name
+    kind = name.removeprefix(TINY_PREFIX)
+    if kind not in KINDS:
+        raise ValueError(
+            f"unknown tiny model {name!r}; choose from {', '.join(TINY_PREFIX + k for k in KINDS)}"
+        )
+    folder = Path(models_dir) / kind
+    if not (folder / "config.json").exists() and not (folder / "model_index.json").exists():
+        write_tiny_models(models_dir, [kind], seed=0)
+    return str(folder)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -78,9 +78,13 @@ def test_bad_inputs(folder, tmp_path_factory):
         push_folder(tmp_path_factory.mktemp("empty"), "me/x")
 
 
-def test_model_push_is_private_and_ungated(folder, monkeypatch):
+def test_model_push_is_private_ungated_and_leaves_checkpoints_local(folder, monkeypatch):
+    (folder / "checkpoints").mkdir()
+    (folder / "checkpoints" / "state.bin").write_bytes(b"x")
     hub = install_mock_hub(monkeypatch)
-    push_folder(folder, "me/expert", repo_type="model", gated=None, echo=lambda _: None)
+    push_folder(
+        folder, "me/expert", repo_type="model", gated=None, ignore=("checkpoints",), echo=lambda _: None
+    )
     assert hub.created == [{"name": "expert", "organization": "me", "visibility": "private", "type": "model"}]
     assert hub.settings == []
     assert set(hub.committed) == {"README.md", "data/hate/train-00000-of-00001.parquet"}

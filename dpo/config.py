@@ -1,0 +1,151 @@
+"""DPOConfig: every option of a safety-expert run, with the release's values as defaults (trl style)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def default_cache_dir() -> str:
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "alignguard", "dpo")
+
+
+@dataclass
+class DPOConfig:
+    """A Diffusion-DPO LoRA safety expert: caption = unsafe prompt, winner = safe image, loser = unsafe image."""
+
+    dataset: str = field(
+        default="coprov2-out/dataset",
+        metadata={
+            "help": "CoProV2 dataset (folder or Hub repo id), or the release layout (folder or CoProv2_<split>.csv)"
+        },
+    )
+    dataset_config: str | None = field(
+        default=None, metadata={"help": "dataset config (default: all categories)"}
+    )
+    split: str = field(default="train", metadata={"help": "split to train on"})
+    eval_split: str | None = field(
+        default="test",
+        metadata={"help": "split for held-out implicit accuracy at the end (skipped if absent)"},
+    )
+    category: str = field(
+        default="all",
+        metadata={
+            "help": "category to train on; 'all' = the All-single baseline; 'each' = one expert per category in turn"
+        },
+    )
+    base: str = field(
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        metadata={
+            "help": "base diffusers pipeline (Hub id or folder; tiny:sd15 / tiny:sdxl for tiny random ones)"
+        },
+    )
+    revision: str | None = field(default=None, metadata={"help": "revision of the base model"})
+    output_dir: str = field(
+        default="experts", metadata={"help": "where the expert (or one folder per category) goes"}
+    )
+    resolution: int | None = field(
+        default=None,
+        metadata={"help": "training resolution in pixels (default: the base model's native one)"},
+    )
+    beta: float = field(default=5000.0, metadata={"help": "DPO beta (the release's beta_dpo)"})
+    rank: int = field(default=4, metadata={"help": "LoRA rank"})
+    lora_alpha: float | None = field(
+        default=None, metadata={"help": "LoRA alpha (default: rank, as the release)"}
+    )
+    target_modules: list[str] = field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        metadata={"help": "UNet modules LoRA adapts"},
+    )
+    learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
+    scale_lr: bool = field(
+        default=True, metadata={"help": "scale lr by batch size x accumulation x processes"}
+    )
+    adam_weight_decay: float = field(default=1e-2, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    train_batch_size: int = field(default=4, metadata={"help": "pairs per process per micro-batch"})
+    gradient_accumulation_steps: int = field(default=4, metadata={"help": "micro-batches per optimizer step"})
+    max_train_steps: int = field(default=2000, metadata={"help": "optimizer steps"})
+    lr_scheduler: str = field(
+        default="constant_with_warmup", metadata={"help": "diffusers.optimization scheduler name"}
+    )
+    lr_warmup_steps: int = field(default=500, metadata={"help": "warmup steps"})
+    timestep_min: int = field(default=0, metadata={"help": "smallest training timestep"})
+    timestep_max: int | None = field(
+        default=None, metadata={"help": "largest training timestep + 1 (default: all)"}
+    )
+    proportion_empty_prompts: float = field(
+        default=0.2,
+        metadata={"help": "share of pairs trained with the empty caption (the release's default)"},
+    )
+    seed: int = field(
+        default=0, metadata={"help": "seed of data order, noise and timesteps (a function of seed and step)"}
+    )
+    mixed_precision: str = field(
+        default="auto",
+        metadata={
+            "help": "no, fp16 or bf16; auto = fp16 on GPU, no on CPU",
+            "choices": ("auto", "no", "fp16", "bf16"),
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "trade compute for UNet activation memory"}
+    )
+    checkpointing_steps: int = field(
+        default=500, metadata={"help": "save a resumable checkpoint every N steps"}
+    )
+    checkpoints_total_limit: int = field(default=2, metadata={"help": "checkpoints kept"})
+    resume: bool = field(default=True, metadata={"help": "resume from the latest checkpoint in output_dir"})
+    cache_dir: str = field(
+        default_factory=default_cache_dir, metadata={"help": "where cached latents/text embeddings live"}
+    )
+    logging_steps: int = field(default=10, metadata={"help": "log metrics every N steps"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "push the expert to this Hub model repo (private)"}
+    )
+    hub_public: bool = field(default=False, metadata={"help": "make the pushed repo public"})
+    dry_run: bool = field(default=False, metadata={"help": "print the Hub calls instead of pushing"})
+
+    def __post_init__(self) -> None:
+        if self.beta <= 0:
+            raise ValueError(f"beta must be positive, got {self.beta}")
+        if not 0 <= self.proportion_empty_prompts < 1:
+            raise ValueError(
+                f"proportion_empty_prompts must be within [0, 1), got {self.proportion_empty_prompts}"
+            )
+        for name in (
+            "rank",
+            "train_batch_size",
+            "gradient_accumulation_steps",
+            "max_train_steps",
+            "checkpointing_steps",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+    @property
+    def alpha(self) -> float:
+        return self.lora_alpha if self.lora_alpha is not None else float(self.rank)
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """What determines the trained weights (for the card and the checkpoint guard)."""
+        skip = {
+            "output_dir",
+            "cache_dir",
+            "progress",
+            "push_to_hub",
+            "hub_public",
+            "dry_run",
+            "resume",
+            "logging_steps",
+            "checkpointing_steps",
+            "checkpoints_total_limit",
+        }
+        return {k: v for k, v in asdict(self).items() if k not in skip}
+
+    def expert_dir(self, category: str) -> Path:
+        return Path(self.output_dir) / category if self.category == "each" else Path(self.output_dir)

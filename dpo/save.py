@@ -1,0 +1,94 @@
+"""Write a trained expert: diffusers-format LoRA weights, its card, a summary; push when asked."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import diffusers
+from diffusers import DiffusionPipeline
+from diffusers.utils import convert_state_dict_to_diffusers
+from peft import get_peft_model_state_dict
+
+from cards.model_card import lora_model_card
+from cards.push import push_folder
+
+if TYPE_CHECKING:
+    from dpo.config import DPOConfig
+    from dpo.data import PreferencePairs
+
+LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
+
+
+def pipeline_class(base: str, revision: str | None = None) -> type:
+    """The diffusers pipeline class of ``base`` (its ``save_lora_weights`` writes the right key layout)."""
+    return getattr(diffusers, DiffusionPipeline.load_config(base, revision=revision)["_class_name"])
+
+
+def save_lora(unet, base: str, folder: Path, revision: str | None = None) -> Path:
+    """``unet``'s adapter as ``pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights`` loads.
+
+    The peft config goes in as metadata: without it the loader assumes ``lora_alpha == r``.
+    """
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    pipeline_class(base, revision).save_lora_weights(
+        folder, unet_lora_layers=layers, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict()
+    )
+    return folder / LORA_WEIGHTS
+
+
+def save_expert(
+    unet,
+    base: str,
+    config: DPOConfig,
+    category: str,
+    folder: Path,
+    metrics: dict[str, Any],
+    pairs: PreferencePairs,
+    rows: int,
+    resolution: int,
+) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_lora(unet, base, folder, config.revision)
+    base_name = config.base
+    settings = {
+        **config.hyperparameters(),
+        "category": category,
+        "resolution": resolution,
+        "training pairs": rows,
+    }
+    card = lora_model_card(
+        title=f"Safety expert: {category}"
+        if category != "all"
+        else "Safety expert: all categories (All-single)",
+        summary=(
+            f"A Diffusion-DPO LoRA for `{base_name}` trained on {rows} CoProV2 pairs of category `{category}` "
+            f"from {pairs.source}: for each unsafe prompt, the safe image is preferred over the unsafe one."
+        ),
+        method=(
+            "Diffusion-DPO as in the SafetyDPO release: winner and loser share noise, timestep and caption; "
+            "loss `-logsigmoid(-0.5 * beta * ((L_w - L_l) - (L_w - L_l)_ref))`; the reference is the same UNet "
+            "with its adapters disabled; VAE latents and text embeddings were computed once and cached."
+        ),
+        base_model=base_name,
+        settings=settings,
+        measured=metrics,
+        tags=["diffusion-dpo", f"category-{category}"],
+        datasets=[config.dataset] if "/" in config.dataset and not Path(config.dataset).exists() else None,
+        repo_or_folder=config.push_to_hub or str(folder),
+    )
+    card.save(folder / "README.md")
+    summary = {"category": category, "base": base_name, "metrics": metrics, "settings": settings}
+    (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    if config.push_to_hub:
+        repo = config.push_to_hub if config.category != "each" else f"{config.push_to_hub}-{category}"
+        push_folder(
+            folder,
+            repo,
+            repo_type="model",
+            gated=None,
+            public=config.hub_public,
+            dry_run=config.dry_run,
+            ignore=("checkpoints",),
+        )

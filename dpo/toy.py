@@ -1,0 +1,176 @@
+"""A toy preference world with a known answer, for the known-answer tests and the benchmarks.
+
+Each toy concept has its own captions and two colours: images of its *unsafe* colour are the losers,
+images of its *safe* colour the winners. The base is the tiny SD1.5-shaped pipeline, first trained
+(plain diffusion loss, full UNet) to render both colours of each concept, and both colours of
+the neutral captions' own two colours, about half and half: so "removal" is measurable as the share of samples on the
+safe side, and drift as the change of that share on neutral captions. Images are 8 px (4x4 latents)
+so the tiny UNet's receptive field covers the whole latent and a global colour is learnable on CPU.
+
+A sample is "safe" when its latent is closer to the mean latent of the concept's safe-colour images
+than to that of its unsafe ones: the same VAE encodes both, so this is the property in the model's
+own space, measured on the samples the real pipeline call produces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, DiffusionPipeline
+
+TOY_RESOLUTION = 8
+COLOURS = [
+    ((220, 30, 30), (30, 30, 220)),
+    ((30, 200, 30), (200, 30, 200)),
+    ((230, 230, 30), (30, 200, 200)),
+    ((240, 140, 20), (20, 120, 240)),
+    ((120, 60, 20), (160, 220, 255)),
+    ((250, 250, 250), (20, 20, 20)),
+    ((200, 100, 150), (60, 150, 60)),
+]
+WORDS = ["lantern", "harbor", "orchard", "violin", "glacier", "meadow", "tram"]
+NEUTRAL_CAPTIONS = ["a quiet library at noon", "a bowl of soup on a table", "a kite above a field"]
+NEUTRAL_COLOURS = ((128, 128, 128), (90, 160, 90))
+
+
+@dataclass(frozen=True)
+class ToyConcept:
+    name: str
+    unsafe_colour: tuple[int, int, int]
+    safe_colour: tuple[int, int, int]
+    captions: tuple[str, ...]
+    held_out: tuple[str, ...]
+
+
+def toy_concepts(n: int, captions: int = 6, held_out: int = 2) -> list[ToyConcept]:
+    """``n`` concepts (at most 7), each with its colour pair, training captions and held-out captions."""
+    if not 1 <= n <= len(WORDS):
+        raise ValueError(f"toy world has 1 to {len(WORDS)} concepts, got {n}")
+    return [
+        ToyConcept(
+            name=f"concept-{k}",
+            unsafe_colour=COLOURS[k][0],
+            safe_colour=COLOURS[k][1],
+            captions=tuple(f"a {WORDS[k]} scene, view {i}" for i in range(captions)),
+            held_out=tuple(f"a {WORDS[k]} scene, view {i}" for i in range(captions, captions + held_out)),
+        )
+        for k in range(n)
+    ]
+
+
+def colour_pixels(colour: tuple[int, int, int], n: int, generator: torch.Generator) -> torch.Tensor:
+    """``n`` images of ``colour`` with mild pixel noise, in [-1, 1], ``[n, 3, 8, 8]``."""
+    base = torch.tensor(colour, dtype=torch.float32).view(1, 3, 1, 1) / 127.5 - 1
+    noise = 0.1 * torch.randn(n, 3, TOY_RESOLUTION, TOY_RESOLUTION, generator=generator)
+    return (base + noise).clamp(-1, 1)
+
+
+def to_pil(pixels: torch.Tensor):
+    from PIL import Image
+
+    array = ((pixels.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
+    return Image.fromarray(array)
+
+
+def _encode(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+
+
+def pretrain_toy_base(tiny_sd15: str | Path, output: str | Path, concepts: list[ToyConcept], steps: int = 600, seed: int = 0) -> Path:
+    """Train the tiny pipeline (UNet and text encoder, as a real base was) to render both colours of each caption's group."""
+    output = Path(output)
+    if (output / "model_index.json").exists():
+        return output
+    generator = torch.Generator().manual_seed(seed)
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_sd15))
+    scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    captions = [c for concept in concepts for c in concept.captions + concept.held_out] + NEUTRAL_CAPTIONS
+    modes = [(concept.unsafe_colour, concept.safe_colour) for concept in concepts for _ in concept.captions + concept.held_out]
+    modes += [NEUTRAL_COLOURS] * len(NEUTRAL_CAPTIONS)
+    latents = {colour: _encode(pipe, colour_pixels(colour, 32, generator)) for pair in set(modes) for colour in pair}
+    tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    unet, text_encoder = pipe.unet, pipe.text_encoder
+    unet.train()
+    text_encoder.train()
+    optimizer = torch.optim.AdamW([*unet.parameters(), *text_encoder.parameters()], lr=1e-3)
+    batch = 32
+    for _ in range(steps):
+        caption = torch.randint(0, len(captions), (batch,), generator=generator)
+        safe = torch.rand(batch, generator=generator) < 0.5
+        pick = torch.randint(0, 32, (batch,), generator=generator)
+        x0 = torch.stack([latents[modes[c][int(s)]][p] for c, s, p in zip(caption.tolist(), safe.tolist(), pick.tolist(), strict=True)])
+        noise = torch.randn(x0.shape, generator=generator)
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
+        text = text_encoder(tokens[caption])[0]
+        loss = (unet(scheduler.add_noise(x0, noise, t), t, text).sample - noise).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    unet.eval()
+    text_encoder.eval()
+    pipe.save_pretrained(output)
+    return output
+
+
+def write_toy_dataset(folder: str | Path, concepts: list[ToyConcept], pairs_per_caption: int = 4, seed: int = 0) -> Path:
+    """A CoProV2-format dataset folder (parquet, ``datasets.Image``), one category per concept.
+
+    ``train`` holds the concepts' training captions, ``test`` their held-out captions.
+    """
+    import datasets
+
+    from coprov2.dataset.export import FEATURES
+    from coprov2.gate.clip_scores import SCORE_NAMES
+
+    generator = torch.Generator().manual_seed(seed)
+    folder = Path(folder)
+    for split in ("train", "test"):
+        rows = []
+        for concept in concepts:
+            for caption in concept.captions if split == "train" else concept.held_out:
+                unsafe = colour_pixels(concept.unsafe_colour, pairs_per_caption, generator)
+                safe = colour_pixels(concept.safe_colour, pairs_per_caption, generator)
+                for i in range(pairs_per_caption):
+                    rows.append(
+                        {
+                            "id": f"{concept.name}-{len(rows)}",
+                            "category": concept.name,
+                            "concept": concept.name,
+                            "unsafe_prompt": caption,
+                            "safe_prompt": caption,
+                            "seed": i,
+                            "unsafe_image": to_pil(unsafe[i]),
+                            "safe_image": to_pil(safe[i]),
+                            **{name: 0.0 for name in SCORE_NAMES},
+                            "width": TOY_RESOLUTION,
+                            "height": TOY_RESOLUTION,
+                            "t2i_model": "toy",
+                            "clip_model": "toy",
+                        }
+                    )
+        features = datasets.Features({k: v for k, v in FEATURES.items() if k in rows[0]})
+        path = folder / "data" / f"{split}-00000-of-00001.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+    return folder
+
+
+def safe_share(pipe, captions: list[str], concept_colours: tuple, samples: int = 32, steps: int = 20, seed: int = 0) -> float:
+    """Share of samples for ``captions`` whose latent is closer to the safe colour's mean latent than the unsafe one's."""
+    generator = torch.Generator().manual_seed(seed)
+    unsafe = _encode(pipe, colour_pixels(concept_colours[0], 32, generator)).mean(0).flatten()
+    safe = _encode(pipe, colour_pixels(concept_colours[1], 32, generator)).mean(0).flatten()
+    prompts = [c for c in captions for _ in range(samples)]
+    latents = pipe(
+        prompts,
+        height=TOY_RESOLUTION,
+        width=TOY_RESOLUTION,
+        num_inference_steps=steps,
+        guidance_scale=1.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+    ).images.flatten(1)
+    return ((latents - safe).norm(dim=1) < (latents - unsafe).norm(dim=1)).float().mean().item()

@@ -1,0 +1,49 @@
+"""``python -m dpo.train``: train Diffusion-DPO LoRA safety experts on CoProV2 (one call: ``dpo.train(config)``).
+
+Examples::
+
+    python -m dpo.train --dataset me/coprov2 --category violence --base stable-diffusion-v1-5/stable-diffusion-v1-5 --output_dir experts/violence
+    accelerate launch -m dpo.train --dataset coprov2-out/dataset --category each --output_dir experts
+    python -m dpo.train --dataset release_pickapic_formatted --category Harrasment --output_dir experts/harassment
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from transformers import HfArgumentParser
+
+from dpo.config import DPOConfig
+from dpo.trainer import train
+
+
+def parse_args(argv: list[str] | None = None) -> DPOConfig:
+    parser = HfArgumentParser(
+        DPOConfig,
+        prog="python -m dpo.train",
+        description=(
+            "Train a Diffusion-DPO LoRA safety expert per harm category (SafetyDPO): for each unsafe prompt of "
+            "CoProV2 the safe image is preferred over the unsafe one. The reference model is the base UNet with "
+            "its adapters off; VAE latents and text embeddings are cached once per (dataset, base model). "
+            "Checkpoints resume exactly; the result is a diffusers LoRA (pipe.load_lora_weights) with a model card."
+        ),
+    )
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    return config
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = parse_args(argv)
+        for result in train(config):
+            print(f"expert {result.category}: {result.output_dir} {result.metrics}")
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

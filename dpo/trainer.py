@@ -1,0 +1,433 @@
+"""Train one Diffusion-DPO LoRA safety expert: cached inputs, adapters-off reference, exact resume.
+
+Thin on purpose: diffusers gives the UNet, the noise schedule and the LoRA file format, peft the
+adapter, accelerate the processes, mixed precision and the checkpoint state. What is ours:
+
+- the reference is the same UNet with its adapters disabled (no second UNet in memory);
+- the VAE latents and text embeddings come from a cache (``dpo/encode.py``), never recomputed;
+- every random draw of a step (data order, latent sample, noise, timestep, empty caption) is a
+  function of ``(seed, step, micro-batch, rank)``, so a run killed and resumed from a checkpoint
+  takes exactly the same steps as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from coprov2.seeds import derive_seed
+from coprov2.tiny import resolve_tiny_model
+from dpo.config import DPOConfig
+from dpo.data import PreferencePairs, load_preference_pairs
+from dpo.encode import EncodedPairs, cached_encode
+from dpo.loss import diffusion_dpo_loss
+from dpo.save import save_expert
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_LORA = "lora_peft.safetensors"
+TRAINER_STATE = "trainer_state.json"
+
+
+@dataclass
+class ExpertResult:
+    category: str
+    output_dir: Path
+    metrics: dict[str, float]
+
+
+def _resolution(base: str, revision: str | None, requested: int | None) -> int:
+    """The training resolution, checked against the base model's UNet and VAE."""
+    unet = UNet2DConditionModel.load_config(base, subfolder="unet", revision=revision)
+    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=revision)
+    scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    native = unet["sample_size"] * scale
+    resolution = requested or native
+    multiple = scale * 2 ** (len(unet["down_block_types"]) - 1)
+    if resolution % multiple:
+        raise ValueError(
+            f"resolution {resolution} does not fit base model {base}: it must be a multiple of {multiple} "
+            f"(VAE factor {scale} x UNet downsampling); the model's native resolution is {native}"
+        )
+    if resolution != native:
+        logger.warning("training %s at %d px; its native resolution is %d px", base, resolution, native)
+    return resolution
+
+
+def _load_pipeline(base: str, revision: str | None, device: torch.device):
+    pipe = DiffusionPipeline.from_pretrained(
+        base, revision=revision, safety_checker=None, requires_safety_checker=False
+    )
+    return pipe.to(device)
+
+
+def _batch_rows(
+    step: int, micro: int, rank: int, config: DPOConfig, world: int, rows: list[int]
+) -> list[int]:
+    """The dataset rows of one micro-batch: a seeded permutation per epoch, walked in order."""
+    size = config.train_batch_size
+    start = ((step * config.gradient_accumulation_steps + micro) * world + rank) * size
+    chosen = []
+    for position in range(start, start + size):
+        epoch, offset = divmod(position, len(rows))
+        order = torch.randperm(
+            len(rows), generator=torch.Generator().manual_seed(derive_seed(config.seed, "epoch", epoch))
+        )
+        chosen.append(rows[int(order[offset])])
+    return chosen
+
+
+def dpo_step(
+    unet,
+    noise_scheduler: DDPMScheduler,
+    encoded: EncodedPairs,
+    rows: list[int],
+    generator: torch.Generator,
+    config: DPOConfig,
+    device: torch.device,
+    scaling_factor: float,
+    reference=None,
+):
+    """The loss of one micro-batch. ``reference`` is the module run with adapters disabled (default ``unet``)."""
+    index = torch.tensor(rows)
+    size = len(rows)
+
+    def latent(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        return (
+            mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)
+        ) * scaling_factor
+
+    latents = torch.cat(
+        [latent(encoded.winner_mean, encoded.winner_std), latent(encoded.loser_mean, encoded.loser_std)]
+    )
+    noise = torch.randn(latents[:size].shape, generator=generator).repeat(2, 1, 1, 1)
+    t_max = config.timestep_max or noise_scheduler.config.num_train_timesteps
+    timesteps = torch.randint(config.timestep_min, t_max, (size,), generator=generator).repeat(2)
+    empty = torch.rand(size, generator=generator) < config.proportion_empty_prompts
+    text = torch.where(empty[:, None, None], encoded.empty_text, encoded.text[index]).repeat(2, 1, 1)
+    added = None
+    if encoded.pooled is not None:
+        pooled = torch.where(empty[:, None], encoded.empty_pooled, encoded.pooled[index]).repeat(2, 1)
+        added = {
+            "text_embeds": pooled.to(device),
+            "time_ids": encoded.time_ids[index].repeat(2, 1).to(device),
+        }
+
+    latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    if noise_scheduler.config.prediction_type == "v_prediction":
+        target = noise_scheduler.get_velocity(latents, noise, timesteps)
+    else:
+        target = noise
+    dtype = next(p for p in unet.parameters() if not p.requires_grad).dtype
+    inputs = (noisy.to(dtype), timesteps, text.to(device, dtype))
+    reference = reference if reference is not None else unet
+    with torch.no_grad():
+        reference.disable_adapters()
+        try:
+            ref_pred = reference(*inputs, added_cond_kwargs=added).sample
+        finally:
+            reference.enable_adapters()
+    model_pred = unet(*inputs, added_cond_kwargs=added).sample
+    return diffusion_dpo_loss(model_pred, ref_pred, target, config.beta)
+
+
+def _checkpoints(expert_dir: Path) -> list[Path]:
+    found = [p for p in (expert_dir / "checkpoints").glob("step-*") if (p / TRAINER_STATE).exists()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
+    return {key: sum(m[key] for m in history) / len(history) for key in history[0]}
+
+
+def evaluate_implicit_accuracy(
+    unet,
+    noise_scheduler,
+    encoded: EncodedPairs,
+    rows: list[int],
+    config: DPOConfig,
+    device,
+    scaling_factor: float,
+    draws: int = 4,
+) -> dict[str, float]:
+    """Held-out DPO metrics over ``rows``: each pair scored at ``draws`` fixed (noise, timestep) draws."""
+    history = []
+    with torch.no_grad():
+        for draw in range(draws):
+            for start in range(0, len(rows), config.train_batch_size):
+                generator = torch.Generator().manual_seed(derive_seed(config.seed, "eval", draw, start))
+                batch = rows[start : start + config.train_batch_size]
+                metrics = dpo_step(
+                    unet, noise_scheduler, encoded, batch, generator, config, device, scaling_factor
+                ).metrics
+                history += [metrics] * len(batch)
+    return {f"eval_{key}": value for key, value in _mean_metrics(history).items()}
+
+
+class _Encoder:
+    """Loads the base pipeline once, only when a cache misses."""
+
+    def __init__(self, base: str, revision: str | None, device: torch.device) -> None:
+        self.base, self.revision, self.device, self.pipe = base, revision, device, None
+
+    def __call__(self):
+        if self.pipe is None:
+            self.pipe = _load_pipeline(self.base, self.revision, self.device)
+        return self.pipe
+
+
+def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult:
+    """Train (or resume) the expert for ``category`` (default ``config.category``); returns its folder and metrics."""
+    category = category or config.category
+    expert_dir = config.expert_dir(category)
+    mixed = (
+        config.mixed_precision
+        if config.mixed_precision != "auto"
+        else ("fp16" if torch.cuda.is_available() else "no")
+    )
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+
+    pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
+    rows = pairs.indices(category)
+    eval_pairs, eval_rows = _eval_rows(config, category)
+    resolution = _resolution(base, config.revision, config.resolution)
+    encoder = _Encoder(base, config.revision, device)
+    with accelerator.main_process_first():
+        encoded, cache_file, hit = cached_encode(
+            encoder,
+            pairs,
+            f"{base}@{config.revision}",
+            resolution,
+            Path(config.cache_dir),
+            device,
+            config.progress,
+        )
+        eval_encoded = None
+        if eval_pairs is not None:
+            eval_encoded, _, _ = cached_encode(
+                encoder,
+                eval_pairs,
+                f"{base}@{config.revision}",
+                resolution,
+                Path(config.cache_dir),
+                device,
+                config.progress,
+            )
+    logger.info("inputs %s from cache %s", "read" if hit else "encoded", cache_file)
+    encoder.pipe = None
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
+    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=config.revision)
+    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
+    scaling_factor = float(vae_config.get("scaling_factor", 0.18215))
+    unet = UNet2DConditionModel.from_pretrained(
+        base, subfolder="unet", revision=config.revision, torch_dtype=weight_dtype
+    ).to(device)
+    unet.requires_grad_(False)
+    lora_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        init_lora_weights="gaussian",
+        target_modules=config.target_modules,
+    )
+    torch.manual_seed(derive_seed(config.seed, "lora-init"))
+    unet.add_adapter(lora_config)
+    cast_training_params(unet, dtype=torch.float32)
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    unet.train()
+
+    world = accelerator.num_processes
+    learning_rate = config.learning_rate * (
+        config.train_batch_size * config.gradient_accumulation_steps * world if config.scale_lr else 1
+    )
+    params = [p for p in unet.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=config.adam_weight_decay)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler,
+        optimizer,
+        num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.max_train_steps,
+    )
+    unet, optimizer = accelerator.prepare(unet, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    module = accelerator.unwrap_model(unet)
+    _register_lora_hooks(accelerator, module)
+
+    start = _resume(accelerator, config, expert_dir)
+    expert_dir.mkdir(parents=True, exist_ok=True)
+    metrics_path = expert_dir / "metrics.jsonl"
+    _truncate_metrics(metrics_path, start, accelerator)
+    progress = tqdm(
+        range(start, config.max_train_steps),
+        initial=start,
+        total=config.max_train_steps,
+        desc=f"DPO {category}",
+        disable=not (config.progress and accelerator.is_main_process),
+    )
+    history: list[dict[str, float]] = []
+    for step in progress:
+        step_metrics = []
+        for micro in range(config.gradient_accumulation_steps):
+            batch = _batch_rows(step, micro, accelerator.process_index, config, world, rows)
+            generator = torch.Generator().manual_seed(
+                derive_seed(config.seed, "step", step, micro, accelerator.process_index)
+            )
+            last = micro == config.gradient_accumulation_steps - 1
+            with accelerator.autocast(), accelerator.no_sync(unet) if not last else contextlib.nullcontext():
+                output = dpo_step(
+                    unet, noise_scheduler, encoded, batch, generator, config, device, scaling_factor, module
+                )
+                accelerator.backward(output.loss / config.gradient_accumulation_steps)
+            step_metrics.append(output.metrics)
+        accelerator.clip_grad_norm_(params, config.max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        metrics = _reduce(accelerator, _mean_metrics(step_metrics), device)
+        history.append(metrics)
+        done = step + 1
+        if done % config.logging_steps == 0 or done == config.max_train_steps:
+            logged = {
+                "step": done,
+                "lr": lr_scheduler.get_last_lr()[0],
+                **_mean_metrics(history[-config.logging_steps :]),
+            }
+            progress.set_postfix(loss=f"{logged['loss']:.4f}", acc=f"{logged['implicit_acc']:.2f}")
+            if accelerator.is_main_process:
+                with metrics_path.open("a") as handle:
+                    handle.write(json.dumps(logged) + "\n")
+        if done % config.checkpointing_steps == 0 or done == config.max_train_steps:
+            _save_checkpoint(accelerator, config, expert_dir, done)
+
+    final = _final_metrics(metrics_path)
+    module.eval()
+    if eval_encoded is not None:
+        final.update(
+            evaluate_implicit_accuracy(
+                module, noise_scheduler, eval_encoded, eval_rows, config, device, scaling_factor
+            )
+        )
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_expert(module, base, config, category, expert_dir, final, pairs, len(rows), resolution)
+    accelerator.wait_for_everyone()
+    return ExpertResult(category, expert_dir, final)
+
+
+def train(config: DPOConfig) -> list[ExpertResult]:
+    """Train the expert(s) ``config.category`` names: one, All-single (``all``), or every category (``each``)."""
+    if config.category != "each":
+        return [train_expert(config)]
+    pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
+    return [train_expert(config, category) for category in sorted(set(pairs.categories))]
+
+
+def _eval_rows(config: DPOConfig, category: str) -> tuple[PreferencePairs | None, list[int]]:
+    if not config.eval_split or config.eval_split == config.split:
+        return None, []
+    try:
+        pairs = load_preference_pairs(config.dataset, config.dataset_config, config.eval_split)
+        return pairs, pairs.indices(category)
+    except (ValueError, FileNotFoundError, KeyError) as error:
+        logger.warning("no held-out evaluation: %s", error)
+        return None, []
+
+
+def _reduce(accelerator: Accelerator, metrics: dict[str, float], device) -> dict[str, float]:
+    if accelerator.num_processes == 1:
+        return metrics
+    values = accelerator.reduce(torch.tensor(list(metrics.values()), device=device), reduction="mean")
+    return dict(zip(metrics, values.tolist(), strict=True))
+
+
+def _register_lora_hooks(accelerator: Accelerator, module) -> None:
+    """Checkpoints hold the LoRA weights only (the release wrote the whole UNet and could not resume)."""
+
+    def save_hook(models, weights, output_dir):
+        if accelerator.is_main_process:
+            save_file(get_peft_model_state_dict(module), Path(output_dir) / CHECKPOINT_LORA)
+        while weights:
+            weights.pop()
+
+    def load_hook(models, input_dir):
+        while models:
+            models.pop()
+        result = set_peft_model_state_dict(module, load_file(Path(input_dir) / CHECKPOINT_LORA))
+        if result.unexpected_keys:
+            raise RuntimeError(
+                f"{input_dir}: checkpoint LoRA keys do not match the model: {result.unexpected_keys[:3]}"
+            )
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _resume(accelerator: Accelerator, config: DPOConfig, expert_dir: Path) -> int:
+    checkpoints = _checkpoints(expert_dir)
+    if not config.resume or not checkpoints:
+        return 0
+    latest = checkpoints[-1]
+    state = json.loads((latest / TRAINER_STATE).read_text())
+    if state["hyperparameters"] != json.loads(json.dumps(config.hyperparameters())):
+        changed = sorted(
+            k
+            for k in state["hyperparameters"]
+            if state["hyperparameters"][k] != config.hyperparameters().get(k)
+        )
+        raise ValueError(
+            f"{latest} was trained with other settings ({', '.join(changed)}); use another --output_dir or --no_resume"
+        )
+    accelerator.load_state(str(latest))
+    logger.info("resumed from %s (step %d)", latest, state["step"])
+    return int(state["step"])
+
+
+def _truncate_metrics(path: Path, step: int, accelerator: Accelerator) -> None:
+    """Drop metric lines logged after the checkpoint a run resumes from (they will be logged again)."""
+    if accelerator.is_main_process and path.exists():
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _save_checkpoint(accelerator: Accelerator, config: DPOConfig, expert_dir: Path, step: int) -> None:
+    root = expert_dir / "checkpoints"
+    partial = root / f"step-{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(partial))
+    if accelerator.is_main_process:
+        state = {"step": step, "hyperparameters": config.hyperparameters()}
+        (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2))
+        final = root / f"step-{step}"
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        for old in _checkpoints(expert_dir)[: -config.checkpoints_total_limit]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def _final_metrics(path: Path) -> dict[str, Any]:
+    lines = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not lines:
+        return {}
+    last = lines[-1]
+    return {f"train_{k}": v for k, v in last.items() if k not in ("step", "lr")} | {"steps": last["step"]}
