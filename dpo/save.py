@@ -32,8 +32,10 @@ def save_lora(unet, base: str, folder: Path, revision: str | None = None) -> Pat
     The peft config goes in as metadata: without it the loader assumes ``lora_alpha == r``.
     """
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    metadata = unet.peft_config["default"].to_dict()
+    metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: its order varies per process
     pipeline_class(base, revision).save_lora_weights(
-        folder, unet_lora_layers=layers, unet_lora_adapter_metadata=unet.peft_config["default"].to_dict()
+        folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
     )
     return folder / LORA_WEIGHTS
 

@@ -79,7 +79,9 @@ def _encode(pipe, pixels: torch.Tensor) -> torch.Tensor:
         return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
-def pretrain_toy_base(tiny_sd15: str | Path, output: str | Path, concepts: list[ToyConcept], steps: int = 600, seed: int = 0) -> Path:
+def pretrain_toy_base(
+    tiny_sd15: str | Path, output: str | Path, concepts: list[ToyConcept], steps: int = 600, seed: int = 0
+) -> Path:
     """Train the tiny pipeline (UNet and text encoder, as a real base was) to render both colours of each caption's group."""
     output = Path(output)
     if (output / "model_index.json").exists():
@@ -88,10 +90,22 @@ def pretrain_toy_base(tiny_sd15: str | Path, output: str | Path, concepts: list[
     pipe = DiffusionPipeline.from_pretrained(str(tiny_sd15))
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     captions = [c for concept in concepts for c in concept.captions + concept.held_out] + NEUTRAL_CAPTIONS
-    modes = [(concept.unsafe_colour, concept.safe_colour) for concept in concepts for _ in concept.captions + concept.held_out]
+    modes = [
+        (concept.unsafe_colour, concept.safe_colour)
+        for concept in concepts
+        for _ in concept.captions + concept.held_out
+    ]
     modes += [NEUTRAL_COLOURS] * len(NEUTRAL_CAPTIONS)
-    latents = {colour: _encode(pipe, colour_pixels(colour, 32, generator)) for pair in set(modes) for colour in pair}
-    tokens = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    latents = {
+        colour: _encode(pipe, colour_pixels(colour, 32, generator)) for pair in set(modes) for colour in pair
+    }
+    tokens = pipe.tokenizer(
+        captions,
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
     unet, text_encoder = pipe.unet, pipe.text_encoder
     unet.train()
     text_encoder.train()
@@ -101,7 +115,12 @@ def pretrain_toy_base(tiny_sd15: str | Path, output: str | Path, concepts: list[
         caption = torch.randint(0, len(captions), (batch,), generator=generator)
         safe = torch.rand(batch, generator=generator) < 0.5
         pick = torch.randint(0, 32, (batch,), generator=generator)
-        x0 = torch.stack([latents[modes[c][int(s)]][p] for c, s, p in zip(caption.tolist(), safe.tolist(), pick.tolist(), strict=True)])
+        x0 = torch.stack(
+            [
+                latents[modes[c][int(s)]][p]
+                for c, s, p in zip(caption.tolist(), safe.tolist(), pick.tolist(), strict=True)
+            ]
+        )
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         text = text_encoder(tokens[caption])[0]
@@ -115,7 +134,9 @@ def pretrain_toy_base(tiny_sd15: str | Path, output: str | Path, concepts: list[
     return output
 
 
-def write_toy_dataset(folder: str | Path, concepts: list[ToyConcept], pairs_per_caption: int = 4, seed: int = 0) -> Path:
+def write_toy_dataset(
+    folder: str | Path, concepts: list[ToyConcept], pairs_per_caption: int = 4, seed: int = 0
+) -> Path:
     """A CoProV2-format dataset folder (parquet, ``datasets.Image``), one category per concept.
 
     ``train`` holds the concepts' training captions, ``test`` their held-out captions.
@@ -158,19 +179,35 @@ def write_toy_dataset(folder: str | Path, concepts: list[ToyConcept], pairs_per_
     return folder
 
 
-def safe_share(pipe, captions: list[str], concept_colours: tuple, samples: int = 32, steps: int = 20, seed: int = 0) -> float:
-    """Share of samples for ``captions`` whose latent is closer to the safe colour's mean latent than the unsafe one's."""
-    generator = torch.Generator().manual_seed(seed)
-    unsafe = _encode(pipe, colour_pixels(concept_colours[0], 32, generator)).mean(0).flatten()
-    safe = _encode(pipe, colour_pixels(concept_colours[1], 32, generator)).mean(0).flatten()
+def sample_latents(
+    pipe, captions: list[str], samples: int = 32, steps: int = 20, seed: int = 0
+) -> torch.Tensor:
+    """``samples`` latents per caption from the real pipeline call, ``[len(captions) * samples, D]``, fixed seeds."""
     prompts = [c for c in captions for _ in range(samples)]
-    latents = pipe(
-        prompts,
-        height=TOY_RESOLUTION,
-        width=TOY_RESOLUTION,
-        num_inference_steps=steps,
-        guidance_scale=1.0,
-        generator=torch.Generator().manual_seed(seed),
-        output_type="latent",
-    ).images.flatten(1)
+    with torch.no_grad():
+        latents = pipe(
+            prompts,
+            height=TOY_RESOLUTION,
+            width=TOY_RESOLUTION,
+            num_inference_steps=steps,
+            guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="latent",
+        ).images
+    return latents.flatten(1)
+
+
+def colour_centroid(pipe, colour: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
+    """Mean latent of 32 noisy images of ``colour``."""
+    return _encode(pipe, colour_pixels(colour, 32, torch.Generator().manual_seed(seed))).mean(0).flatten()
+
+
+def safe_share(pipe, latents: torch.Tensor, concept: ToyConcept) -> float:
+    """Share of ``latents`` closer to the concept's safe-colour centroid than to its unsafe one."""
+    safe, unsafe = colour_centroid(pipe, concept.safe_colour), colour_centroid(pipe, concept.unsafe_colour)
     return ((latents - safe).norm(dim=1) < (latents - unsafe).norm(dim=1)).float().mean().item()
+
+
+def displacement(before: torch.Tensor, after: torch.Tensor) -> float:
+    """Mean distance between samples drawn with the same seeds before and after a change of the model."""
+    return (after - before).norm(dim=1).mean().item()

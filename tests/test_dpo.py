@@ -1,0 +1,301 @@
+"""dpo/: the loss, the adapters-off reference, LoRA I/O through diffusers, resume, bad inputs, and the
+known-answer test in the toy world (dpo/toy.py) with its two mutations."""
+
+import copy
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+from peft import LoraConfig
+
+from dpo import DPOConfig, train_expert
+from dpo.data import load_preference_pairs
+from dpo.loss import diffusion_dpo_loss
+from dpo.toy import (
+    NEUTRAL_CAPTIONS,
+    TOY_RESOLUTION,
+    displacement,
+    pretrain_toy_base,
+    safe_share,
+    sample_latents,
+    toy_concepts,
+    write_toy_dataset,
+)
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    return write_toy_dataset(
+        tmp_path_factory.mktemp("toy-data"), toy_concepts(2, captions=2, held_out=1), pairs_per_caption=2
+    )
+
+
+def _config(tmp_path, data, **overrides) -> DPOConfig:
+    settings = {
+        "dataset": str(data),
+        "category": "concept-0",
+        "base": "tiny:sd15",
+        "output_dir": str(tmp_path / "expert"),
+        "cache_dir": str(tmp_path.parent / "dpo-cache"),
+        "resolution": TOY_RESOLUTION,
+        "max_train_steps": 4,
+        "train_batch_size": 2,
+        "gradient_accumulation_steps": 2,
+        "lr_warmup_steps": 0,
+        "learning_rate": 1e-3,
+        "scale_lr": False,
+        "checkpointing_steps": 2,
+        "logging_steps": 1,
+        "progress": False,
+    }
+    return DPOConfig(**{**settings, **overrides})
+
+
+def test_loss_known_answer():
+    target = torch.zeros(4, 1, 1, 1)
+    # winners (rows 0, 1) then losers (rows 2, 3); per-sample errors are the squares below.
+    model = torch.tensor([1.0, 2.0, 3.0, 1.0]).view(4, 1, 1, 1).sqrt()
+    ref = torch.tensor([2.0, 2.0, 2.0, 2.0]).view(4, 1, 1, 1).sqrt()
+    out = diffusion_dpo_loss(model, ref, target, beta=0.5)
+    inside = torch.tensor([-0.25 * ((1 - 3) - 0), -0.25 * ((2 - 1) - 0)])  # [0.5, -0.25]
+    assert out.loss.item() == pytest.approx(-torch.nn.functional.logsigmoid(inside).mean().item())
+    assert out.metrics["implicit_acc"] == 0.5
+    assert out.metrics["reward_margin"] == pytest.approx(0.125)
+    assert out.metrics["model_gap"] == pytest.approx(-0.5) and out.metrics["ref_gap"] == 0
+    same = diffusion_dpo_loss(ref, ref, target, beta=5000)
+    assert same.loss.item() == pytest.approx(math.log(2)) and same.metrics["implicit_acc"] == 0.5
+
+
+def test_reference_with_adapters_disabled_is_the_base_unet_exactly(tiny_models):
+    unet = UNet2DConditionModel.from_pretrained(tiny_models["sd15"], subfolder="unet")
+    base = copy.deepcopy(unet)
+    unet.add_adapter(
+        LoraConfig(
+            r=4, lora_alpha=4, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+        )
+    )
+    sample, text = torch.randn(2, 4, 16, 16), torch.randn(2, 77, 32)
+    t = torch.tensor([10, 900])
+    with torch.no_grad():
+        expected = base(sample, t, text).sample
+        adapted = unet(sample, t, text).sample
+        unet.disable_adapters()
+        disabled = unet(sample, t, text).sample
+        unet.enable_adapters()
+    assert not torch.equal(adapted, expected), "the adapter changes the output"
+    assert torch.equal(disabled, expected)
+
+
+def test_expert_loads_with_load_lora_weights_and_keeps_alpha(tmp_path, toy_data):
+    config = _config(tmp_path, toy_data, rank=4, lora_alpha=8, learning_rate=5e-2)
+    result = train_expert(config)
+    folder = result.output_dir
+    assert (folder / "pytorch_lora_weights.safetensors").exists()
+    base = config.cache_dir + "/tiny-models/sd15"
+    pipe = DiffusionPipeline.from_pretrained(base)
+    pipe.load_lora_weights(folder)
+    assert pipe.unet.peft_config["default_0"].lora_alpha == 8
+
+    # The same weights, read back from the last checkpoint into a fresh UNet through peft.
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=config.target_modules))
+    set_peft_model_state_dict(unet, load_file(folder / "checkpoints" / "step-4" / "lora_peft.safetensors"))
+    sample, text, t = torch.randn(1, 4, 4, 4), torch.randn(1, 77, 32), torch.tensor([500])
+    with torch.no_grad():
+        assert torch.allclose(pipe.unet(sample, t, text).sample, unet(sample, t, text).sample, atol=1e-6)
+        unet.disable_adapters()
+        assert not torch.allclose(pipe.unet(sample, t, text).sample, unet(sample, t, text).sample, atol=1e-4)
+
+    card = (folder / "README.md").read_text()
+    assert "base_model: tiny:sd15" in card and "category-concept-0" in card and "| beta | 5000 |" in card
+    assert f"| train_implicit_acc | {result.metrics['train_implicit_acc']:.4g} |" in card
+    assert "eval_implicit_acc" in result.metrics, "held-out split measured"
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    assert set(lines[0]) >= {"loss", "implicit_acc", "reward_margin", "model_gap", "ref_gap"}
+
+
+def test_release_layout_is_read_through_the_same_entry(tmp_path, toy_data):
+    from coprov2.dataset.release_layout import export_release_layout
+
+    ours = load_preference_pairs(str(toy_data))
+    release = tmp_path / "release_pickapic_formatted"
+    export_release_layout(toy_data, release)
+    theirs = load_preference_pairs(str(release))
+    assert theirs.captions == ours.captions and theirs.categories == ours.categories
+    assert theirs.decode(0, "safe").size == (TOY_RESOLUTION, TOY_RESOLUTION)
+    assert (
+        load_preference_pairs(str(release / "CoProv2_test.csv")).captions
+        == load_preference_pairs(str(toy_data), split="test").captions
+    )
+
+
+def test_bad_inputs_fail_before_training(tmp_path, toy_data):
+    with pytest.raises(
+        ValueError, match=r"category 'hate' is not in .*known categories: concept-0, concept-1 \(or all\)"
+    ):
+        train_expert(_config(tmp_path, toy_data, category="hate"))
+    with pytest.raises(ValueError, match=r"resolution 10 does not fit base model .*multiple of 4"):
+        train_expert(_config(tmp_path, toy_data, resolution=10))
+    with pytest.raises(ValueError, match=r"beta must be positive"):
+        _config(tmp_path, toy_data, beta=0)
+
+    import datasets
+
+    bad = tmp_path / "bad"
+    rows = datasets.load_dataset(str(toy_data), split="train")
+    rows.remove_columns("safe_image").to_parquet(str(bad / "data" / "train-0.parquet"))
+    with pytest.raises(ValueError, match=r"not a CoProV2 dataset, columns \['safe_image'\] are missing"):
+        load_preference_pairs(str(bad))
+
+    corrupt = tmp_path / "corrupt"
+    export_dir = corrupt / "release"
+    from coprov2.dataset.release_layout import export_release_layout
+
+    export_release_layout(toy_data, export_dir)
+    (export_dir / "images" / "u_idx_0000001_0.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(
+        ValueError, match=r"row 1 \('a lantern scene, view 0'\): the unsafe image does not decode"
+    ):
+        train_expert(_config(tmp_path, export_dir, cache_dir=str(tmp_path / "fresh-cache")))
+    assert not (tmp_path / "expert" / "checkpoints").exists(), "nothing trained"
+
+
+def test_sdxl_expert_trains_and_loads(tmp_path, toy_data):
+    config = _config(tmp_path, toy_data, base="tiny:sdxl", max_train_steps=2)
+    folder = train_expert(config).output_dir
+    pipe = DiffusionPipeline.from_pretrained(config.cache_dir + "/tiny-models/sdxl")
+    pipe.load_lora_weights(folder)
+    assert "default_0" in pipe.unet.peft_config
+
+
+def _cli(config_dir: Path, data: Path, cache: Path, steps: int) -> list[str]:
+    return [
+        sys.executable, "-m", "dpo.train", "--dataset", str(data), "--category", "concept-0", "--base", "tiny:sd15",
+        "--output_dir", str(config_dir), "--cache_dir", str(cache), "--resolution", str(TOY_RESOLUTION),
+        "--max_train_steps", str(steps), "--train_batch_size", "2", "--gradient_accumulation_steps", "2",
+        "--lr_warmup_steps", "3", "--learning_rate", "1e-3", "--checkpointing_steps", "5", "--no_progress",
+    ]  # fmt: skip
+
+
+def _lora_file(folder: Path) -> tuple[dict, dict]:
+    """Tensors (as bytes) and metadata of a LoRA file; safetensors orders metadata keys differently per process."""
+    from safetensors import safe_open
+
+    with safe_open(folder / "pytorch_lora_weights.safetensors", "pt") as handle:
+        tensors = {key: handle.get_tensor(key).numpy().tobytes() for key in handle.keys()}  # noqa: SIM118 (safe_open is not iterable)
+        return tensors, handle.metadata()
+
+
+@pytest.mark.slow
+def test_killed_and_resumed_run_ends_with_the_same_lora(tmp_path, toy_data):
+    cache = tmp_path / "cache"
+    steps = 60
+    reference = subprocess.run(
+        _cli(tmp_path / "straight", toy_data, cache, steps), capture_output=True, text=True, env=ENV
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    resumed = tmp_path / "resumed"
+    process = subprocess.Popen(
+        _cli(resumed, toy_data, cache, steps), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV
+    )
+    deadline = time.monotonic() + 120
+    while not (resumed / "checkpoints" / "step-10").exists():
+        assert process.poll() is None and time.monotonic() < deadline, (
+            "the run ended before it could be killed"
+        )
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (resumed / "pytorch_lora_weights.safetensors").exists()
+    again = subprocess.run(_cli(resumed, toy_data, cache, steps), capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from" in again.stderr
+    assert (resumed / "metrics.jsonl").read_bytes() == (tmp_path / "straight" / "metrics.jsonl").read_bytes()
+    assert _lora_file(resumed) == _lora_file(tmp_path / "straight")
+
+    changed = subprocess.run(
+        [*_cli(resumed, toy_data, cache, steps + 5), "--beta", "100"], capture_output=True, text=True, env=ENV
+    )
+    assert (
+        changed.returncode == 2
+        and "was trained with other settings (beta, max_train_steps)" in changed.stderr
+    )
+
+
+@pytest.fixture(scope="module")
+def toy_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy-world")
+    concepts = toy_concepts(1)
+    from coprov2.tiny import resolve_tiny_model
+
+    base = pretrain_toy_base(resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", concepts)
+    return root, concepts[0], base, write_toy_dataset(root / "data", concepts)
+
+
+def _known_answer(root: Path, concept, base: Path, data: Path, name: str) -> dict[str, float]:
+    config = DPOConfig(
+        dataset=str(data), category=concept.name, base=str(base), output_dir=str(root / name), cache_dir=str(root / "cache"),
+        resolution=TOY_RESOLUTION, max_train_steps=300, train_batch_size=8, gradient_accumulation_steps=1,
+        lr_warmup_steps=0, learning_rate=3e-3, scale_lr=False, timestep_min=500, beta=5000,
+        proportion_empty_prompts=0.0, checkpointing_steps=1000, logging_steps=50, progress=False,
+    )  # fmt: skip
+    result = train_expert(config)
+    pipe = DiffusionPipeline.from_pretrained(str(base))
+    pipe.set_progress_bar_config(disable=True)
+    trained, neutral = [concept.captions[0], concept.held_out[0]], NEUTRAL_CAPTIONS[:2]
+    before = sample_latents(pipe, trained), sample_latents(pipe, neutral)
+    pipe.load_lora_weights(result.output_dir)
+    after = sample_latents(pipe, trained), sample_latents(pipe, neutral)
+    pipe.unload_lora_weights()
+    return {
+        "eval_implicit_acc": result.metrics["eval_implicit_acc"],
+        "safe_before": safe_share(pipe, before[0], concept),
+        "safe_after": safe_share(pipe, after[0], concept),
+        "moved_trained": displacement(*[x[0] for x in (before, after)]),
+        "moved_neutral": displacement(*[x[1] for x in (before, after)]),
+    }
+
+
+def _passes(outcome: dict[str, float]) -> bool:
+    return (
+        outcome["eval_implicit_acc"] >= 0.9
+        and outcome["safe_after"] - outcome["safe_before"] >= 0.2
+        and outcome["moved_neutral"] < 0.35 * outcome["moved_trained"]
+    )
+
+
+@pytest.mark.slow
+def test_known_answer_expert_moves_its_caption_toward_the_winner(toy_world):
+    outcome = _known_answer(*toy_world, "expert")
+    assert outcome["eval_implicit_acc"] >= 0.9, outcome
+    assert outcome["safe_after"] - outcome["safe_before"] >= 0.2, outcome
+    assert outcome["moved_neutral"] < 0.35 * outcome["moved_trained"], outcome
+    assert _passes(outcome)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutation", ["flipped_sign", "reference_not_frozen"])
+def test_known_answer_fails_under_mutation(toy_world, monkeypatch, mutation):
+    import dpo.trainer
+
+    if mutation == "flipped_sign":
+        original = dpo.trainer.diffusion_dpo_loss
+        monkeypatch.setattr(dpo.trainer, "diffusion_dpo_loss", lambda m, r, t, beta: original(m, r, t, -beta))
+    else:  # the reference keeps the adapters on: it moves with the model
+        monkeypatch.setattr(UNet2DConditionModel, "disable_adapters", lambda self: None)
+    assert not _passes(_known_answer(*toy_world, mutation))
