@@ -80,7 +80,13 @@ def build_models(shape: str):
         pad_token_id=tokenizer.pad_token_id,
     )
     schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return UNet2DConditionModel(**SD15_UNET), AutoencoderKL(**SD15_VAE), CLIPTextModel(text), tokenizer, schedule
+    return (
+        UNet2DConditionModel(**SD15_UNET),
+        AutoencoderKL(**SD15_VAE),
+        CLIPTextModel(text),
+        tokenizer,
+        schedule,
+    )
 
 
 def run_strategy(args) -> dict:
@@ -92,9 +98,17 @@ def run_strategy(args) -> dict:
     for model in (unet, vae, text_encoder):
         model.requires_grad_(False)
         model.to(device, dtype)
-    pixels = torch.rand(2, args.pairs, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    pixels = (
+        torch.rand(
+            2, args.pairs, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)
+        )
+        * 2
+        - 1
+    )
     captions = [f"a photo of a knife number {i} on a table" for i in range(args.pairs)]
-    tokens = tokenizer(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    tokens = tokenizer(
+        captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     scaling = vae.config.scaling_factor
 
     def encode(rows):
@@ -108,7 +122,9 @@ def run_strategy(args) -> dict:
     reference = None
     if args.strategy == "ours":
         start = time.perf_counter()
-        parts = [encode(list(range(i, min(i + args.batch, args.pairs)))) for i in range(0, args.pairs, args.batch)]
+        parts = [
+            encode(list(range(i, min(i + args.batch, args.pairs)))) for i in range(0, args.pairs, args.batch)
+        ]
         encoded = EncodedPairs(
             winner_mean=torch.cat([p[0].mean for p in parts]).float().cpu(),
             winner_std=torch.cat([p[0].std for p in parts]).float().cpu(),
@@ -121,7 +137,9 @@ def run_strategy(args) -> dict:
         del vae, text_encoder
     else:
         reference = copy.deepcopy(unet)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=config.target_modules))
+    unet.add_adapter(
+        LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=config.target_modules)
+    )
     for p in unet.parameters():
         if p.requires_grad:
             p.data = p.data.float()
@@ -132,7 +150,9 @@ def run_strategy(args) -> dict:
     def release_step(rows, generator):
         w, lo, text = encode(rows)
         latents = torch.cat([w.sample(generator), lo.sample(generator)]) * scaling
-        noise = torch.randn(latents[: len(rows)].shape, generator=generator, device=device, dtype=dtype).repeat(2, 1, 1, 1)
+        noise = torch.randn(
+            latents[: len(rows)].shape, generator=generator, device=device, dtype=dtype
+        ).repeat(2, 1, 1, 1)
         timesteps = torch.randint(0, 1000, (len(rows),), device=device).repeat(2)
         noisy = schedule.add_noise(latents, noise, timesteps)
         inputs = (noisy, timesteps, text.repeat(2, 1, 1))
@@ -195,7 +215,9 @@ def main() -> None:
         results[strategy] = json.loads(output.strip().splitlines()[-1])
     ours, release = results["ours"], results["release"]
     memory = "peak GPU MiB" if args.device.startswith("cuda") else "peak RSS MiB"
-    print(f"shape {args.shape}, {args.resolution} px, batch {args.batch} pairs, {args.steps} steps, {args.device}")
+    print(
+        f"shape {args.shape}, {args.resolution} px, batch {args.batch} pairs, {args.steps} steps, {args.device}"
+    )
     print(f"{'':10} {'pairs/s':>10} {memory:>14}")
     for name, r in results.items():
         print(f"{name:10} {r['pairs_per_s']:10.2f} {r['peak_mib']:14.0f}")

@@ -1,0 +1,33 @@
+"""``python -m merge --experts A B C --method comerge --calibration DATASET --output_dir merged``."""
+
+from __future__ import annotations
+
+import sys
+
+from transformers import HfArgumentParser
+
+from merge.run import MergeConfig, run_merge
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = HfArgumentParser(
+        MergeConfig,
+        prog="python -m merge",
+        description="Merge LoRA safety experts (from dpo.train, or any diffusers LoRA) into one LoRA for "
+        "pipe.load_lora_weights: Co-Merge (calibrated per output channel, or per weight + SVD) or a baseline "
+        "(linear, sum, ties, dare_linear, dare_ties). Writes the LoRA, merge_summary.json and a model card.",
+    )
+    try:
+        (config,) = parser.parse_args_into_dataclasses(args=argv)
+        summary = run_merge(config)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"merged {len(summary['experts'])} experts with {summary['method']} (rank {summary['rank']}) into {config.output_dir}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

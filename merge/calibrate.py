@@ -1,0 +1,137 @@
+"""Calibration for Co-Merge: what each expert's LoRA branch does on inputs like the ones it will see.
+
+Inputs: calibration prompts from every category (a CoProV2 dataset or a text file); the base
+pipeline's own samples for them (``output_type="latent"``), noised at several timesteps. For each
+expert, loaded with ``pipe.load_lora_weights`` and made the only active adapter, forward hooks on
+every adapted layer record, over all calibration tokens, the mean ``|h_e|`` per output channel
+(``h_e = scale_e B_e A_e x_e``) and the mean ``|x_e|`` per input channel.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from diffusers import DiffusionPipeline
+from tqdm.auto import tqdm
+
+from merge.experts import Expert
+
+DEFAULT_TIMESTEPS = (100, 300, 500, 700, 900)
+
+
+def calibration_prompts(source: str, per_category: int = 8, split: str = "train") -> list[str]:
+    """Prompts from a text file (one per line) or ``per_category`` unsafe prompts of every category of a dataset."""
+    path = Path(source)
+    if path.suffix == ".txt":
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        from dpo.data import load_preference_pairs
+
+        pairs = load_preference_pairs(source, split=split)
+        by_category: dict[str, list[str]] = defaultdict(list)
+        for caption, category in zip(pairs.captions, pairs.categories, strict=True):
+            if len(by_category[category]) < per_category and caption not in by_category[category]:
+                by_category[category].append(caption)
+        prompts = [p for category in sorted(by_category) for p in by_category[category]]
+    if not prompts:
+        raise ValueError(f"calibration set {source} is empty")
+    return prompts
+
+
+def _conditioning(pipe, prompts: list[str], device, resolution: int):
+    with torch.no_grad():
+        if hasattr(pipe, "text_encoder_2"):
+            embeds, _, pooled, _ = pipe.encode_prompt(
+                prompts, device=device, do_classifier_free_guidance=False
+            )
+            time_ids = pipe._get_add_time_ids(
+                (resolution, resolution),
+                (0, 0),
+                (resolution, resolution),
+                embeds.dtype,
+                text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+            ).repeat(len(prompts), 1)
+            return embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device)}
+        return pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)[0], None
+
+
+def activation_scores(
+    base: str,
+    experts: list[Expert],
+    sources: list[str],
+    prompts: list[str],
+    *,
+    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS,
+    resolution: int | None = None,
+    sample_steps: int = 10,
+    batch_size: int = 8,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(row_scores, input_scores)``: per layer ``[E, out]`` mean ``|h_e|`` and ``[E, in]`` mean ``|x_e|``."""
+    pipe = DiffusionPipeline.from_pretrained(base).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        clean = pipe(
+            prompts,
+            height=resolution,
+            width=resolution,
+            num_inference_steps=sample_steps,
+            guidance_scale=1.0,
+            generator=generator,
+            output_type="latent",
+        ).images.cpu()
+    text, added = _conditioning(pipe, prompts, device, resolution)
+    names = [f"expert{e}" for e in range(len(experts))]
+    for source, name in zip(sources, names, strict=True):
+        pipe.load_lora_weights(source, adapter_name=name)
+    layers = list(experts[0].layers)
+    rows = {layer: torch.zeros(len(experts), experts[0].layers[layer].B.shape[0]) for layer in layers}
+    inputs = {layer: torch.zeros(len(experts), experts[0].layers[layer].A.shape[1]) for layer in layers}
+    tokens = dict.fromkeys(layers, 0)
+    current = {"expert": 0}
+
+    def hook(layer: str):
+        def record(module, args, output):
+            x = args[0].detach().float().reshape(-1, args[0].shape[-1]).cpu()
+            lora = experts[current["expert"]].layers[layer]
+            h = lora.scale * (x @ lora.A.T) @ lora.B.T
+            rows[layer][current["expert"]] += h.abs().sum(0)
+            inputs[layer][current["expert"]] += x.abs().sum(0)
+            if current["expert"] == 0:
+                tokens[layer] += x.shape[0]
+
+        return record
+
+    handles = [pipe.unet.get_submodule(layer).register_forward_hook(hook(layer)) for layer in layers]
+    try:
+        work = [
+            (e, t, s)
+            for e in range(len(experts))
+            for t in timesteps
+            for s in range(0, len(prompts), batch_size)
+        ]
+        for e, t, start in tqdm(work, desc="calibrate", unit="batch", disable=not progress):
+            current["expert"] = e
+            pipe.set_adapters(names[e])
+            stop = min(start + batch_size, len(prompts))
+            noise = torch.randn(
+                clean[start:stop].shape, generator=torch.Generator().manual_seed(seed + t + start)
+            )
+            step = torch.full((stop - start,), t, dtype=torch.long)
+            noisy = pipe.scheduler.add_noise(clean[start:stop], noise, step).to(device, pipe.unet.dtype)
+            batch_added = {k: v[start:stop] for k, v in added.items()} if added else None
+            with torch.no_grad():
+                pipe.unet(noisy, step.to(device), text[start:stop], added_cond_kwargs=batch_added)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return (
+        {layer: rows[layer] / tokens[layer] for layer in layers},
+        {layer: inputs[layer] / tokens[layer] for layer in layers},
+    )

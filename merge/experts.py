@@ -1,0 +1,130 @@
+"""LoRA experts as per-layer ``(A, B, scale)``, read through diffusers' own LoRA loader, and written back.
+
+``lora_state_dict`` (diffusers) reads a folder, a file or a Hub id and returns the state dict with
+the adapter metadata our experts carry (rank, alpha, target modules). Layers are keyed by the UNet
+module name; ``delta = scale * B @ A`` is what the layer adds to the base weight.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from diffusers import StableDiffusionPipeline
+
+from dpo.save import pipeline_class
+
+_KEY = re.compile(r"^(?:unet\.)?(?P<layer>.+)\.(?:lora\.down|lora_A)(?:\.default)?\.weight$")
+
+
+@dataclass
+class LoraLayer:
+    A: torch.Tensor  # [r, in]
+    B: torch.Tensor  # [out, r]
+    scale: float
+
+    def delta(self) -> torch.Tensor:
+        return self.scale * (self.B.float() @ self.A.float())
+
+
+@dataclass
+class Expert:
+    name: str
+    layers: dict[str, LoraLayer]
+    base_model: str | None = None
+    target_modules: list[str] = field(default_factory=list)
+
+    @property
+    def rank(self) -> int:
+        return max(layer.A.shape[0] for layer in self.layers.values())
+
+
+def _base_model(source: str) -> str | None:
+    """The base model an expert names in its card or training summary (None if it names none)."""
+    folder = Path(source)
+    if (folder / "training_summary.json").exists():
+        return json.loads((folder / "training_summary.json").read_text())["base"]
+    if (folder / "README.md").exists():
+        from huggingface_hub import ModelCard
+
+        return ModelCard.load(folder / "README.md").data.base_model
+    return None
+
+
+def load_expert(source: str, name: str | None = None) -> Expert:
+    """Read the expert at ``source`` (folder, ``.safetensors`` file or Hub id); errors name it."""
+    try:
+        state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(source, return_lora_metadata=True)
+    except Exception as error:  # diffusers raises OSError/ValueError/EnvironmentError variants
+        raise ValueError(f"expert {source}: cannot read a LoRA from it: {error}") from error
+    metadata = metadata or {}
+    alpha = metadata.get("unet.lora_alpha")
+    layers: dict[str, LoraLayer] = {}
+    for key, down in state.items():
+        match = _KEY.match(key)
+        if not match:
+            continue
+        layer = match["layer"]
+        up_key = key.replace("lora.down", "lora.up").replace("lora_A", "lora_B")
+        if up_key not in state:
+            raise ValueError(f"expert {source}: {key} has no matching up/B weight")
+        rank = down.shape[0]
+        layer_alpha = (alphas or {}).get(f"{layer}.alpha", alpha if alpha is not None else rank)
+        layers[layer] = LoraLayer(A=down.float(), B=state[up_key].float(), scale=float(layer_alpha) / rank)
+    if not layers:
+        raise ValueError(
+            f"expert {source}: no UNet LoRA layers found (keys like {next(iter(state), 'none')})"
+        )
+    targets = sorted(metadata.get("unet.target_modules") or {layer.rsplit(".", 1)[-1] for layer in layers})
+    return Expert(name or Path(source).name, layers, _base_model(source), targets)
+
+
+def check_compatible(experts: list[Expert], base: str | None = None) -> None:
+    """Same base model and same adapted layers across ``experts``, or a ValueError naming the odd one out."""
+    if not experts:
+        raise ValueError("no experts given")
+    reference = experts[0]
+    for expert in experts:
+        if base and expert.base_model and expert.base_model != base:
+            raise ValueError(f"expert {expert.name} was trained on {expert.base_model}, not on {base}")
+        if expert.base_model and reference.base_model and expert.base_model != reference.base_model:
+            raise ValueError(
+                f"expert {expert.name} was trained on {expert.base_model}; expert {reference.name} on {reference.base_model}"
+            )
+        if set(expert.layers) != set(reference.layers):
+            odd = sorted(set(expert.layers) ^ set(reference.layers))
+            raise ValueError(
+                f"expert {expert.name} adapts other layers than expert {reference.name} (e.g. {odd[0]}); "
+                f"targets {expert.target_modules} vs {reference.target_modules}"
+            )
+        for layer, lora in expert.layers.items():
+            if (
+                lora.B.shape[0] != reference.layers[layer].B.shape[0]
+                or lora.A.shape[1] != reference.layers[layer].A.shape[1]
+            ):
+                raise ValueError(
+                    f"expert {expert.name}: layer {layer} has another shape than in expert {reference.name}"
+                )
+
+
+def save_merged(
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]], base: str, folder: Path, targets: list[str]
+) -> Path:
+    """Write merged ``{layer: (A, B)}`` (scale folded in, so alpha = rank) as a diffusers LoRA file."""
+    ranks = {A.shape[0] for A, _ in layers.values()}
+    if len(ranks) != 1:
+        raise ValueError(f"merged layers have different ranks {sorted(ranks)}")
+    rank = ranks.pop()
+    state = {}
+    for layer, (A, B) in layers.items():
+        state[f"{layer}.lora_A.weight"] = A.contiguous()
+        state[f"{layer}.lora_B.weight"] = B.contiguous()
+    metadata = {"r": rank, "lora_alpha": rank, "target_modules": sorted(targets), "init_lora_weights": True}
+    folder.mkdir(parents=True, exist_ok=True)
+    pipeline_class(base).save_lora_weights(
+        folder, unet_lora_layers=state, unet_lora_adapter_metadata=metadata
+    )
+    return folder / "pytorch_lora_weights.safetensors"

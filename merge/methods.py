@@ -1,0 +1,124 @@
+"""Merging E LoRA experts layer by layer into one LoRA ``(A, B)`` with the scale folded in (alpha = rank).
+
+Co-Merge (ours, after AlignGuard; the paper does not publish its exact measure):
+
+- *rows* (``comerge``): for every adapted layer and every output channel ``o``, the expert whose
+  LoRA branch ``h_e = scale_e * B_e A_e x_e`` has the largest mean ``|h_e[o]|`` over the calibration
+  inputs wins that channel. With masks ``m_e[o] = [winner(o) == e]`` the merge is exact as a LoRA of
+  rank ``E*r``: ``B = [diag(m_1) B_1 | ... | diag(m_E) B_E]``, ``A = [scale_1 A_1; ...; scale_E A_E]``,
+  so row ``o`` of the merged delta is row ``o`` of the winner's ``scale_e B_e A_e``.
+- *weights* (``comerge_svd``), the paper's wording taken literally: every weight ``(o, i)`` of the
+  delta comes from the expert with the largest mean ``|delta_e[o, i] * x_e[i]|``, then a truncated SVD
+  brings the merged delta back to a chosen rank.
+
+``x_e`` are the layer's inputs with expert ``e`` active (``merge/calibrate.py``).
+
+Baselines: ``linear`` (the average of the deltas, exact as a rank ``E*r`` concatenation),
+``sum`` (concatenation: the sum of the deltas), and peft's ``ties``, ``dare_linear`` (weights 1/E),
+``dare_ties`` applied to the deltas (``peft.utils.merge_utils``) followed by a truncated SVD.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from peft.utils import merge_utils
+
+from merge.experts import Expert
+
+Merged = dict[str, tuple[torch.Tensor, torch.Tensor]]
+METHODS = ("comerge", "comerge_svd", "linear", "sum", "ties", "dare_linear", "dare_ties")
+NEEDS_CALIBRATION = ("comerge", "comerge_svd")
+
+
+def _concat(experts: list[Expert], layer: str, weights: list[float], masks: list[torch.Tensor] | None = None):
+    A = torch.cat(
+        [w * e.layers[layer].scale * e.layers[layer].A for w, e in zip(weights, experts, strict=True)]
+    )
+    Bs = [e.layers[layer].B for e in experts]
+    if masks is not None:
+        Bs = [mask[:, None].to(B.dtype) * B for mask, B in zip(masks, Bs, strict=True)]
+    return A, torch.cat(Bs, dim=1)
+
+
+def concat_merge(experts: list[Expert], weights: list[float]) -> Merged:
+    """``sum_e w_e * delta_e`` exactly, as a LoRA of rank ``sum(r_e)``."""
+    return {layer: _concat(experts, layer, weights) for layer in experts[0].layers}
+
+
+def comerge(experts: list[Expert], row_scores: dict[str, torch.Tensor]) -> Merged:
+    """Row-masked concatenation; ``row_scores[layer]`` is ``[E, out]`` mean ``|h_e|`` per output channel."""
+    merged = {}
+    for layer in experts[0].layers:
+        winner = row_scores[layer].argmax(dim=0)
+        masks = [winner == e for e in range(len(experts))]
+        merged[layer] = _concat(experts, layer, [1.0] * len(experts), masks)
+    return merged
+
+
+def truncated_lora(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The best rank-``rank`` factorisation ``B @ A`` of ``delta`` (Eckart-Young), split as sqrt(S) both sides."""
+    U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)
+    rank = min(rank, S.shape[0])
+    root = S[:rank].sqrt()
+    return root[:, None] * Vh[:rank], U[:, :rank] * root[None, :]
+
+
+def comerge_svd(experts: list[Expert], input_scores: dict[str, torch.Tensor], rank: int) -> Merged:
+    """Per-weight selection by mean ``|delta_e[o,i] x_e[i]|``; ``input_scores[layer]`` is ``[E, in]`` mean ``|x_e|``."""
+    merged = {}
+    for layer in experts[0].layers:
+        deltas = torch.stack([e.layers[layer].delta() for e in experts])
+        scores = deltas.abs() * input_scores[layer][:, None, :]
+        chosen = deltas.gather(0, scores.argmax(dim=0, keepdim=True))[0]
+        merged[layer] = truncated_lora(chosen, rank)
+    return merged
+
+
+def peft_merge(experts: list[Expert], method: str, density: float, rank: int, seed: int = 0) -> Merged:
+    """peft's TIES / DARE on the full deltas, then a truncated SVD to ``rank`` (DARE seeded: it drops at random)."""
+    function: Callable = {
+        "ties": merge_utils.ties,
+        "dare_linear": merge_utils.dare_linear,
+        "dare_ties": merge_utils.dare_ties,
+    }[method]
+    # TIES' disjoint merge already averages the agreeing deltas; DARE-linear is a weighted sum, so 1/E
+    # makes it an average like ``linear`` (identical experts then give back the expert's delta).
+    weights = torch.full((len(experts),), 1.0 / len(experts) if method == "dare_linear" else 1.0)
+    merged = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for layer in experts[0].layers:
+            delta = function([e.layers[layer].delta() for e in experts], weights, density)
+            merged[layer] = truncated_lora(delta, rank)
+    return merged
+
+
+def merge_experts(
+    experts: list[Expert],
+    method: str,
+    *,
+    row_scores: dict[str, torch.Tensor] | None = None,
+    input_scores: dict[str, torch.Tensor] | None = None,
+    rank: int | None = None,
+    density: float = 0.5,
+    seed: int = 0,
+) -> Merged:
+    """Dispatch to one method; ``rank`` (SVD methods) defaults to the sum of the experts' ranks."""
+    if method not in METHODS:
+        raise ValueError(f"unknown merge method {method!r}; choose from {', '.join(METHODS)}")
+    rank = rank or sum(e.rank for e in experts)
+    if method == "linear":
+        return concat_merge(experts, [1.0 / len(experts)] * len(experts))
+    if method == "sum":
+        return concat_merge(experts, [1.0] * len(experts))
+    if method == "comerge":
+        if row_scores is None:
+            raise ValueError("comerge needs calibration scores")
+        return comerge(experts, row_scores)
+    if method == "comerge_svd":
+        if input_scores is None:
+            raise ValueError("comerge_svd needs calibration scores")
+        return comerge_svd(experts, input_scores, rank)
+    return peft_merge(experts, method, density, rank, seed)

@@ -1,0 +1,160 @@
+"""MergeConfig and ``run_merge``: experts in, one merged diffusers LoRA with its card out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cards.model_card import lora_model_card
+from cards.push import push_folder
+from coprov2.tiny import resolve_tiny_model
+from dpo.config import default_cache_dir
+from merge.calibrate import DEFAULT_TIMESTEPS, activation_scores, calibration_prompts
+from merge.experts import check_compatible, load_expert, save_merged
+from merge.methods import METHODS, NEEDS_CALIBRATION, merge_experts
+
+
+@dataclass
+class MergeConfig:
+    """Merge E LoRA safety experts into one LoRA (Co-Merge or a baseline)."""
+
+    experts: list[str] = field(
+        default_factory=list, metadata={"help": "expert folders, .safetensors files or Hub ids"}
+    )
+    base: str = field(
+        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
+        metadata={"help": "the base pipeline the experts were trained on (tiny:sd15 for the tiny one)"},
+    )
+    method: str = field(default="comerge", metadata={"help": "merge method", "choices": METHODS})
+    output_dir: str = field(default="merged", metadata={"help": "where the merged LoRA and its card go"})
+    calibration: str | None = field(
+        default=None,
+        metadata={"help": "calibration prompts: a CoProV2 dataset (folder/Hub id) or a .txt file"},
+    )
+    calibration_per_category: int = field(default=8, metadata={"help": "prompts per category from a dataset"})
+    calibration_timesteps: list[int] = field(
+        default_factory=lambda: list(DEFAULT_TIMESTEPS),
+        metadata={"help": "timesteps the calibration inputs are noised to"},
+    )
+    resolution: int | None = field(
+        default=None, metadata={"help": "calibration resolution (default: native)"}
+    )
+    rank: int | None = field(
+        default=None, metadata={"help": "rank of SVD-based merges (default: sum of ranks)"}
+    )
+    density: float = field(default=0.5, metadata={"help": "TIES/DARE density"})
+    seed: int = field(default=0, metadata={"help": "seed of calibration noise and DARE"})
+    cache_dir: str = field(
+        default_factory=default_cache_dir, metadata={"help": "where tiny models are written"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    push_to_hub: str | None = field(
+        default=None, metadata={"help": "push the merged LoRA to this Hub repo (private)"}
+    )
+    hub_public: bool = field(default=False, metadata={"help": "make the pushed repo public"})
+    dry_run: bool = field(default=False, metadata={"help": "print the Hub calls instead of pushing"})
+
+
+def run_merge(config: MergeConfig) -> dict[str, Any]:
+    """Load, check, (calibrate,) merge, save and card; returns a summary of what was done."""
+    if not config.experts:
+        raise ValueError("give at least one expert (--experts A B ...)")
+    if config.method in NEEDS_CALIBRATION and not config.calibration:
+        raise ValueError(
+            f"--method {config.method} needs --calibration (a CoProV2 dataset or a .txt of prompts)"
+        )
+    base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+    experts = [load_expert(source) for source in config.experts]
+    check_compatible(experts, config.base)
+    row_scores = input_scores = None
+    prompts: list[str] = []
+    if config.method in NEEDS_CALIBRATION:
+        prompts = calibration_prompts(config.calibration, config.calibration_per_category)
+        row_scores, input_scores = activation_scores(
+            base,
+            experts,
+            config.experts,
+            prompts,
+            timesteps=tuple(config.calibration_timesteps),
+            resolution=config.resolution,
+            seed=config.seed,
+            progress=config.progress,
+            device="cuda" if torch.cuda.is_available() else "cpu",
+        )
+    merged = merge_experts(
+        experts,
+        config.method,
+        row_scores=row_scores,
+        input_scores=input_scores,
+        rank=config.rank,
+        density=config.density,
+        seed=config.seed,
+    )
+    folder = Path(config.output_dir)
+    save_merged(merged, base, folder, experts[0].target_modules)
+    rank = next(iter(merged.values()))[0].shape[0]
+    summary = {
+        "method": config.method,
+        "experts": [e.name for e in experts],
+        "rank": rank,
+        "calibration_prompts": len(prompts),
+        "settings": {
+            k: v for k, v in asdict(config).items() if k not in ("progress", "dry_run", "cache_dir")
+        },
+    }
+    if row_scores is not None:
+        wins = torch.stack(
+            [scores.argmax(0).bincount(minlength=len(experts)) for scores in row_scores.values()]
+        ).sum(0)
+        summary["channels_won"] = {e.name: int(n) for e, n in zip(experts, wins, strict=True)}
+    (folder / "merge_summary.json").write_text(json.dumps(summary, indent=2))
+    _card(config, summary).save(folder / "README.md")
+    if config.push_to_hub:
+        push_folder(
+            folder,
+            config.push_to_hub,
+            repo_type="model",
+            gated=None,
+            public=config.hub_public,
+            dry_run=config.dry_run,
+        )
+    return summary
+
+
+_DEFINITIONS = {
+    "comerge": "Co-Merge (rows): per adapted layer and output channel, the expert with the largest mean |scale_e B_e A_e x_e| "
+    "over the calibration inputs wins; the merged LoRA is the exact row-masked concatenation of rank E*r.",
+    "comerge_svd": "Co-Merge (weights): every weight of the delta from the expert with the largest mean |delta_e[o,i] x_e[i]|, "
+    "then a truncated SVD to the chosen rank.",
+    "linear": "Linear average of the experts' deltas, exact as a concatenation with weights 1/E.",
+    "sum": "Concatenation: the sum of the experts' deltas.",
+    "ties": "TIES (peft.utils.merge_utils.ties) on the deltas, then a truncated SVD.",
+    "dare_linear": "DARE (peft.utils.merge_utils.dare_linear) on the deltas, seeded, then a truncated SVD.",
+    "dare_ties": "DARE + TIES (peft.utils.merge_utils.dare_ties) on the deltas, seeded, then a truncated SVD.",
+}
+
+
+def _card(config: MergeConfig, summary: dict[str, Any]):
+    measured = {"merged rank": summary["rank"], "calibration prompts": summary["calibration_prompts"]}
+    measured.update({f"channels won by {name}": n for name, n in summary.get("channels_won", {}).items()})
+    return lora_model_card(
+        title=f"Merged safety LoRA ({config.method})",
+        summary=f"{len(config.experts)} safety experts for `{config.base}` merged into one LoRA with `{config.method}`: "
+        + ", ".join(f"`{name}`" for name in summary["experts"])
+        + ".",
+        method=_DEFINITIONS[config.method]
+        + (
+            f" Calibration: {config.calibration}, timesteps {config.calibration_timesteps}."
+            if config.calibration
+            else ""
+        ),
+        base_model=config.base,
+        settings={k: v for k, v in summary["settings"].items() if v is not None and k != "experts"},
+        measured=measured,
+        tags=["merge", config.method],
+        repo_or_folder=config.push_to_hub or config.output_dir,
+    )
