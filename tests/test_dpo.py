@@ -299,3 +299,22 @@ def test_known_answer_fails_under_mutation(toy_world, monkeypatch, mutation):
     else:  # the reference keeps the adapters on: it moves with the model
         monkeypatch.setattr(UNet2DConditionModel, "disable_adapters", lambda self: None)
     assert not _passes(_known_answer(*toy_world, mutation))
+
+
+def test_expert_push_is_private_and_leaves_checkpoints_local(tmp_path, toy_data, monkeypatch):
+    from tests.mock_hub import install_mock_hub
+
+    monkeypatch.setenv("HF_TOKEN", "hf_FAKEtoken1234567890abcdef")
+    hub = install_mock_hub(monkeypatch)
+    train_expert(_config(tmp_path, toy_data, max_train_steps=2, push_to_hub="me/violence-expert"))
+    assert hub.created == [
+        {"name": "violence-expert", "organization": "me", "visibility": "private", "type": "model"}
+    ]
+    assert hub.settings == [], "models are not gated"
+    assert set(hub.committed) == {
+        "README.md",
+        "metrics.jsonl",
+        "pytorch_lora_weights.safetensors",
+        "training_summary.json",
+    }
+    assert all(b"hf_FAKEtoken" not in content for content in hub.committed.values())
