@@ -318,3 +318,20 @@ def test_expert_push_is_private_and_leaves_checkpoints_local(tmp_path, toy_data,
         "training_summary.json",
     }
     assert all(b"hf_FAKEtoken" not in content for content in hub.committed.values())
+
+
+def test_each_trains_one_expert_per_category_and_checkpointing_changes_nothing(tmp_path, toy_data):
+    results = train_expert(_config(tmp_path, toy_data, max_train_steps=2, gradient_checkpointing=True))
+    plain = train_expert(_config(tmp_path, toy_data, max_train_steps=2, output_dir=str(tmp_path / "plain")))
+    assert _lora_file(results.output_dir)[0] == _lora_file(plain.output_dir)[0]
+
+    from dpo import train
+
+    each = train(
+        _config(tmp_path, toy_data, category="each", max_train_steps=1, output_dir=str(tmp_path / "each"))
+    )
+    assert [r.category for r in each] == ["concept-0", "concept-1"]
+    assert all(
+        (tmp_path / "each" / c / "pytorch_lora_weights.safetensors").exists()
+        for c in ("concept-0", "concept-1")
+    )
