@@ -130,6 +130,7 @@ def pretrain_toy_base(
         optimizer.step()
     unet.eval()
     text_encoder.eval()
+    unet.register_to_config(sample_size=TOY_RESOLUTION // pipe.vae_scale_factor)  # its native resolution now
     pipe.save_pretrained(output)
     return output
 
