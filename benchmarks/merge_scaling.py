@@ -124,6 +124,7 @@ def main() -> None:
           f"{' '.join(f'{s:.2f}' for s in base_shares)}")  # fmt: skip
     print("single expert on its own concept: " + " ".join(f"{s:.2f}" for s in single))
     print(f"{'method':12}" + "".join(f"  N={n:<9}" for n in ns))
+    print(f"{'base':12}" + "".join(f"  {sum(base_shares[:n]) / n:.2f} (0.00)" for n in ns))
     for name, by_n in rows.items():
         print(f"{name:12}" + "".join(f"  {by_n[n][0]:.2f} ({by_n[n][1]:.2f})" for n in ns))
     print("cells: removal (drift on neutral captions, mean latent distance to the base's samples)")
