@@ -33,6 +33,7 @@ def coprov2_dataset_card(summary: dict[str, Any], license: str = "cc-by-nc-4.0")
         size_categories=[size_category(summary["rows_total"])],
         pretty_name="CoProV2 (rebuilt)",
         configs=summary["configs"],
+        dataset_info=summary["dataset_info"],
         extra_gated_prompt=(
             "This dataset contains unsafe prompts and images (hate, harassment, violence, self-harm, sexual, "
             "shocking, illegal activity). It is shared for safety research only."

@@ -86,3 +86,18 @@ def test_release_layout_is_what_the_release_train_script_reads(tmp_path):
         export_release_layout(
             datasets.DatasetDict({"train": _pairs(1, "hate").remove_columns("safe_image")}), tmp_path / "x"
         )
+
+
+def test_a_rebuilt_folder_does_not_load_the_previous_builds_cache(tmp_path):
+    """datasets keys its cache for a README-``configs`` folder on the YAML, not on the files: the card's
+    ``dataset_info`` (rows and bytes) is what changes with the data."""
+    import datasets
+
+    from coprov2.dataset.release_layout import export_release_layout
+
+    folder = tmp_path / "coprov2_pickapic_formatted"
+    export_release_layout(datasets.DatasetDict({"train": _pairs(2, "hate")}), folder)
+    assert len(datasets.load_dataset(str(folder), split="train")) == 2
+    export_release_layout(datasets.DatasetDict({"train": _pairs(3, "violence")}), folder)
+    rebuilt = datasets.load_dataset(str(folder), split="train")
+    assert len(rebuilt) == 3 and set(rebuilt["category"]) == {"Violence"}

@@ -19,6 +19,7 @@ import datasets
 from datasets import Features, Image, Value
 
 from cards.dataset_card import coprov2_dataset_card
+from coprov2.dataset.info import dataset_infos
 from coprov2.dataset.release_layout import RELEASE_FOLDER_NAME, export_release_layout
 from coprov2.gate.clip_scores import SCORE_NAMES
 from coprov2.gate.stage import gate_stage_dir
@@ -162,6 +163,7 @@ def export_dataset(config: BuildConfig) -> dict[str, Any]:
 
     summary = _summary(config, tables, gate_manifest)
     summary["configs"] = _configs(files)
+    summary["dataset_info"] = dataset_infos(staging, summary["configs"])
     coprov2_dataset_card(summary, config.dataset_license).save(staging / "README.md")
     swap_in(staging, target)
     if config.release_layout:

@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
+from coprov2.dataset.info import dataset_infos
 from coprov2.stage_io import staging_folder, swap_in
 
 RELEASE_FOLDER_NAME = "release_pickapic_formatted"
@@ -80,11 +82,7 @@ def _write_csv(path: Path, columns: Iterable[str], rows: Iterable[Mapping[str, A
 
 
 _README = """---
-configs:
-- config_name: default
-  data_files:
-{files}
----
+{yaml}---
 # CoProV2 in the SafetyDPO release layout
 
 Content warning: the prompts and images depict harmful content (hate, harassment, violence,
@@ -138,8 +136,11 @@ def export_release_layout(dataset: datasets.DatasetDict | str | Path, output: st
         _write_csv(staging / f"CoProv2_{split}.csv", PROMPT_COLUMNS, prompts)
         _write_csv(staging / f"{split}.csv", PAIR_COLUMNS, pairs)
         counts[split] = len(prompts)
-    files = "\n".join(f"  - split: {split}\n    path: {split}.csv" for split in counts)
-    (staging / "README.md").write_text(_README.format(files=files), encoding="utf-8")
+    configs = [{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.csv"} for s in counts]}]
+    metadata = {"configs": configs, "dataset_info": dataset_infos(staging, configs)}
+    (staging / "README.md").write_text(
+        _README.format(yaml=yaml.safe_dump(metadata, sort_keys=False)), encoding="utf-8"
+    )
     swap_in(staging, target)
     return counts
 
