@@ -320,11 +320,12 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
     final = _final_metrics(metrics_path)
     module.eval()
     if eval_encoded is not None:
-        final.update(
-            evaluate_implicit_accuracy(
-                module, noise_scheduler, eval_encoded, eval_rows, config, device, scaling_factor
+        with accelerator.autocast():
+            final.update(
+                evaluate_implicit_accuracy(
+                    module, noise_scheduler, eval_encoded, eval_rows, config, device, scaling_factor
+                )
             )
-        )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_expert(module, base, config, category, expert_dir, final, pairs, len(rows), resolution)
