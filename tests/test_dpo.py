@@ -335,3 +335,20 @@ def test_each_trains_one_expert_per_category_and_checkpointing_changes_nothing(t
         (tmp_path / "each" / c / "pytorch_lora_weights.safetensors").exists()
         for c in ("concept-0", "concept-1")
     )
+
+
+@pytest.mark.slow
+def test_two_processes_train_one_expert(tmp_path, toy_data):
+    """``accelerate launch --multi_gpu`` on CPU: DDP over gloo, one expert written by the main process."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    command = [*launcher, "-m", "dpo.train", *_cli(tmp_path / "ddp", toy_data, tmp_path / "cache", 4)[3:]]
+    result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
+    assert {p.name for p in (tmp_path / "ddp").glob("checkpoints/step-*/random_states_*.pkl")} == {
+        "random_states_0.pkl",
+        "random_states_1.pkl",
+    }, "both ranks saved their RNG state"
+    DiffusionPipeline.from_pretrained(str(tmp_path / "cache" / "tiny-models" / "sd15")).load_lora_weights(
+        tmp_path / "ddp"
+    )
