@@ -68,10 +68,6 @@ def _fingerprint(captions: list[str], categories: list[str], keys: list[str]) ->
     return digest.hexdigest()[:16]
 
 
-def _read_file(path: Path) -> Callable[[], bytes]:
-    return path.read_bytes
-
-
 def _release_csv(path: Path) -> PreferencePairs:
     folder = path.parent
     images = folder / "images" if (folder / "images").is_dir() else folder
@@ -92,8 +88,8 @@ def _release_csv(path: Path) -> PreferencePairs:
         captions.append(row["prompt"])
         categories.append(from_release_category(row["category"]))
         keys.append(f"{row['image']}:{safe.stat().st_size}:{unsafe.stat().st_size}")
-        winners.append(_read_file(safe))
-        losers.append(_read_file(unsafe))
+        winners.append(safe.read_bytes)
+        losers.append(unsafe.read_bytes)
     return PreferencePairs(
         captions, categories, winners, losers, str(path), _fingerprint(captions, categories, keys)
     )
