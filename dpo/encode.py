@@ -65,15 +65,16 @@ def resize_and_crop(
     return array, original, (top, left)
 
 
-def _text(pipe, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+def encode_text(pipe, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(embeddings, pooled)`` from the pipeline's own ``encode_prompt``; ``pooled`` is None unless SDXL."""
     with torch.no_grad():
         if hasattr(pipe, "text_encoder_2"):
             embeds, _, pooled, _ = pipe.encode_prompt(
                 captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
             )
-            return embeds.cpu(), pooled.cpu()
+            return embeds, pooled
         embeds, _ = pipe.encode_prompt(captions, device, 1, do_classifier_free_guidance=False)
-        return embeds.cpu(), None
+        return embeds, None
 
 
 def encode_pairs(
@@ -106,20 +107,20 @@ def encode_pairs(
                     torch.tensor([*original, *crop, resolution, resolution], dtype=torch.float32)[None]
                     for _, original, crop in prepared
                 ]
-        text, pooled = _text(pipe, [pairs.captions[i] for i in rows], device)
-        columns["text"].append(text.float())
+        text, pooled = encode_text(pipe, [pairs.captions[i] for i in rows], device)
+        columns["text"].append(text.float().cpu())
         if pooled is not None:
-            columns["pooled"].append(pooled.float())
-    empty_text, empty_pooled = _text(pipe, [""], device)
+            columns["pooled"].append(pooled.float().cpu())
+    empty_text, empty_pooled = encode_text(pipe, [""], device)
     return EncodedPairs(
         winner_mean=torch.cat(columns["wm"]),
         winner_std=torch.cat(columns["ws"]),
         loser_mean=torch.cat(columns["lm"]),
         loser_std=torch.cat(columns["ls"]),
         text=torch.cat(columns["text"]),
-        empty_text=empty_text.float()[0],
+        empty_text=empty_text.float().cpu()[0],
         pooled=torch.cat(columns["pooled"]) if xl else None,
-        empty_pooled=empty_pooled.float()[0] if xl else None,
+        empty_pooled=empty_pooled.float().cpu()[0] if xl else None,
         time_ids=torch.cat(columns["time"]) if xl else None,
     )
 

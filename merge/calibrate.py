@@ -16,6 +16,7 @@ import torch
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from dpo.encode import encode_text
 from merge.experts import Expert
 
 DEFAULT_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -41,20 +42,17 @@ def calibration_prompts(source: str, per_category: int = 8, split: str = "train"
 
 
 def _conditioning(pipe, prompts: list[str], device, resolution: int):
-    with torch.no_grad():
-        if hasattr(pipe, "text_encoder_2"):
-            embeds, _, pooled, _ = pipe.encode_prompt(
-                prompts, device=device, do_classifier_free_guidance=False
-            )
-            time_ids = pipe._get_add_time_ids(
-                (resolution, resolution),
-                (0, 0),
-                (resolution, resolution),
-                embeds.dtype,
-                text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
-            ).repeat(len(prompts), 1)
-            return embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device)}
-        return pipe.encode_prompt(prompts, device, 1, do_classifier_free_guidance=False)[0], None
+    embeds, pooled = encode_text(pipe, prompts, device)
+    if pooled is None:
+        return embeds, None
+    time_ids = pipe._get_add_time_ids(
+        (resolution, resolution),
+        (0, 0),
+        (resolution, resolution),
+        embeds.dtype,
+        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+    ).repeat(len(prompts), 1)
+    return embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device)}
 
 
 def activation_scores(
