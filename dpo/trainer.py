@@ -50,10 +50,9 @@ class ExpertResult:
     metrics: dict[str, float]
 
 
-def _resolution(base: str, revision: str | None, requested: int | None) -> int:
+def _resolution(base: str, revision: str | None, requested: int | None, vae_config: dict) -> int:
     """The training resolution, checked against the base model's UNet and VAE."""
     unet = UNet2DConditionModel.load_config(base, subfolder="unet", revision=revision)
-    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=revision)
     scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
     native = unet["sample_size"] * scale
     resolution = requested or native
@@ -81,13 +80,14 @@ def _batch_rows(
     """The dataset rows of one micro-batch: a seeded permutation per epoch, walked in order."""
     size = config.train_batch_size
     start = ((step * config.gradient_accumulation_steps + micro) * world + rank) * size
+    orders: dict[int, torch.Tensor] = {}  # a batch spans at most a few epochs
     chosen = []
     for position in range(start, start + size):
         epoch, offset = divmod(position, len(rows))
-        order = torch.randperm(
-            len(rows), generator=torch.Generator().manual_seed(derive_seed(config.seed, "epoch", epoch))
-        )
-        chosen.append(rows[int(order[offset])])
+        if epoch not in orders:
+            seed = derive_seed(config.seed, "epoch", epoch)
+            orders[epoch] = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+        chosen.append(rows[int(orders[epoch][offset])])
     return chosen
 
 
@@ -207,7 +207,8 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
     pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
     rows = pairs.indices(category)
     eval_pairs, eval_rows = _eval_rows(config, category)
-    resolution = _resolution(base, config.revision, config.resolution)
+    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
+    resolution = _resolution(base, config.revision, config.resolution, vae_config)
     encoder = _Encoder(base, config.revision, device)
     with accelerator.main_process_first():
         encoded, cache_file, hit = cached_encode(
@@ -235,7 +236,6 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=config.revision)
-    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
     scaling_factor = float(vae_config.get("scaling_factor", 0.18215))
     unet = UNet2DConditionModel.from_pretrained(
         base, subfolder="unet", revision=config.revision, torch_dtype=weight_dtype
