@@ -271,7 +271,7 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
     module = accelerator.unwrap_model(unet)
     _register_lora_hooks(accelerator, module)
 
-    start = _resume(accelerator, config, expert_dir)
+    start, history = _resume(accelerator, config, expert_dir)
     expert_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = expert_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start, accelerator)
@@ -282,7 +282,6 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
         desc=f"DPO {category}",
         disable=not (config.progress and accelerator.is_main_process),
     )
-    history: list[dict[str, float]] = []
     for step in progress:
         step_metrics = []
         for micro in range(config.gradient_accumulation_steps):
@@ -315,7 +314,7 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
                 with metrics_path.open("a") as handle:
                     handle.write(json.dumps(logged) + "\n")
         if done % config.checkpointing_steps == 0 or done == config.max_train_steps:
-            _save_checkpoint(accelerator, config, expert_dir, done)
+            _save_checkpoint(accelerator, config, expert_dir, done, history[-config.logging_steps :])
 
     final = _final_metrics(metrics_path)
     module.eval()
@@ -381,10 +380,13 @@ def _register_lora_hooks(accelerator: Accelerator, module) -> None:
     accelerator.register_load_state_pre_hook(load_hook)
 
 
-def _resume(accelerator: Accelerator, config: DPOConfig, expert_dir: Path) -> int:
+def _resume(
+    accelerator: Accelerator, config: DPOConfig, expert_dir: Path
+) -> tuple[int, list[dict[str, float]]]:
+    """The step to continue from and the per-step metrics the next logged mean still needs."""
     checkpoints = _checkpoints(expert_dir)
     if not config.resume or not checkpoints:
-        return 0
+        return 0, []
     latest = checkpoints[-1]
     state = json.loads((latest / TRAINER_STATE).read_text())
     if state["hyperparameters"] != json.loads(json.dumps(config.hyperparameters())):
@@ -398,7 +400,7 @@ def _resume(accelerator: Accelerator, config: DPOConfig, expert_dir: Path) -> in
         )
     accelerator.load_state(str(latest))
     logger.info("resumed from %s (step %d)", latest, state["step"])
-    return int(state["step"])
+    return int(state["step"]), state["recent_metrics"]
 
 
 def _truncate_metrics(path: Path, step: int, accelerator: Accelerator) -> None:
@@ -408,7 +410,9 @@ def _truncate_metrics(path: Path, step: int, accelerator: Accelerator) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
-def _save_checkpoint(accelerator: Accelerator, config: DPOConfig, expert_dir: Path, step: int) -> None:
+def _save_checkpoint(
+    accelerator: Accelerator, config: DPOConfig, expert_dir: Path, step: int, recent: list[dict[str, float]]
+) -> None:
     root = expert_dir / "checkpoints"
     partial = root / f"step-{step}.partial"
     if accelerator.is_main_process:
@@ -416,7 +420,8 @@ def _save_checkpoint(accelerator: Accelerator, config: DPOConfig, expert_dir: Pa
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
-        state = {"step": step, "hyperparameters": config.hyperparameters()}
+        # The last logging window's per-step metrics, so a resumed run logs the same means.
+        state = {"step": step, "hyperparameters": config.hyperparameters(), "recent_metrics": recent}
         (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2))
         final = root / f"step-{step}"
         shutil.rmtree(final, ignore_errors=True)
