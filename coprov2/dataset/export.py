@@ -1,7 +1,7 @@
 """Export the gated pairs as a Hub-ready dataset folder that ``datasets.load_dataset(folder)`` opens.
 
-Layout: ``data/<category>/{train,test}-00000-of-00001.parquet`` with the images embedded
-(``datasets.Image`` columns), and ``README.md`` whose YAML ``configs:`` declares ``all`` (default)
+Layout: ``data/<category>/{train,test}-<k>-of-<n>.parquet`` files of at most ``max_shard_size``
+each, with the images embedded (``datasets.Image`` columns), and ``README.md`` whose YAML ``configs:`` declares ``all`` (default)
 and one config per category. Splits are by concept: per category, a seeded hash order of its
 concepts puts ``test_ratio`` of them in test, so test concepts are unseen in train. The folder is
 written beside the target and swapped in whole, so an interrupted export leaves the old one (or none).
@@ -11,25 +11,20 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import datasets
 from datasets import Features, Image, Value
+from datasets.utils.py_utils import convert_file_size_to_int
 
 from cards.dataset_card import coprov2_dataset_card
+from coprov2.dataset.config import DatasetConfig
 from coprov2.dataset.info import dataset_infos
+from coprov2.dataset.parquet_writer import ShardedParquetWriter
 from coprov2.dataset.release_layout import RELEASE_FOLDER_NAME, export_release_layout
 from coprov2.gate.clip_scores import SCORE_NAMES
-from coprov2.gate.stage import gate_stage_dir
-from coprov2.images.stage import images_stage_dir, read_image_rows
-from coprov2.prompts.stage import prompts_stage_dir
 from coprov2.seeds import derive_seed
-from coprov2.stage_io import read_jsonl, staging_folder, swap_in
-
-if TYPE_CHECKING:
-    from coprov2.config import BuildConfig
+from coprov2.stage_io import StageDir, read_jsonl, staging_folder, swap_in
 
 SPLITS = ("train", "test")
 FEATURES = Features(
@@ -51,36 +46,6 @@ FEATURES = Features(
 )
 
 
-@dataclass
-class DatasetConfig:
-    """The exported dataset."""
-
-    test_ratio: float = field(
-        default=0.25, metadata={"help": "share of each category's concepts held out as test"}
-    )
-    dataset_license: str = field(default="cc-by-nc-4.0", metadata={"help": "license in the dataset card"})
-    release_layout: bool = field(
-        default=True,
-        metadata={
-            "help": "also write the SafetyDPO release layout (images + CSVs its train.py reads) "
-            "to <output_dir>/release_pickapic_formatted"
-        },
-    )
-    push_to_hub: str | None = field(
-        default=None,
-        metadata={"help": "after export, push the dataset to this Hub repo (created private, gated)"},
-    )
-    hub_gated: str = field(
-        default="manual", metadata={"help": "gate approval: manual or auto", "choices": ("manual", "auto")}
-    )
-    hub_public: bool = field(
-        default=False, metadata={"help": "make the repo public (still gated); default private"}
-    )
-    dry_run: bool = field(
-        default=False, metadata={"help": "print the Hub calls and files instead of pushing"}
-    )
-
-
 class EmptyDatasetError(RuntimeError):
     """Every pair was rejected: there is nothing to export (and nothing must be pushed)."""
 
@@ -97,7 +62,7 @@ def held_out_concepts(concepts: dict[str, list[str]], ratio: float, seed: int) -
     return held_out
 
 
-def _configs(files: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
+def _configs(files: dict[tuple[str, str], list[Path]]) -> list[dict[str, Any]]:
     def entry(name: str, pattern: str, splits: list[str]) -> dict[str, Any]:
         return {
             "config_name": name,
@@ -112,68 +77,79 @@ def _configs(files: dict[tuple[str, str], str]) -> list[dict[str, Any]]:
     return configs
 
 
-def export_dataset(config: BuildConfig) -> dict[str, Any]:
-    """Write ``<output_dir>/dataset`` from finished images and gate stages; returns the card's summary."""
-    images, gate = images_stage_dir(config), gate_stage_dir(config)
-    scores = {record["id"]: record for record in gate.read_records()}  # raises if the gate is unfinished
-    decisions = {d["id"]: d for d in read_jsonl(gate.dir / "decisions.jsonl")}
+def export_dataset(config: DatasetConfig, root: str | Path) -> dict[str, Any]:
+    """Write ``<root>/dataset`` from finished images and gate stages; returns the card's summary.
+
+    Streams: the gate's score records (text) are read whole, the images shard by shard, a few rows
+    at a time, each kept row going to its (category, split) writer; no image is held longer than
+    its row group.
+    """
+    root = Path(root)
+    images, gate = StageDir.finished(root, "images"), StageDir.finished(root, "gate")
+    scores = {record["id"]: record for record in gate.read_records()}
+    passed = {d["id"] for d in read_jsonl(gate.dir / "decisions.jsonl") if d["passed"]}
     gate_manifest = gate.read_manifest()
-    kept: list[dict[str, Any]] = []
-    for index in range(config.num_shards):
-        for row in read_image_rows(images, index):
-            if decisions[row["id"]]["passed"]:
-                kept.append(row)
-    if not kept:
+    if not passed:
         raise EmptyDatasetError(
-            f"every one of the {len(decisions)} pairs was rejected by the gate ({gate_manifest['gate']['reasons']}); "
+            f"every one of the {len(scores)} pairs was rejected by the gate ({gate_manifest['gate']['reasons']}); "
             "nothing to export. Loosen --gate_min_score / --gate_percentile, or check the models."
         )
     concepts: dict[str, list[str]] = defaultdict(list)
-    for row in kept:
-        concepts[row["category"]].append(row["concept"])
+    for pair_id in passed:
+        concepts[scores[pair_id]["category"]].append(scores[pair_id]["concept"])
     held_out = held_out_concepts(concepts, config.test_ratio, config.seed)
+    images_manifest = images.read_manifest()
+    t2i_model, clip_model = images_manifest["t2i_model"], gate_manifest["clip_model"]
+    max_bytes = convert_file_size_to_int(config.max_shard_size)
 
-    tables: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for row in sorted(kept, key=lambda r: (r["category"], r["concept"], r["id"])):
-        split = "test" if (row["category"], row["concept"]) in held_out else "train"
-        tables[(row["category"], split)].append(
-            {
-                **{
-                    key: row[key]
-                    for key in ("id", "category", "concept", "unsafe_prompt", "safe_prompt", "seed")
-                },
-                "unsafe_image": {"bytes": row["unsafe_image"], "path": None},
-                "safe_image": {"bytes": row["safe_image"], "path": None},
-                **{name: scores[row["id"]][name] for name in SCORE_NAMES},
-                "width": row["width"],
-                "height": row["height"],
-                "t2i_model": config.t2i_model,
-                "clip_model": config.clip_model,
-            }
-        )
-
-    target = Path(config.output_dir) / "dataset"
+    target = root / "dataset"
     staging = staging_folder(target)
-    files = {}
-    for (category, split), rows in sorted(tables.items()):
-        path = staging / "data" / category / f"{split}-00000-of-00001.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        datasets.Dataset.from_list(rows, features=FEATURES).to_parquet(str(path))
-        files[(category, split)] = str(path.relative_to(staging))
+    writers: dict[tuple[str, str], ShardedParquetWriter] = {}
+    for index in range(images.num_shards):
+        for row in images.iter_shard(index, batch_size=16):
+            if row["id"] not in passed:
+                continue
+            split = "test" if (row["category"], row["concept"]) in held_out else "train"
+            key = (row["category"], split)
+            if key not in writers:
+                folder = staging / "data" / row["category"]
+                writers[key] = ShardedParquetWriter(folder, split, FEATURES.arrow_schema, max_bytes)
+            writers[key].write(
+                {
+                    **{
+                        k: row[k]
+                        for k in ("id", "category", "concept", "unsafe_prompt", "safe_prompt", "seed")
+                    },
+                    "unsafe_image": {"bytes": row["unsafe_image"], "path": None},
+                    "safe_image": {"bytes": row["safe_image"], "path": None},
+                    **{name: scores[row["id"]][name] for name in SCORE_NAMES},
+                    "width": row["width"],
+                    "height": row["height"],
+                    "t2i_model": t2i_model,
+                    "clip_model": clip_model,
+                }
+            )
+    counts = {key: writer.rows for key, writer in writers.items()}
+    files = {key: writer.close() for key, writer in sorted(writers.items())}
 
-    summary = _summary(config, tables, gate_manifest)
+    summary = _summary(config, root, counts, images_manifest, gate_manifest)
     summary["configs"] = _configs(files)
     summary["dataset_info"] = dataset_infos(staging, summary["configs"])
-    coprov2_dataset_card(summary, config.dataset_license).save(staging / "README.md")
+    coprov2_dataset_card(summary, config.license).save(staging / "README.md")
     swap_in(staging, target)
     if config.release_layout:
-        export_release_layout(target, Path(config.output_dir) / RELEASE_FOLDER_NAME)
+        export_release_layout(target, root / RELEASE_FOLDER_NAME)
     return summary
 
 
-def _summary(config: BuildConfig, tables, gate_manifest: dict[str, Any]) -> dict[str, Any]:
-    prompts_manifest = prompts_stage_dir(config).read_manifest()
-    counts = {(category, split): len(rows) for (category, split), rows in tables.items()}
+def _summary(
+    config: DatasetConfig,
+    root: Path,
+    counts: dict[tuple[str, str], int],
+    images_manifest: dict[str, Any],
+    gate_manifest: dict[str, Any],
+) -> dict[str, Any]:
+    prompts_manifest = StageDir.finished(root, "prompts").read_manifest()
     categories = sorted({category for category, _ in counts})
     split_rows = [
         {"config": "all", **{s: sum(n for (_, split), n in counts.items() if split == s) for s in SPLITS}}
@@ -186,6 +162,7 @@ def _summary(config: BuildConfig, tables, gate_manifest: dict[str, Any]) -> dict
         for reason, count in gate_manifest["gate"]["reasons"].items()
     ]
     prompts_config = prompts_manifest["config"]
+    render = images_manifest["config"]
     gate = gate_manifest["gate"]
     return {
         "rows_total": sum(counts.values()),
@@ -200,10 +177,10 @@ def _summary(config: BuildConfig, tables, gate_manifest: dict[str, Any]) -> dict
         "templates": ", ".join(
             f"{name} {digest}" for name, digest in sorted(prompts_config["templates"].items())
         ),
-        "t2i_model": config.t2i_model,
-        "steps": config.t2i_steps,
-        "guidance": config.t2i_guidance,
-        "clip_model": config.clip_model,
+        "t2i_model": images_manifest["t2i_model"],
+        "steps": render["steps"],
+        "guidance": render["guidance"],
+        "clip_model": gate_manifest["clip_model"],
         "threshold": round(gate["threshold_applied"], 4),
         "min_score": gate["min_score"],
         "percentile": gate["percentile"],

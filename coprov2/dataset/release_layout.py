@@ -94,15 +94,19 @@ reads: `jpg_0` is the preferred (safe) image, `jpg_1` the unsafe one, `label_0 =
 """
 
 
-def export_release_layout(dataset: datasets.DatasetDict | str | Path, output: str | Path) -> dict[str, int]:
+def export_release_layout(
+    dataset: datasets.DatasetDict | datasets.IterableDatasetDict | str | Path, output: str | Path
+) -> dict[str, int]:
     """Write the release layout of ``dataset`` (a DatasetDict or anything ``load_dataset`` opens) to ``output``.
 
     Returns the number of pairs per split. The folder is written beside ``output`` and swapped in whole.
+    A name is opened in streaming mode: rows go from the parquet files to the JPEGs one at a time,
+    without the full Arrow cache copy (and its mapped pages) that a plain ``load_dataset`` makes.
     """
-    if not isinstance(dataset, datasets.DatasetDict):
-        dataset = datasets.load_dataset(str(dataset))
+    if not isinstance(dataset, datasets.DatasetDict | datasets.IterableDatasetDict):
+        dataset = datasets.load_dataset(str(dataset), streaming=True)
     missing = {"unsafe_prompt", "category", "unsafe_image", "safe_image"} - set(
-        next(iter(dataset.values())).column_names
+        next(iter(dataset.values())).features
     )
     if missing:
         raise ValueError(f"not a CoProV2 dataset: columns {sorted(missing)} are missing")

@@ -11,10 +11,11 @@ Every failed condition is listed as a reason; a pair with no reason passes.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from coprov2.gate.config import GateConfig
 
 REASONS = (
     "unsafe_image_below_threshold",
@@ -22,28 +23,6 @@ REASONS = (
     "unsafe_image_closer_to_safe_prompt",
     "safe_image_closer_to_unsafe_prompt",
 )
-
-
-@dataclass
-class GateConfig:
-    """The CLIP model and the keep rule (see coprov2/gate/decide.py)."""
-
-    clip_model: str = field(default="openai/clip-vit-large-patch14", metadata={"help": "CLIP id or folder"})
-    clip_batch_size: int = field(default=64, metadata={"help": "images or texts per CLIP forward"})
-    gate_min_score: float = field(
-        default=0.2, metadata={"help": "absolute cosine threshold for own-prompt scores"}
-    )
-    gate_percentile: float = field(
-        default=0.0,
-        metadata={"help": "also drop own-prompt scores below this run percentile (0-100; 0: off)"},
-    )
-    gate_require_own_closer: bool = field(
-        default=True, metadata={"help": "each image must be closer to its own prompt than to its twin's"}
-    )
-    gate_image_embeddings: str | None = field(
-        default=None,
-        metadata={"help": "clip-retrieval embedding folder with the images' embeddings (computed elsewhere)"},
-    )
 
 
 def threshold(scores: Sequence[dict[str, Any]], min_score: float, percentile: float) -> float:
@@ -57,14 +36,14 @@ def threshold(scores: Sequence[dict[str, Any]], min_score: float, percentile: fl
 
 def decide(scores: Sequence[dict[str, Any]], config: GateConfig) -> tuple[list[dict[str, Any]], float]:
     """One decision per score record ({id, passed, reasons}), and the threshold that was applied."""
-    cut = threshold(scores, config.gate_min_score, config.gate_percentile)
+    cut = threshold(scores, config.min_score, config.percentile)
     decisions = []
     for s in scores:
         failed = (
             s["score_unsafe"] < cut,
             s["score_safe"] < cut,
-            config.gate_require_own_closer and s["score_unsafe"] <= s["score_unsafe_image_safe_prompt"],
-            config.gate_require_own_closer and s["score_safe"] <= s["score_safe_image_unsafe_prompt"],
+            config.require_own_closer and s["score_unsafe"] <= s["score_unsafe_image_safe_prompt"],
+            config.require_own_closer and s["score_safe"] <= s["score_safe_image_unsafe_prompt"],
         )
         reasons = [reason for reason, bad in zip(REASONS, failed, strict=True) if bad]
         decisions.append({"id": s["id"], "passed": not reasons, "reasons": reasons})

@@ -85,17 +85,16 @@ def read_image_embeddings(folder: str | Path) -> dict[str, np.ndarray]:
     return embeddings
 
 
-def export_image_files(output_dir: str | Path, images_dir: str | Path, num_shards: int) -> int:
+def export_image_files(output_dir: str | Path, images_dir: str | Path) -> int:
     """Write every rendered image of ``output_dir/images`` as ``<pair id>_<role>.<format>``; returns the count."""
-    from coprov2.images.stage import read_image_rows
     from coprov2.stage_io import StageDir
 
-    stage = StageDir(Path(output_dir), "images", num_shards)
+    stage = StageDir.finished(Path(output_dir), "images")
     images_dir = Path(images_dir)
     images_dir.mkdir(parents=True, exist_ok=True)
     count = 0
-    for index in range(num_shards):
-        for row in read_image_rows(stage, index):
+    for index in range(stage.num_shards):
+        for row in stage.iter_shard(index, batch_size=16):
             for role in ("unsafe", "safe"):
                 path = images_dir / f"{image_stem(row['id'], role)}.{row['image_format']}"
                 path.write_bytes(row[f"{role}_image"])
@@ -111,11 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("output_dir", help="the build's --output_dir")
     parser.add_argument("images_dir", help="folder to write <pair id>_<unsafe|safe>.<format> into")
-    parser.add_argument("--num_shards", type=int, required=True, help="the build's --num_shards")
     args = parser.parse_args(argv)
-    print(
-        f"wrote {export_image_files(args.output_dir, args.images_dir, args.num_shards)} images to {args.images_dir}"
-    )
+    print(f"wrote {export_image_files(args.output_dir, args.images_dir)} images to {args.images_dir}")
 
 
 if __name__ == "__main__":

@@ -11,38 +11,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from coprov2.images.config import IMAGE_FORMATS, ImagesConfig
 from coprov2.seeds import derive_seed
-
-IMAGE_FORMATS = ("png", "webp")
-
-
-@dataclass
-class RenderConfig:
-    """How the text-to-image model renders the pairs (the model itself is ``t2i_model``)."""
-
-    t2i_dtype: str = field(
-        default="auto", metadata={"help": "auto (fp16 on GPU, fp32 on CPU), float16, bfloat16, float32"}
-    )
-    t2i_steps: int = field(default=30, metadata={"help": "denoising steps"})
-    t2i_guidance: float = field(default=7.5, metadata={"help": "classifier-free guidance scale"})
-    t2i_height: int | None = field(default=None, metadata={"help": "image height (default: the model's)"})
-    t2i_width: int | None = field(default=None, metadata={"help": "image width (default: the model's)"})
-    t2i_negative_prompt: str | None = field(
-        default=None, metadata={"help": "negative prompt for every image"}
-    )
-    t2i_batch_pairs: int = field(default=4, metadata={"help": "pairs per pipeline call (2x images)"})
-    t2i_compile: bool = field(
-        default=False, metadata={"help": "torch.compile the UNet (GPU; slow first batch)"}
-    )
-    image_format: str = field(
-        default="png", metadata={"help": "png or webp, both lossless", "choices": IMAGE_FORMATS}
-    )
 
 
 def render_seed(run_seed: int, pair_id: str) -> int:
@@ -90,7 +65,7 @@ def render_pairs(
     unsafe_prompts: Sequence[str],
     safe_prompts: Sequence[str],
     seeds: Sequence[int],
-    config: RenderConfig,
+    config: ImagesConfig,
 ) -> list[tuple[Image.Image, Image.Image]]:
     """One (unsafe image, safe image) per pair, both from that pair's seed, in one pipeline call."""
     if not len(unsafe_prompts) == len(safe_prompts) == len(seeds):
@@ -98,14 +73,14 @@ def render_pairs(
     if not seeds:
         return []
     generators = [torch.Generator("cpu").manual_seed(seed) for seed in [*seeds, *seeds]]
-    negative = [config.t2i_negative_prompt] * (2 * len(seeds)) if config.t2i_negative_prompt else None
+    negative = [config.negative_prompt] * (2 * len(seeds)) if config.negative_prompt else None
     images = pipe(
         prompt=[*unsafe_prompts, *safe_prompts],
         negative_prompt=negative,
-        num_inference_steps=config.t2i_steps,
-        guidance_scale=config.t2i_guidance,
-        height=config.t2i_height,
-        width=config.t2i_width,
+        num_inference_steps=config.steps,
+        guidance_scale=config.guidance,
+        height=config.height,
+        width=config.width,
         generator=generators,
         output_type="pil",
     ).images

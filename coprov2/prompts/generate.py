@@ -10,10 +10,11 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from coprov2.llm import LLMBackend, LLMRequest
+from coprov2.prompts.config import PromptsConfig
 from coprov2.prompts.schemas import safe_twin_schema, unsafe_prompts_schema
 from coprov2.prompts.templates import ChatTemplate
 from coprov2.prompts.validate import (
@@ -30,26 +31,6 @@ from coprov2.taxonomy import Concept, Taxonomy
 
 #: Rejected texts are kept for inspection, cut to this many characters.
 MAX_KEPT_TEXT = 1000
-
-
-@dataclass
-class PromptsConfig:
-    """How many prompts per concept, and the rules they must pass."""
-
-    prompts_per_concept: int = field(default=32, metadata={"help": "unsafe prompts (and twins) per concept"})
-    max_retries: int = field(
-        default=3, metadata={"help": "extra attempts, with new seeds, for what was rejected"}
-    )
-    max_prompt_chars: int = field(
-        default=300, metadata={"help": "length bound given to the LLM and its schema"}
-    )
-    max_prompt_tokens: int = field(
-        default=77, metadata={"help": "token limit of the T2I text encoder (CLIP: 77)"}
-    )
-    templates_dir: str | None = field(
-        default=None,
-        metadata={"help": "folder with unsafe_prompts.yaml / safe_twin.yaml overriding the defaults"},
-    )
 
 
 def pair_id(concept: Concept, unsafe_prompt: str) -> str:
@@ -126,7 +107,7 @@ def generate_pairs(
         requests_sent["unsafe"] += len(requests)
         for (concept, n), request, answer in zip(todo, requests, backend.generate(requests), strict=True):
             try:
-                items = parse_answer(answer.text, "prompts", n)
+                items = parse_answer(answer.text, "prompts", n, answer.finish_reason)
             except AnswerRejected as error:
                 rejected.append(
                     rejection_record(
@@ -165,7 +146,9 @@ def generate_pairs(
         requests_sent["twin"] += len(requests)
         for slot, request, answer in zip(todo_slots, requests, backend.generate(requests), strict=True):
             try:
-                twin = clean_text(parse_answer(answer.text, "safe_prompt"))
+                twin = clean_text(
+                    parse_answer(answer.text, "safe_prompt", finish_reason=answer.finish_reason)
+                )
             except AnswerRejected as error:
                 rejected.append(
                     rejection_record(

@@ -16,6 +16,7 @@ from enum import Enum
 
 class Reason(str, Enum):
     UNPARSEABLE = "unparseable"
+    TRUNCATED = "truncated"
     SCHEMA_VIOLATION = "schema_violation"
     WRONG_COUNT = "wrong_count"
     EMPTY = "empty"
@@ -40,11 +41,17 @@ def clean_text(text: str) -> str:
     return " ".join(replaced.split())
 
 
-def parse_answer(text: str, key: str, count: int | None = None) -> list[str] | str:
+def parse_answer(
+    text: str, key: str, count: int | None = None, finish_reason: str | None = None
+) -> list[str] | str:
     """The value under ``key`` of a JSON object answer: a list of ``count`` strings, or one string.
 
     Tolerates text around the object (code fences, preambles) and raw control characters in strings.
+    An answer the backend cut at ``max_tokens`` (``finish_reason == "length"``) is ``truncated``,
+    whatever it holds: a cut list could still parse, one item short of what the model meant.
     """
+    if finish_reason == "length":
+        raise AnswerRejected(Reason.TRUNCATED, "the answer hit max_tokens; raise --llm_max_tokens")
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end < start:
         raise AnswerRejected(Reason.UNPARSEABLE, "no JSON object in the answer")
