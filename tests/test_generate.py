@@ -3,7 +3,8 @@
 import json
 
 from coprov2.expand import expand_taxonomy
-from coprov2.prompts.generate import PromptsConfig, generate_pairs, pair_id
+from coprov2.prompts.config import PromptsConfig
+from coprov2.prompts.generate import generate_pairs, pair_id
 from coprov2.prompts.templates import load_template
 from coprov2.prompts.validate import PromptChecker
 from coprov2.seeds import derive_seed

@@ -82,7 +82,7 @@ def test_openai_backend_errors_name_the_url_not_the_key(endpoint, monkeypatch):
 
 def test_openai_backend_needs_a_url():
     with pytest.raises(ValueError, match="needs --llm_base_url"):
-        make_backend(LLMConfig(llm_backend="openai"))
+        make_backend(LLMConfig(backend="openai"))
 
 
 def test_transformers_backend_is_seeded_per_request(tiny_models):

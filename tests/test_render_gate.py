@@ -6,11 +6,13 @@ import torch
 from PIL import Image
 
 from coprov2.gate.clip_scores import ClipEmbedder, pair_scores
-from coprov2.gate.decide import GateConfig, decide
+from coprov2.gate.config import GateConfig
+from coprov2.gate.decide import decide
 from coprov2.gate.retrieval import read_image_embeddings, write_embedding_part
-from coprov2.images.render import RenderConfig, encode_image, load_t2i_pipeline, render_pairs
+from coprov2.images.config import ImagesConfig
+from coprov2.images.render import encode_image, load_t2i_pipeline, render_pairs
 
-RENDER = RenderConfig(t2i_steps=2, t2i_guidance=7.5)
+RENDER = ImagesConfig(steps=2, guidance=7.5)
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +102,7 @@ def test_every_gate_reason():
         _score("u_twin", 0.30, 0.30, 0.31, 0.10),
         _score("s_twin", 0.30, 0.30, 0.10, 0.30),
     ]
-    decisions, cut = decide(scores, GateConfig(gate_min_score=0.2))
+    decisions, cut = decide(scores, GateConfig(min_score=0.2))
     assert cut == 0.2
     assert {d["id"]: d["reasons"] for d in decisions} == {
         "ok": [],
@@ -110,17 +112,17 @@ def test_every_gate_reason():
         "s_twin": ["safe_image_closer_to_unsafe_prompt"],
     }
     assert [d["passed"] for d in decisions] == [True, False, False, False, False]
-    relaxed, _ = decide(scores, GateConfig(gate_min_score=0.0, gate_require_own_closer=False))
+    relaxed, _ = decide(scores, GateConfig(min_score=0.0, require_own_closer=False))
     assert all(d["passed"] for d in relaxed)
 
 
 def test_percentile_threshold_is_the_run_percentile_of_own_scores():
     scores = [_score(str(i), i / 10, i / 10, -1, -1) for i in range(1, 11)]
-    decisions, cut = decide(scores, GateConfig(gate_min_score=-1.0, gate_percentile=50))
+    decisions, cut = decide(scores, GateConfig(min_score=-1.0, percentile=50))
     assert cut == pytest.approx(np.percentile([i / 10 for i in range(1, 11)] * 2, 50))
     assert [d["id"] for d in decisions if d["passed"]] == ["6", "7", "8", "9", "10"]
     with pytest.raises(ValueError, match=r"within \[0, 100\]"):
-        decide(scores, GateConfig(gate_percentile=150))
+        decide(scores, GateConfig(percentile=150))
 
 
 def test_clip_embeddings_are_normalized_and_batch_size_free(tiny_models):

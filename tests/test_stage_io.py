@@ -2,11 +2,12 @@
 
 import json
 
+import pyarrow as pa
 import pytest
 
 from coprov2.seeds import derive_seed
 from coprov2.sharding import shard_of, shards_for_rank, split_into_shards
-from coprov2.stage_io import ShardResult, StageConfigMismatch, StageDir
+from coprov2.stage_io import StageConfigMismatch, StageDir, read_jsonl
 
 
 def test_shard_of_is_a_fixed_function_of_the_key():
@@ -31,26 +32,57 @@ def test_ranks_partition_the_shards(world):
         shards_for_rank(7, 5, 5)
 
 
+SCHEMA = pa.schema([("id", pa.string())])
+
+
+def _write(stage: StageDir, index: int, batches: list[list[str]], stats: dict) -> None:
+    writer = stage.writer(index, SCHEMA)
+    for ids in batches:
+        writer.commit([{"id": i} for i in ids], [{"reason": "empty"}] if "a" in ids else [], stats)
+    writer.finish()
+
+
 def test_stage_writes_whole_shards_and_sums_stats(tmp_path):
     stage = StageDir(tmp_path, "prompts", num_shards=2)
-    stage.write_shard(0, ShardResult([{"id": "a"}], [{"reason": "empty"}], {"pairs": {"hate": 1}}))
+    _write(stage, 0, [["a"]], {"pairs": {"hate": 1}})
     assert stage.pending(range(2)) == [1]
     with pytest.raises(RuntimeError, match=r"1 shard\(s\) unfinished \(shard-00001-of-00002\); rerun"):
         stage.read_records()
-    stage.write_shard(1, ShardResult([{"id": "b"}, {"id": "c"}], [], {"pairs": {"hate": 1, "sexual": 1}}))
+    _write(stage, 1, [["b"], ["c"]], {"pairs": {"hate": 1, "sexual": 1}})
     assert [r["id"] for r in stage.read_records()] == ["a", "b", "c"]
+    assert [r["id"] for r in stage.iter_rows(1, 3)] == ["b", "c"]
+    assert [r["id"] for r in stage.iter_rows(2)] == ["c"]
+    assert read_jsonl(stage.rejected_path(0)) == [{"reason": "empty"}]
     manifest = stage.write_manifest({"seed": 3})
-    assert manifest["stats"] == {"pairs": {"hate": 2, "sexual": 1}}
+    assert manifest["stats"] == {"pairs": {"hate": 3, "sexual": 2}}
     assert json.loads(stage.manifest_path.read_text()) == manifest
-    assert not list(tmp_path.rglob("*.tmp-*"))
+    assert not list(tmp_path.rglob("*.tmp-*")) and not list(tmp_path.rglob("*.parts"))
+
+
+def test_committed_batches_survive_a_restart_and_the_shard_is_the_same_bytes(tmp_path):
+    straight = StageDir(tmp_path / "straight", "images", num_shards=1)
+    _write(straight, 0, [["a", "b"], ["c"], ["d"]], {"n": {"x": 1}})
+    resumed = StageDir(tmp_path / "resumed", "images", num_shards=1)
+    first = resumed.writer(0, SCHEMA)
+    first.commit([{"id": "a"}, {"id": "b"}], [{"reason": "empty"}], {"n": {"x": 1}})
+    first.commit([{"id": "c"}], [], {"n": {"x": 1}})
+    # a new process: the two committed parts are found, the stage skips that many batches
+    second = resumed.writer(0, SCHEMA)
+    assert second.committed == 2 and not resumed.is_done(0)
+    second.commit([{"id": "d"}], [], {"n": {"x": 1}})
+    second.finish()
+    assert resumed.records_path(0).read_bytes() == straight.records_path(0).read_bytes()
+    assert resumed.stats_path(0).read_bytes() == straight.stats_path(0).read_bytes()
+    assert resumed.rejected_path(0).read_bytes() == straight.rejected_path(0).read_bytes()
 
 
 def test_partial_files_of_a_killed_run_are_removed(tmp_path):
     stage = StageDir(tmp_path, "prompts", num_shards=1)
-    stage.dir.mkdir(parents=True)
-    (stage.dir / ".shard-00000-of-00001.jsonl.tmp-123").write_text("half a line")
+    stage.parts_dir(0).mkdir(parents=True)
+    (stage.dir / ".shard-00000-of-00001.parquet.tmp-123").write_text("half a file")
+    (stage.parts_dir(0) / ".000001.parquet.tmp-123").write_text("half a part")
     stage.remove_partial_files()
-    assert list(stage.dir.iterdir()) == []
+    assert [p.name for p in stage.dir.rglob("*")] == [stage.parts_dir(0).name]
 
 
 def test_resuming_with_another_config_is_refused(tmp_path):

@@ -79,6 +79,7 @@ class ImagesStage(Stage):
         for number, batch in enumerate(batched(pairs, config.batch_pairs)):
             if number < writer.committed:
                 continue
+            logger.debug("images: shard %d batch %d: rendering %d pairs", index, number, len(batch))
             seeds = [render_seed(config.seed, pair["id"]) for pair in batch]
             with torch.inference_mode():
                 images = render_pairs(
@@ -105,7 +106,6 @@ class ImagesStage(Stage):
                 "pairs": dict(Counter(r["category"] for r in rows)),
             }
             writer.commit(rows, stats=stats)
-            logger.debug("images: shard %d batch %d rendered (%d pairs)", index, number, len(rows))
 
     def manifest_extra(self, root: Path) -> dict[str, Any]:
         return {"t2i_model": self.config.model}
