@@ -175,3 +175,35 @@ def test_expansion_reaches_the_papers_723_concepts():
     assert len({c.name for c in concepts}) == len(concepts)
     assert all(c.name == " ".join(c.name.lower().split()) for c in concepts)
     assert result.stats["rejected"]["expand/duplicate"] >= len(llm.batches)
+
+
+def test_an_answer_cut_at_max_tokens_is_rejected_as_truncated_and_retried():
+    """A cut list can still parse (one item short); it is ``truncated``, counted, and asked again."""
+    from coprov2.llm import LLMAnswer
+
+    class CutOnce(ScriptedLLM):
+        def generate(self, requests):
+            answers = super().generate(requests)
+            if len(self.batches) == 1:
+                return [LLMAnswer(a.text, "length") for a in answers]
+            return answers
+
+    def answer(request):
+        if "prompts" in request.schema["properties"]:
+            return json.dumps({"prompts": ["a knife on a table"]})
+        return json.dumps({"safe_prompt": "a spoon on a table"})
+
+    config = PromptsConfig(prompts_per_concept=1, max_retries=1)
+    result = generate_pairs(
+        [Concept("violence", "knife")],
+        TAXONOMY,
+        CutOnce(answer),
+        CHECKER,
+        TEMPLATES,
+        config,
+        SAMPLING,
+        seed=0,
+    )
+    assert [r["reason"] for r in result.rejected] == ["truncated"]
+    assert result.stats["rejected"] == {"unsafe/truncated": 1}
+    assert [p["safe_prompt"] for p in result.records] == ["a spoon on a table"]

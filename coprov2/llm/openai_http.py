@@ -2,12 +2,22 @@
 
 Written on the standard library rather than the ``openai`` client: one JSON POST per request is all
 it takes, and it keeps the client out of our dependencies. The server batches concurrent requests.
+
+A busy or flaky server does not end the build: 429, 5xx, dropped connections and timeouts are
+retried with exponential backoff and full jitter (``Retry-After`` honoured), up to ``max_attempts``
+tries per request; then the error names the endpoint and the last failure (never the key), and the
+shard is not marked done, so a rerun retries it. Other 4xx answers are the request's fault and fail
+at once.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
 import os
+import random
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -16,6 +26,26 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm.auto import tqdm
 
 from coprov2.llm.base import LLMAnswer, LLMRequest
+
+logger = logging.getLogger(__name__)
+
+#: Longest single wait between two attempts, whatever the backoff or Retry-After say.
+MAX_BACKOFF_S = 60.0
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt; ``wait_s`` is the server's Retry-After, if it sent one."""
+
+    def __init__(self, message: str, wait_s: float | None = None) -> None:
+        super().__init__(message)
+        self.wait_s = wait_s
+
+
+def _retry_after(error: urllib.error.HTTPError) -> float | None:
+    try:
+        return float(error.headers.get("Retry-After", ""))
+    except ValueError:
+        return None
 
 
 class OpenAIHTTPBackend:
@@ -29,6 +59,8 @@ class OpenAIHTTPBackend:
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = 32,
         timeout_s: float = 600.0,
+        max_attempts: int = 6,
+        retry_backoff_s: float = 1.0,
         show_progress: bool = True,
     ) -> None:
         self.model = model
@@ -37,6 +69,8 @@ class OpenAIHTTPBackend:
         self._api_key = os.environ.get(api_key_env)
         self.concurrency = concurrency
         self.timeout_s = timeout_s
+        self.max_attempts = max_attempts
+        self.retry_backoff_s = retry_backoff_s
         self.show_progress = show_progress
 
     def _body(self, request: LLMRequest) -> dict:
@@ -55,7 +89,8 @@ class OpenAIHTTPBackend:
             }
         return body
 
-    def _one(self, request: LLMRequest) -> LLMAnswer:
+    def _post(self, request: LLMRequest) -> dict:
+        """One attempt; raises :class:`_Retryable` for what another attempt may fix."""
         headers = {"Content-Type": "application/json"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
@@ -64,12 +99,42 @@ class OpenAIHTTPBackend:
         )
         try:
             with urllib.request.urlopen(http_request, timeout=self.timeout_s) as response:
-                payload = json.loads(response.read())
+                return json.loads(response.read())
         except urllib.error.HTTPError as error:
             detail = error.read().decode(errors="replace")[:500]
-            raise RuntimeError(f"{self.url} answered HTTP {error.code}: {detail}") from None
+            message = f"HTTP {error.code}: {detail}"
+            if error.code in (408, 429) or error.code >= 500:
+                raise _Retryable(message, _retry_after(error)) from None
+            raise RuntimeError(f"{self.url} answered {message}") from None
         except urllib.error.URLError as error:
-            raise RuntimeError(f"cannot reach {self.url}: {error.reason}") from None
+            raise _Retryable(f"cannot reach the server: {error.reason}") from None
+        except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
+            raise _Retryable(f"connection failed: {type(error).__name__}: {error}") from None
+        except json.JSONDecodeError as error:
+            raise _Retryable(f"the answer is not JSON ({error})") from None
+
+    def _one(self, request: LLMRequest) -> LLMAnswer:
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                payload = self._post(request)
+                break
+            except _Retryable as error:
+                if attempt == self.max_attempts:
+                    raise RuntimeError(
+                        f"{self.url} failed {self.max_attempts} attempts (last: {error}); check the server, "
+                        "or raise --llm_max_attempts / --llm_retry_backoff_s, then rerun to resume"
+                    ) from None
+                backoff = random.uniform(0, self.retry_backoff_s * 2 ** (attempt - 1))
+                wait = min(MAX_BACKOFF_S, error.wait_s if error.wait_s is not None else backoff)
+                logger.warning(
+                    "%s: %s; attempt %d of %d in %.1f s",
+                    self.url,
+                    error,
+                    attempt + 1,
+                    self.max_attempts,
+                    wait,
+                )
+                time.sleep(wait)
         choice = payload["choices"][0]
         return LLMAnswer(choice["message"].get("content") or "", choice.get("finish_reason"))
 
