@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,8 @@ class PreferencePairs:
     loser_bytes: list[Callable[[], bytes]]
     source: str
     fingerprint: str
+    #: Winner and loser bytes of every row in order, read as a stream (default: the loaders, in order).
+    stream: Callable[[], Iterator[tuple[bytes, bytes]]] | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -48,11 +50,23 @@ class PreferencePairs:
             )
         return chosen
 
+    def iter_image_bytes(self) -> Iterator[tuple[bytes, bytes]]:
+        """``(winner, loser)`` bytes of every row, in order, without holding more than one row."""
+        if self.stream is not None:
+            yield from self.stream()
+            return
+        for winner, loser in zip(self.winner_bytes, self.loser_bytes, strict=True):
+            yield winner(), loser()
+
     def decode(self, index: int, which: str) -> Image.Image:
         """The winner (``safe``) or loser (``unsafe``) image of row ``index`` as RGB."""
         loader = self.winner_bytes[index] if which == "safe" else self.loser_bytes[index]
+        return self.decode_bytes(loader(), index, which)
+
+    def decode_bytes(self, payload: bytes, index: int, which: str) -> Image.Image:
+        """``payload`` (row ``index``'s ``which`` image) as RGB; a bad image names its row and caption."""
         try:
-            image = Image.open(io.BytesIO(loader()))
+            image = Image.open(io.BytesIO(payload))
             image.load()
         except Exception as error:  # PIL raises several types for bad data
             raise ValueError(
@@ -112,6 +126,22 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     def loader(index: int, column: str) -> Callable[[], bytes]:
         return lambda: images[index][column]["bytes"] or Path(images[index][column]["path"]).read_bytes()
 
+    def stream() -> Iterator[tuple[bytes, bytes]]:
+        # Streaming reads the parquet files row group by row group; iterating the Arrow cache instead
+        # would map every image page into this process, so its RSS would grow with the dataset.
+        rows = datasets.load_dataset(name, config, split=split, streaming=True)
+        rows = rows.select_columns(["safe_image", "unsafe_image"])
+        rows = rows.cast_column("safe_image", datasets.Image(decode=False))
+        rows = rows.cast_column("unsafe_image", datasets.Image(decode=False))
+        count = 0
+        for row in rows:
+            count += 1
+            yield tuple(
+                row[c]["bytes"] or Path(row[c]["path"]).read_bytes() for c in ("safe_image", "unsafe_image")
+            )
+        if count != len(dataset):
+            raise RuntimeError(f"{name} ({split}): streamed {count} rows, the dataset has {len(dataset)}")
+
     captions, categories = dataset["unsafe_prompt"], dataset["category"]
     keys = dataset["id"] if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
     return PreferencePairs(
@@ -121,6 +151,7 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
         [loader(i, "unsafe_image") for i in range(len(dataset))],
         f"{name} ({config or 'default'}, {split})",
         _fingerprint(captions, categories, [f"{k}:{dataset._fingerprint}" for k in keys]),
+        stream,
     )
 
 

@@ -11,36 +11,56 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from dpo.data import PreferencePairs
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: Per-row arrays of the cache; the others (``empty_text``, ``empty_pooled``) are one small tensor each.
+ROW_ARRAYS = ("winner_mean", "winner_std", "loser_mean", "loser_std", "text", "pooled", "time_ids")
+
+
+class CachedRows:
+    """Rows of one cached array, read from its memory-mapped ``.npy`` file only when indexed.
+
+    ``rows[index]`` (an index tensor or list) copies just those rows into a new tensor, so the
+    trainer's memory does not grow with the number of pairs in the cache.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.array = np.load(path, mmap_mode="r")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.array.shape
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def __getitem__(self, index: torch.Tensor | list[int]) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.array[np.asarray(index)]))
 
 
 @dataclass
 class EncodedPairs:
     """Per row: winner/loser latent mean and std ``[N, C, h, w]``, text ``[N, L, D]``; SDXL extras."""
 
-    winner_mean: torch.Tensor
-    winner_std: torch.Tensor
-    loser_mean: torch.Tensor
-    loser_std: torch.Tensor
-    text: torch.Tensor
+    winner_mean: torch.Tensor | CachedRows
+    winner_std: torch.Tensor | CachedRows
+    loser_mean: torch.Tensor | CachedRows
+    loser_std: torch.Tensor | CachedRows
+    text: torch.Tensor | CachedRows
     empty_text: torch.Tensor
-    pooled: torch.Tensor | None = None
+    pooled: torch.Tensor | CachedRows | None = None
     empty_pooled: torch.Tensor | None = None
-    time_ids: torch.Tensor | None = None
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        return {k: v.contiguous() for k, v in vars(self).items() if v is not None}
+    time_ids: torch.Tensor | CachedRows | None = None
 
 
 def cache_key(pairs: PreferencePairs, base: str, resolution: int) -> str:
@@ -77,51 +97,88 @@ def encode_text(pipe, captions: list[str], device: torch.device) -> tuple[torch.
         return embeds, None
 
 
+class _RowWriter:
+    """Writes per-row arrays straight into ``.npy`` files (numpy's own memmap writer), batch by batch."""
+
+    def __init__(self, folder: Path, rows: int) -> None:
+        self.folder, self.rows = folder, rows
+        self.arrays: dict[str, np.memmap] = {}
+
+    def put(self, name: str, start: int, values: torch.Tensor) -> None:
+        values = values.float().cpu().numpy()
+        if name not in self.arrays:
+            self.arrays[name] = np.lib.format.open_memmap(
+                self.folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=(self.rows, *values.shape[1:])
+            )
+        self.arrays[name][start : start + len(values)] = values
+
+    def close(self) -> None:
+        for array in self.arrays.values():
+            array.flush()
+        self.arrays.clear()
+
+
 def encode_pairs(
     pipe,
     pairs: PreferencePairs,
     resolution: int,
     device: torch.device,
+    folder: Path,
     batch_size: int = 8,
     progress: bool = True,
-) -> EncodedPairs:
-    """Run the VAE encoder and the text encoder(s) of ``pipe`` over every pair, in batches."""
+) -> None:
+    """Run the VAE encoder and the text encoder(s) of ``pipe`` over every pair, into ``folder``.
+
+    Images are streamed (one batch decoded at a time) and each batch's outputs go straight to their
+    rows of the ``.npy`` files, so memory is bounded by the batch, not by the number of pairs.
+    """
     vae = pipe.vae
-    columns: dict[str, list[torch.Tensor]] = {
-        k: [] for k in ("wm", "ws", "lm", "ls", "text", "pooled", "time")
-    }
     xl = hasattr(pipe, "text_encoder_2")
-    for start in tqdm(
-        range(0, len(pairs), batch_size), desc="encode pairs", unit="batch", disable=not progress
-    ):
+    writer = _RowWriter(folder, len(pairs))
+    batches = range(0, len(pairs), batch_size)
+    stream = pairs.iter_image_bytes()
+    for start in tqdm(batches, desc="encode pairs", unit="batch", disable=not progress):
         rows = range(start, min(start + batch_size, len(pairs)))
-        for which, mean_key, std_key in (("safe", "wm", "ws"), ("unsafe", "lm", "ls")):
-            prepared = [resize_and_crop(pairs.decode(i, which), resolution) for i in rows]
+        payloads = [next(stream) for _ in rows]
+        for position, (which, key) in enumerate((("safe", "winner"), ("unsafe", "loser"))):
+            prepared = [
+                resize_and_crop(pairs.decode_bytes(payload[position], i, which), resolution)
+                for i, payload in zip(rows, payloads, strict=True)
+            ]
             pixels = torch.stack([p[0] for p in prepared]).to(device, vae.dtype)
             with torch.no_grad():
                 distribution = vae.encode(pixels).latent_dist
-            columns[mean_key].append(distribution.mean.float().cpu())
-            columns[std_key].append(distribution.std.float().cpu())
+            writer.put(f"{key}_mean", start, distribution.mean)
+            writer.put(f"{key}_std", start, distribution.std)
             if xl and which == "safe":
-                columns["time"] += [
-                    torch.tensor([*original, *crop, resolution, resolution], dtype=torch.float32)[None]
-                    for _, original, crop in prepared
-                ]
+                time_ids = [[*original, *crop, resolution, resolution] for _, original, crop in prepared]
+                writer.put("time_ids", start, torch.tensor(time_ids, dtype=torch.float32))
         text, pooled = encode_text(pipe, [pairs.captions[i] for i in rows], device)
-        columns["text"].append(text.float().cpu())
+        writer.put("text", start, text)
         if pooled is not None:
-            columns["pooled"].append(pooled.float().cpu())
+            writer.put("pooled", start, pooled)
+    writer.close()
     empty_text, empty_pooled = encode_text(pipe, [""], device)
+    np.save(folder / "empty_text.npy", empty_text.float().cpu().numpy()[0])
+    if xl:
+        np.save(folder / "empty_pooled.npy", empty_pooled.float().cpu().numpy()[0])
+
+
+def load_encoded(folder: Path) -> EncodedPairs:
+    """The cache in ``folder``: per-row arrays memory-mapped, the empty-prompt embeddings in memory."""
+
+    def rows(name: str) -> CachedRows | None:
+        path = folder / f"{name}.npy"
+        return CachedRows(path) if path.exists() else None
+
+    def small(name: str) -> torch.Tensor | None:
+        path = folder / f"{name}.npy"
+        return torch.from_numpy(np.load(path)) if path.exists() else None
+
     return EncodedPairs(
-        winner_mean=torch.cat(columns["wm"]),
-        winner_std=torch.cat(columns["ws"]),
-        loser_mean=torch.cat(columns["lm"]),
-        loser_std=torch.cat(columns["ls"]),
-        text=torch.cat(columns["text"]),
-        empty_text=empty_text.float().cpu()[0],
-        pooled=torch.cat(columns["pooled"]) if xl else None,
-        empty_pooled=empty_pooled.float().cpu()[0] if xl else None,
-        time_ids=torch.cat(columns["time"]) if xl else None,
+        **{name: rows(name) for name in ROW_ARRAYS},
+        empty_text=small("empty_text"),
+        empty_pooled=small("empty_pooled"),
     )
 
 
@@ -136,20 +193,19 @@ def cached_encode(
 ) -> tuple[EncodedPairs, Path, bool]:
     """Encoded pairs from ``cache_dir`` or, on a miss, from ``load_pipe()`` (then written atomically).
 
-    Returns the pairs, the cache file and whether it was a hit.
+    Returns the pairs, the cache folder and whether it was a hit. The folder is written as
+    ``<key>.partial`` and renamed when whole, with ``meta.json`` inside, so a killed encode is redone.
     """
-    path = Path(cache_dir) / f"{cache_key(pairs, base, resolution)}.safetensors"
-    if path.exists():
-        return EncodedPairs(**load_file(path)), path, True
-    encoded = encode_pairs(load_pipe(), pairs, resolution, device, progress=progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    save_file(
-        encoded.tensors(),
-        partial,
-        metadata={"source": pairs.source, "base": base, "resolution": str(resolution)},
-    )
-    partial.replace(path)
-    # Train from the file either way: the same values in the same memory layout as a cache hit, so a
+    folder = Path(cache_dir) / cache_key(pairs, base, resolution)
+    if (folder / "meta.json").exists():
+        return load_encoded(folder), folder, True
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    encode_pairs(load_pipe(), pairs, resolution, device, partial, progress=progress)
+    meta = {"source": pairs.source, "base": base, "resolution": resolution, "rows": len(pairs)}
+    (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    partial.rename(folder)
+    # Train from the files either way: the same values in the same memory layout as a cache hit, so a
     # run that encoded and one that read the cache take bit-identical steps.
-    return EncodedPairs(**load_file(path)), path, False
+    return load_encoded(folder), folder, False
