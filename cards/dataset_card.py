@@ -9,6 +9,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData
 
 TEMPLATE = "templates/coprov2_dataset.md"
+RELEASE_TEMPLATE = "templates/coprov2_release.md"
 
 
 def size_category(n: int) -> str:
@@ -23,15 +24,14 @@ def size_category(n: int) -> str:
     return "n>1M"
 
 
-def coprov2_dataset_card(summary: dict[str, Any], license: str = "cc-by-nc-4.0") -> DatasetCard:
-    """``summary``: what :func:`coprov2.dataset.export.export_dataset` measured (configs, counts, build info)."""
-    card_data = DatasetCardData(
+def _gated_card_data(summary: dict[str, Any], license: str, pretty_name: str) -> DatasetCardData:
+    return DatasetCardData(
         license=license,
         task_categories=["text-to-image"],
         language=["en"],
         tags=["safety", "alignment", "preference", "diffusion-dpo", "not-for-all-audiences"],
         size_categories=[size_category(summary["rows_total"])],
-        pretty_name="CoProV2 (rebuilt)",
+        pretty_name=pretty_name,
         configs=summary["configs"],
         dataset_info=summary["dataset_info"],
         extra_gated_prompt=(
@@ -43,7 +43,20 @@ def coprov2_dataset_card(summary: dict[str, Any], license: str = "cc-by-nc-4.0")
             "I will use this dataset for safety research only": "checkbox",
         },
     )
-    template = (resources.files("cards") / TEMPLATE).read_text(encoding="utf-8")
-    return DatasetCard.from_template(
-        card_data, template_str=template, pretty_name="CoProV2 (rebuilt)", **summary
-    )
+
+
+def _render(card_data: DatasetCardData, template_name: str, **values: Any) -> DatasetCard:
+    template = (resources.files("cards") / template_name).read_text(encoding="utf-8")
+    return DatasetCard.from_template(card_data, template_str=template, **values)
+
+
+def coprov2_dataset_card(summary: dict[str, Any], license: str = "cc-by-nc-4.0") -> DatasetCard:
+    """``summary``: what :func:`coprov2.dataset.export.export_dataset` measured (configs, counts, build info)."""
+    name = "CoProV2 (rebuilt)"
+    return _render(_gated_card_data(summary, license, name), TEMPLATE, pretty_name=name, **summary)
+
+
+def release_dataset_card(summary: dict[str, Any], license: str = "cc-by-nc-4.0") -> DatasetCard:
+    """``summary``: what :func:`coprov2.dataset.from_release.import_release` read (counts, files, skipped rows)."""
+    name = "CoProV2 (SafetyDPO release, converted)"
+    return _render(_gated_card_data(summary, license, name), RELEASE_TEMPLATE, pretty_name=name, **summary)

@@ -62,7 +62,7 @@ def held_out_concepts(concepts: dict[str, list[str]], ratio: float, seed: int) -
     return held_out
 
 
-def _configs(files: dict[tuple[str, str], list[Path]]) -> list[dict[str, Any]]:
+def configs_for(files: dict[tuple[str, str], list[Path]]) -> list[dict[str, Any]]:
     def entry(name: str, pattern: str, splits: list[str]) -> dict[str, Any]:
         return {
             "config_name": name,
@@ -133,7 +133,7 @@ def export_dataset(config: DatasetConfig, root: str | Path) -> dict[str, Any]:
     files = {key: writer.close() for key, writer in sorted(writers.items())}
 
     summary = _summary(config, root, counts, images_manifest, gate_manifest)
-    summary["configs"] = _configs(files)
+    summary["configs"] = configs_for(files)
     summary["dataset_info"] = dataset_infos(staging, summary["configs"])
     coprov2_dataset_card(summary, config.license).save(staging / "README.md")
     swap_in(staging, target)
