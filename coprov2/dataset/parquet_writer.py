@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 #: Flush a row group at this many buffered bytes (images are most of them) ...
-ROW_GROUP_BYTES = 32 * 1024 * 1024
+ROW_GROUP_BYTES = 16 * 1024 * 1024
 #: ... or rows, the row-group size ``datasets`` uses for image datasets.
 ROW_GROUP_ROWS = 100
 #: Parquet's own bytes around the values (page headers, statistics, footer) stay well under this.
