@@ -202,18 +202,20 @@ def main() -> None:
         results["dpo"][n] = _run("dpo", args.out / f"dpo-{n}", n)
         print(json.dumps({f"dpo {n}": results["dpo"][n]}), flush=True)
 
-    lines = ["| stage | " + " | ".join(f"{n:,} pairs" for n in args.pairs) + " | largest / smallest | "
-             f"projected at {PAPER_PAIRS:,} |", "|---" * (len(args.pairs) + 3) + "|"]  # fmt: skip
-    for kind in ("images", "gate", "dataset"):
-        values = [results["build"][n][kind]["peak_rss_mib"] for n in args.pairs]
-        lines.append(
-            f"| {kind} (peak RSS MiB) | " + " | ".join(f"{v:,.0f}" for v in values)
-            + f" | {values[-1] / values[0]:.3f}x | {_projection(args.pairs, values):,.0f} |"
-        )  # fmt: skip
-    lines.append("| largest parquet file (MiB) | " + " | ".join(
-        f"{results['build'][n]['largest_parquet_mib']:,.0f}" for n in args.pairs) + " | | |")  # fmt: skip
-    lines.append("| images stage (GiB of parquet) | " + " | ".join(
-        f"{results['build'][n]['images_gib']:.1f}" for n in args.pairs) + " | | |")  # fmt: skip
+    lines: list[str] = []
+    if args.pairs:
+        lines = ["| stage | " + " | ".join(f"{n:,} pairs" for n in args.pairs) + " | largest / smallest | "
+                 f"projected at {PAPER_PAIRS:,} |", "|---" * (len(args.pairs) + 3) + "|"]  # fmt: skip
+        for kind in ("images", "gate", "dataset"):
+            values = [results["build"][n][kind]["peak_rss_mib"] for n in args.pairs]
+            lines.append(
+                f"| {kind} (peak RSS MiB) | " + " | ".join(f"{v:,.0f}" for v in values)
+                + f" | {values[-1] / values[0]:.3f}x | {_projection(args.pairs, values):,.0f} |"
+            )  # fmt: skip
+        lines.append("| largest parquet file (MiB) | " + " | ".join(
+            f"{results['build'][n]['largest_parquet_mib']:,.0f}" for n in args.pairs) + " | | |")  # fmt: skip
+        lines.append("| images stage (GiB of parquet) | " + " | ".join(
+            f"{results['build'][n]['images_gib']:.1f}" for n in args.pairs) + " | | |")  # fmt: skip
     if args.dpo_pairs:
         values = [results["dpo"][n]["peak_rss_mib"] for n in args.dpo_pairs]
         lines += ["", "| DPO encode + 2 steps | " + " | ".join(f"{n:,} pairs" for n in args.dpo_pairs)

@@ -68,3 +68,20 @@ def test_cli_reports_a_bad_taxonomy_without_a_traceback(tmp_path, capsys):
     bad.write_text("categories:\n  hate:\n    description: d\n    concepts: []\n")
     assert main(["--concepts", str(bad), "--output_dir", str(tmp_path / "out")]) == 2
     assert f"error: {bad}:4: category 'hate' has no concepts" in capsys.readouterr().err
+
+
+def test_every_stage_config_field_is_fed_by_an_option():
+    """BuildConfig.stage_config refuses to build a stage config with a field no flag sets."""
+    from dataclasses import fields
+
+    from coprov2.config import FEEDS, SECTIONS
+
+    config = BuildConfig(t2i_steps=3, llm_model="m", seed=5, clip_batch_size=7)
+    for section in SECTIONS:
+        built = config.stage_config(section)
+        assert {f.name for f in fields(built)} == {f.name for f in fields(SECTIONS[section])}
+    assert config.stage_config("images").steps == 3 and config.stage_config("images").seed == 5
+    assert config.stage_config("prompts").llm.model == config.stage_config("taxonomy").llm.model == "m"
+    assert config.stage_config("gate").batch_size == 7
+    targets = [target for targets in FEEDS.values() for target in targets]
+    assert len(targets) == len(set(targets)), "a stage field fed by two options"
