@@ -117,7 +117,9 @@ def test_export_files_stay_under_max_shard_size_and_keep_every_row(tmp_path):
         writer.write({"id": str(i), "image": {"bytes": payload, "path": None}})
     files = writer.close()
     assert len(files) > 3
-    assert [f.name for f in files] == [f"train-{k:05d}-of-{len(files):05d}.parquet" for k in range(len(files))]
+    assert [f.name for f in files] == [
+        f"train-{k:05d}-of-{len(files):05d}.parquet" for k in range(len(files))
+    ]
     assert all(f.stat().st_size <= 300_000 for f in files)
     rows = datasets.load_dataset("parquet", data_files=[str(f) for f in files], split="train")
     rows = rows.cast_column("image", Image(decode=False))
