@@ -14,7 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import HfApi
+import httpx
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import OfflineModeIsEnabled
+
+from coprov2.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -31,14 +35,14 @@ def push_plan(
 ) -> list[dict[str, Any]]:
     """The Hub calls a push makes, in order, with the files it uploads (top-level folders in ``ignore`` stay local)."""
     if gated is not None and gated not in GATING:
-        raise ValueError(f"hub_gated must be one of {', '.join(GATING)}, got {gated!r}")
+        raise UserError(f"hub_gated must be one of {', '.join(GATING)}, got {gated!r}")
     files = sorted(
         str(path.relative_to(folder))
         for path in folder.rglob("*")
         if path.is_file() and path.relative_to(folder).parts[0] not in ignore
     )
     if "README.md" not in files:
-        raise FileNotFoundError(f"{folder} has no README.md: write its card before pushing")
+        raise UserError(f"{folder} has no README.md: write its card before pushing")
     create = {
         "call": "create_repo",
         "repo_id": repo_id,
@@ -81,11 +85,18 @@ def push_folder(
         for name in plan[-1]["files"]:
             echo(f"  would upload {name} ({(folder / name).stat().st_size} bytes)")
         return plan
+    if constants.is_offline_mode():
+        raise UserError("offline: set HF_HUB_OFFLINE=0 or use --dry_run")
     api = api or HfApi()
     for step in plan:
         arguments = {k: v for k, v in step.items() if k not in ("call", "files")}
         logger.info("HfApi.%s(%s)", step["call"], ", ".join(f"{k}={v!r}" for k, v in arguments.items()))
-        getattr(api, step["call"])(**arguments)
+        try:
+            getattr(api, step["call"])(**arguments)
+        except (httpx.TransportError, OfflineModeIsEnabled) as error:
+            raise UserError(
+                f"cannot reach the Hub for {repo_id} ({type(error).__name__}); check the network, or use --dry_run"
+            ) from None
     echo(
         f"pushed {len(plan[-1]['files'])} files to {repo_type} repo {repo_id} (private={not public}, gated={gated})"
     )

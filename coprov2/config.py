@@ -14,17 +14,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from datasets.utils.py_utils import convert_file_size_to_int
 from transformers import HfArgumentParser
 
 from coprov2.dataset.config import DatasetConfig
+from coprov2.errors import UserError, check_finite, load_yaml_file
 from coprov2.gate.config import GateConfig
-from coprov2.images.config import ImagesConfig
-from coprov2.llm.config import LLMConfig
+from coprov2.images.config import IMAGE_FORMATS, ImagesConfig
+from coprov2.llm.config import BACKENDS, LLMConfig
 from coprov2.prompts.config import PromptsConfig
 from coprov2.taxonomy_config import TaxonomyConfig
 from coprov2.tiny import resolve_tiny_model
@@ -135,6 +137,51 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Numeric options: (lowest, highest, lowest excluded). NaN and infinities are refused for all of them.
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "limit_concepts": (1, None, False),
+    "expand_to": (0, None, False),
+    "expand_batch": (1, None, False),
+    "seed": (0, 2**63 - 1, False),
+    "max_retries": (0, None, False),
+    "prompts_per_concept": (1, None, False),
+    "max_prompt_chars": (1, None, False),
+    "max_prompt_tokens": (1, None, False),
+    "num_shards": (1, None, False),
+    "llm_tensor_parallel_size": (1, None, False),
+    "llm_max_model_len": (1, None, False),
+    "llm_gpu_memory_utilization": (0, 1, True),
+    "llm_temperature": (0, None, False),
+    "llm_top_p": (0, 1, True),
+    "llm_max_tokens": (1, None, False),
+    "llm_concurrency": (1, None, False),
+    "llm_timeout_s": (0, None, True),
+    "llm_max_attempts": (1, None, False),
+    "llm_retry_backoff_s": (0, None, False),
+    "t2i_steps": (1, None, False),
+    "t2i_guidance": (0, None, False),
+    "t2i_height": (8, None, False),
+    "t2i_width": (8, None, False),
+    "t2i_batch_pairs": (1, None, False),
+    "t2i_shard_pairs": (1, None, False),
+    "clip_batch_size": (1, None, False),
+    "gate_min_score": (-1, 1, False),
+    "gate_percentile": (0, 100, False),
+    "test_ratio": (0, 0.99, False),
+}
+
+#: Options with a fixed set of values (argparse checks flags; these checks also cover YAML and Python).
+CHOICES: dict[str, tuple[str, ...]] = {
+    "stage": STAGES,
+    "log_level": ("debug", "info", "warning"),
+    "llm_backend": BACKENDS,
+    "llm_dtype": ("auto", "bfloat16", "float16", "float32"),
+    "t2i_dtype": ("auto", "bfloat16", "float16", "float32"),
+    "image_format": IMAGE_FORMATS,
+    "hub_gated": ("manual", "auto"),
+}
+
+
 @dataclass
 class BuildConfig:
     """Everything ``python -m coprov2.build`` does, as one value; ``coprov2.build.build(config)`` runs it."""
@@ -209,23 +256,20 @@ class BuildConfig:
     dry_run: bool = _option("dry_run")
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"stage {self.stage!r} is unknown; choose from {', '.join(STAGES)}")
-        for name in (
-            "num_shards",
-            "prompts_per_concept",
-            "max_prompt_chars",
-            "max_prompt_tokens",
-            "t2i_batch_pairs",
-            "t2i_shard_pairs",
-            "clip_batch_size",
-            "llm_max_attempts",
-            "llm_concurrency",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+        """Every option checked once, here, before any work: numbers finite and in range, names known."""
+        for name, (low, high, low_open) in RANGES.items():
+            check_finite(name, getattr(self, name), low, high, low_open=low_open)
+        for name, choices in CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise UserError(
+                    f"--{name} {getattr(self, name)!r} is unknown; choose from {', '.join(choices)}"
+                )
+        try:
+            convert_file_size_to_int(self.max_shard_size)
+        except (ValueError, TypeError):
+            raise UserError(
+                f"--max_shard_size {self.max_shard_size!r} is not a size like 500MB or 2GB"
+            ) from None
 
     def stage_config(self, section: str) -> Any:
         """The config of ``section`` (a stage or ``llm``), every field set from the flat options."""
@@ -256,14 +300,24 @@ FIELDS = {f.name for f in dataclasses.fields(BuildConfig)}
 
 
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    """Options from a YAML file: a mapping of known options, each value of its option's type."""
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of option: value")
+        raise UserError(
+            f"{path}: a config file must be a mapping of option: value, got a {type(data).__name__}"
+        )
     unknown = sorted(set(data) - FIELDS)
     if unknown:
-        raise ValueError(
+        raise UserError(
             f"{path}: unknown option(s) {', '.join(unknown)}; see `python -m coprov2.build --help`"
         )
+    hints = typing.get_type_hints(BuildConfig)
+    for name, value in data.items():
+        declared = typing.get_args(hints[name]) or (hints[name],)
+        allowed = tuple(t for d in declared for t in ((int, float) if d is float else (d,)))
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            expected = " or ".join("None" if d is type(None) else d.__name__ for d in declared)
+            raise UserError(f"{path}: option {name} must be {expected}, got {value!r}")
     return data
 
 

@@ -97,6 +97,7 @@ def run_stage(stage: Stage, root: str | Path, progress: bool = True) -> dict[str
     if state.is_main_process:
         stage_dir.bind_config(fingerprint)
         stage_dir.remove_partial_files()
+        stage_dir.discard_corrupt_shards()
     state.wait_for_everyone()
     mine = stage_dir.pending(shards_for_rank(num_shards, state.process_index, state.num_processes))
     logger.info(

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from coprov2.errors import UserError
 from coprov2.executor import Stage
 from coprov2.llm import LLMBackend, LLMRequest
 from coprov2.llm.config import LLM_OUTPUT_NEUTRAL
@@ -176,7 +177,7 @@ def read_stage_taxonomy(root: Path) -> Taxonomy:
     """The taxonomy a finished ``taxonomy`` stage resolved (what the later stages use)."""
     path = Path(root) / "taxonomy" / TAXONOMY_FILE
     if not path.exists():
-        raise RuntimeError(f"{path} is missing: run the build's taxonomy stage first")
+        raise UserError(f"{path} is missing: run the build's taxonomy stage first")
     return load_taxonomy(path)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from collections import Counter
@@ -25,7 +26,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from coprov2.errors import UserError
 from coprov2.sharding import shard_name
+
+logger = logging.getLogger(__name__)
 
 #: Key of a part file's schema metadata holding its rejected items and stats.
 _PART_META = b"alignguard_part"
@@ -114,7 +118,7 @@ class ShardResult:
     stats: dict[str, Any]
 
 
-class StageConfigMismatch(RuntimeError):
+class StageConfigMismatch(UserError):
     """The output folder holds a stage run with another config: resuming would mix two runs."""
 
 
@@ -170,6 +174,9 @@ class ShardWriter:
                 add_stats(totals, meta["stats"])
                 writer.write_table(table.replace_schema_metadata(None).cast(self.schema))
         os.replace(tmp, self.stage.records_path(self.index))
+        atomic_write_text(
+            self.stage.sha256_path(self.index), file_sha256(self.stage.records_path(self.index)) + "\n"
+        )
         atomic_write_text(self.stage.rejected_path(self.index), "".join(rejected_lines))
         atomic_write_text(self.stage.stats_path(self.index), dumps(sorted_stats(totals)) + "\n")
         shutil.rmtree(self.parts_dir, ignore_errors=True)
@@ -201,6 +208,9 @@ class StageDir:
     def stats_path(self, index: int) -> Path:
         return self._path(index, ".stats.json")
 
+    def sha256_path(self, index: int) -> Path:
+        return self._path(index, ".sha256")
+
     def parts_dir(self, index: int) -> Path:
         return self._path(index, ".parts")
 
@@ -210,7 +220,7 @@ class StageDir:
 
     def read_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
-            raise RuntimeError(
+            raise UserError(
                 f"stage {self.name!r} has not finished in {self.dir.parent} (no {self.manifest_path.name}); "
                 "run the build up to that stage first"
             )
@@ -244,6 +254,25 @@ class StageDir:
     def is_done(self, index: int) -> bool:
         return self.stats_path(index).exists()
 
+    def discard_corrupt_shards(self) -> list[int]:
+        """Check every finished shard against the sha256 recorded when it was sealed; a shard whose
+        file changed since (truncated, overwritten) loses its files, with a warning naming it, so the
+        run makes it again. Returns the shards discarded."""
+        corrupt = []
+        for index in range(self.num_shards):
+            if not self.is_done(index):
+                continue
+            path, recorded = self.records_path(index), self.sha256_path(index)
+            if path.exists() and recorded.exists() and file_sha256(path) == recorded.read_text().strip():
+                continue
+            logger.warning("%s is missing or changed since it was written; making that shard again", path)
+            for stale in (self.stats_path(index), recorded, path, self.rejected_path(index)):
+                stale.unlink(missing_ok=True)
+            corrupt.append(index)
+        if corrupt:
+            self.manifest_path.unlink(missing_ok=True)
+        return corrupt
+
     def pending(self, shards: Iterable[int]) -> list[int]:
         return [index for index in shards if not self.is_done(index)]
 
@@ -254,7 +283,7 @@ class StageDir:
         missing = self.pending(range(self.num_shards))
         if missing:
             names = ", ".join(shard_name(i, self.num_shards) for i in missing[:5])
-            raise RuntimeError(
+            raise UserError(
                 f"stage {self.name!r} in {self.dir} is incomplete: {len(missing)} shard(s) unfinished ({names}"
                 f"{', …' if len(missing) > 5 else ''}); rerun the same command to resume it"
             )
@@ -303,7 +332,8 @@ class StageDir:
         for index in range(self.num_shards):
             add_stats(totals, json.loads(self.stats_path(index).read_text()))
         shards = {
-            shard_name(i, self.num_shards): file_sha256(self.records_path(i)) for i in range(self.num_shards)
+            shard_name(i, self.num_shards): self.sha256_path(i).read_text().strip()
+            for i in range(self.num_shards)
         }
         manifest = {
             **extra,

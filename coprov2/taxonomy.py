@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from coprov2.errors import UserError
+
 DEFAULT_TAXONOMY = "default"
 _STR_TAG = "tag:yaml.org,2002:str"
 _CATEGORY_ID = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -33,7 +35,7 @@ _CATEGORY_KEYS = {"name", "description", "concepts"}
 MAX_CONCEPT_CHARS = 64
 
 
-class TaxonomyError(ValueError):
+class TaxonomyError(UserError):
     """A taxonomy file is malformed; the message names the file, the line and the fix."""
 
 
@@ -120,6 +122,19 @@ def _fail(path: str, node: yaml.Node, problem: str, fix: str) -> TaxonomyError:
 def _mapping(path: str, node: yaml.Node, what: str) -> list[tuple[yaml.ScalarNode, yaml.Node]]:
     if not isinstance(node, yaml.MappingNode):
         raise _fail(path, node, f"{what} must be a mapping", f"write {what} as 'key: value' lines")
+    first_line: dict[str, int] = {}
+    for key, _ in node.value:
+        name = key.value if isinstance(key, yaml.ScalarNode) else None
+        if name in first_line:
+            raise _fail(
+                path,
+                key,
+                f"key {name!r} appears twice in {what} (first on line {first_line[name]}); YAML would keep "
+                "only the last one",
+                "merge the two blocks or rename one",
+            )
+        if name is not None:
+            first_line[name] = key.start_mark.line + 1
     return node.value
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
+import shutil
 import string
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -42,6 +44,8 @@ from transformers import (
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
 )
+
+from coprov2.errors import UserError
 
 KINDS = ("sd15", "sdxl", "clip", "lm")
 
@@ -287,7 +291,7 @@ def build(kind: str, seed: int = 0):
     """Build one tiny model by kind name; pipelines come back alone, the rest as (model, processor)."""
     builders = {"sd15": build_sd15, "sdxl": build_sdxl, "clip": build_clip, "lm": build_lm}
     if kind not in builders:
-        raise ValueError(f"unknown tiny model kind {kind!r}; choose from {', '.join(KINDS)}")
+        raise UserError(f"unknown tiny model kind {kind!r}; choose from {', '.join(KINDS)}")
     return builders[kind](seed=seed)
 
 
@@ -301,14 +305,23 @@ def write_tiny_models(out_dir: str | Path, kinds: Iterable[str] = KINDS, seed: i
     folders: dict[str, Path] = {}
     for kind in kinds:
         folder = out_dir / kind
+        # Written beside the target and renamed when whole: transformers writes config.json first, so a
+        # folder killed mid-write would otherwise look finished to the next run.
+        partial = out_dir / f".{kind}.partial-{os.getpid()}"
+        shutil.rmtree(partial, ignore_errors=True)
         built = build(kind, seed=seed)
         for part in built if isinstance(built, tuple) else (built,):
-            part.save_pretrained(folder)
+            part.save_pretrained(partial)
+        (partial / COMPLETE_MARKER).write_text("written whole\n")
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(partial, folder)
         folders[kind] = folder
     return folders
 
 
 TINY_PREFIX = "tiny:"
+#: Written last into a tiny model folder: without it the folder is redone.
+COMPLETE_MARKER = ".complete"
 
 
 def resolve_tiny_model(name: str, models_dir: str | Path) -> str:
@@ -317,11 +330,13 @@ def resolve_tiny_model(name: str, models_dir: str | Path) -> str:
         return name
     kind = name.removeprefix(TINY_PREFIX)
     if kind not in KINDS:
-        raise ValueError(
+        raise UserError(
             f"unknown tiny model {name!r}; choose from {', '.join(TINY_PREFIX + k for k in KINDS)}"
         )
     folder = Path(models_dir) / kind
-    if not (folder / "config.json").exists() and not (folder / "model_index.json").exists():
+    if not (folder / COMPLETE_MARKER).exists():  # absent, or left half-written by a killed run
+        for leftover in Path(models_dir).glob(f".{kind}.partial-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
         write_tiny_models(models_dir, [kind], seed=0)
     return str(folder)
 

@@ -7,10 +7,35 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from coprov2.errors import check_finite
+
 
 def default_cache_dir() -> str:
     root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(root, "alignguard", "dpo")
+
+
+#: Numeric options: (lowest, highest, lowest excluded); NaN and infinities are refused for all of them.
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "resolution": (8, None, False),
+    "beta": (0, None, True),
+    "rank": (1, None, False),
+    "lora_alpha": (0, None, True),
+    "learning_rate": (0, None, True),
+    "adam_weight_decay": (0, None, False),
+    "max_grad_norm": (0, None, True),
+    "train_batch_size": (1, None, False),
+    "gradient_accumulation_steps": (1, None, False),
+    "max_train_steps": (1, None, False),
+    "lr_warmup_steps": (0, None, False),
+    "timestep_min": (0, None, False),
+    "timestep_max": (1, None, False),
+    "proportion_empty_prompts": (0, 0.999, False),
+    "seed": (0, 2**63 - 1, False),
+    "checkpointing_steps": (1, None, False),
+    "checkpoints_total_limit": (1, None, False),
+    "logging_steps": (1, None, False),
+}
 
 
 @dataclass
@@ -111,21 +136,9 @@ class DPOConfig:
     dry_run: bool = field(default=False, metadata={"help": "print the Hub calls instead of pushing"})
 
     def __post_init__(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta must be positive, got {self.beta}")
-        if not 0 <= self.proportion_empty_prompts < 1:
-            raise ValueError(
-                f"proportion_empty_prompts must be within [0, 1), got {self.proportion_empty_prompts}"
-            )
-        for name in (
-            "rank",
-            "train_batch_size",
-            "gradient_accumulation_steps",
-            "max_train_steps",
-            "checkpointing_steps",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        """Every numeric option finite and in range, named as on the command line (before any scaling)."""
+        for name, (low, high, low_open) in RANGES.items():
+            check_finite(name, getattr(self, name), low, high, low_open=low_open)
 
     @property
     def alpha(self) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,8 @@ from pathlib import Path
 from PIL import Image
 
 from coprov2.dataset.release_layout import from_release_category
+from coprov2.errors import UserError
+from coprov2.stage_io import file_sha256
 
 COPROV2_COLUMNS = ("unsafe_prompt", "category", "unsafe_image", "safe_image")
 
@@ -45,7 +48,7 @@ class PreferencePairs:
         chosen = [i for i, c in enumerate(self.categories) if c == from_release_category(category)]
         if not chosen:
             known = ", ".join(sorted(set(self.categories)))
-            raise ValueError(
+            raise UserError(
                 f"category {category!r} is not in {self.source}; known categories: {known} (or all)"
             )
         return chosen
@@ -69,7 +72,7 @@ class PreferencePairs:
             image = Image.open(io.BytesIO(payload))
             image.load()
         except Exception as error:  # PIL raises several types for bad data
-            raise ValueError(
+            raise UserError(
                 f"{self.source}, row {index} ({self.captions[index][:60]!r}): the {which} image does not decode: {error}"
             ) from error
         return image.convert("RGB")
@@ -89,7 +92,7 @@ def _release_csv(path: Path) -> PreferencePairs:
         reader = csv.DictReader(handle)
         missing = {"prompt", "image", "category"} - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{path}: not a release CSV, columns {sorted(missing)} are missing (need prompt,image,category)"
             )
         rows = list(reader)
@@ -98,10 +101,11 @@ def _release_csv(path: Path) -> PreferencePairs:
         safe, unsafe = images / f"s_idx_{row['image']}", images / f"u_idx_{row['image']}"
         for image in (safe, unsafe):
             if not image.is_file():
-                raise FileNotFoundError(f"{path}:{line}: image {image} is missing")
+                raise UserError(f"{path}:{line}: image {image} is missing")
         captions.append(row["prompt"])
         categories.append(from_release_category(row["category"]))
-        keys.append(f"{row['image']}:{safe.stat().st_size}:{unsafe.stat().st_size}")
+        # content, not size: a file replaced in place must change the cache key
+        keys.append(f"{row['image']}:{file_sha256(safe)}:{file_sha256(unsafe)}")
         winners.append(safe.read_bytes)
         losers.append(unsafe.read_bytes)
     return PreferencePairs(
@@ -109,48 +113,66 @@ def _release_csv(path: Path) -> PreferencePairs:
     )
 
 
-def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
+def _local_files_digest(name: str, config: str | None, split: str) -> str:
+    """sha256 of the split's local data files: a file rewritten in place changes the cache key.
+
+    (Hub files are addressed by their commit in the resolved paths, which the key already holds.)
+    """
     import datasets
 
-    dataset = datasets.load_dataset(name, config, split=split)
-    missing = set(COPROV2_COLUMNS) - set(dataset.column_names)
-    if missing:
-        raise ValueError(
-            f"{name} ({split}): not a CoProV2 dataset, columns {sorted(missing)} are missing; "
-            f"it has {', '.join(dataset.column_names)}"
-        )
-    dataset = dataset.cast_column("unsafe_image", datasets.Image(decode=False))
-    dataset = dataset.cast_column("safe_image", datasets.Image(decode=False))
-    images = dataset.select_columns(["unsafe_image", "safe_image"])
+    data_files = datasets.load_dataset_builder(name, config).config.data_files or {}
+    local = sorted(Path(f) for f in data_files.get(split, []) if Path(f).is_file())
+    return ",".join(file_sha256(path) for path in local)
 
-    def loader(index: int, column: str) -> Callable[[], bytes]:
-        return lambda: images[index][column]["bytes"] or Path(images[index][column]["path"]).read_bytes()
+
+def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
+    """Pairs of anything ``load_dataset`` opens, read in streaming mode only.
+
+    Streaming reads the parquet files themselves, a few rows at a time: no full Arrow cache copy (whose
+    mapped pages would make the RSS grow with the dataset), and no stale cache after a file is
+    rewritten in place (``datasets`` keys a README-configs folder's cache on its YAML, not its files).
+    """
+    import datasets
+
+    def rows(columns: list[str]) -> datasets.IterableDataset:
+        return datasets.load_dataset(name, config, split=split, streaming=True, columns=columns)
+
+    features = datasets.load_dataset(name, config, split=split, streaming=True).features or {}
+    missing = set(COPROV2_COLUMNS) - set(features)
+    if missing:
+        raise UserError(
+            f"{name} ({split}): not a CoProV2 dataset, columns {sorted(missing)} are missing; "
+            f"it has {', '.join(features)}"
+        )
+    text_columns = ["unsafe_prompt", "category", *(["id"] if "id" in features else [])]
+    text = list(rows(text_columns))
+    captions, categories = [r["unsafe_prompt"] for r in text], [r["category"] for r in text]
+    keys = [r.get("id", str(i)) for i, r in enumerate(text)]
 
     def stream() -> Iterator[tuple[bytes, bytes]]:
-        # Streaming reads the parquet files row group by row group; iterating the Arrow cache instead
-        # would map every image page into this process, so its RSS would grow with the dataset.
-        rows = datasets.load_dataset(name, config, split=split, streaming=True)
-        rows = rows.select_columns(["safe_image", "unsafe_image"])
-        rows = rows.cast_column("safe_image", datasets.Image(decode=False))
-        rows = rows.cast_column("unsafe_image", datasets.Image(decode=False))
+        images = rows(["safe_image", "unsafe_image"])
+        images = images.cast_column("safe_image", datasets.Image(decode=False))
+        images = images.cast_column("unsafe_image", datasets.Image(decode=False))
         count = 0
-        for row in rows:
+        for row in images:
             count += 1
             yield tuple(
                 row[c]["bytes"] or Path(row[c]["path"]).read_bytes() for c in ("safe_image", "unsafe_image")
             )
-        if count != len(dataset):
-            raise RuntimeError(f"{name} ({split}): streamed {count} rows, the dataset has {len(dataset)}")
+        if count != len(text):
+            raise RuntimeError(f"{name} ({split}): streamed {count} image rows, {len(text)} text rows")
 
-    captions, categories = dataset["unsafe_prompt"], dataset["category"]
-    keys = dataset["id"] if "id" in dataset.column_names else [str(i) for i in range(len(dataset))]
+    def loader(index: int, position: int) -> Callable[[], bytes]:
+        return lambda: next(itertools.islice(stream(), index, None))[position]
+
+    digest = _local_files_digest(name, config, split)
     return PreferencePairs(
         captions,
         categories,
-        [loader(i, "safe_image") for i in range(len(dataset))],
-        [loader(i, "unsafe_image") for i in range(len(dataset))],
+        [loader(i, 0) for i in range(len(text))],
+        [loader(i, 1) for i in range(len(text))],
         f"{name} ({config or 'default'}, {split})",
-        _fingerprint(captions, categories, [f"{k}:{dataset._fingerprint}" for k in keys]),
+        _fingerprint(captions, categories, [f"{k}:{digest}" for k in keys]),
         stream,
     )
 
@@ -159,7 +181,11 @@ def load_preference_pairs(dataset: str, config: str | None = None, split: str = 
     """Pairs from ``dataset``: a release CSV, a folder holding ``CoProv2_<split>.csv``, or anything ``load_dataset`` opens."""
     path = Path(dataset)
     if path.suffix == ".csv" and path.is_file():
-        return _release_csv(path)
-    if (path / f"CoProv2_{split}.csv").is_file():
-        return _release_csv(path / f"CoProv2_{split}.csv")
-    return _hf_dataset(dataset, config, split)
+        pairs = _release_csv(path)
+    elif (path / f"CoProv2_{split}.csv").is_file():
+        pairs = _release_csv(path / f"CoProv2_{split}.csv")
+    else:
+        pairs = _hf_dataset(dataset, config, split)
+    if not len(pairs):
+        raise UserError(f"{pairs.source} has no rows: pick another --split or --dataset_config")
+    return pairs

@@ -14,6 +14,8 @@ import sys
 
 from transformers import HfArgumentParser
 
+from coprov2.errors import run_cli
+from coprov2.paths import check_model, check_writable_dir
 from dpo.config import DPOConfig
 from dpo.trainer import train
 
@@ -34,14 +36,16 @@ def parse_args(argv: list[str] | None = None) -> DPOConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        config = parse_args(argv)
-        for result in train(config):
-            print(f"expert {result.category}: {result.output_dir} {result.metrics}")
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    config = parse_args(argv)
+    check_writable_dir(config.output_dir, "--output_dir")
+    check_model(config.base, "--base")
+    for result in train(config):
+        print(f"expert {result.category}: {result.output_dir} {result.metrics}")
     return 0
 
 

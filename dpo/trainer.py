@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from coprov2.errors import UserError
 from coprov2.seeds import derive_seed
 from coprov2.tiny import resolve_tiny_model
 from dpo.config import DPOConfig
@@ -58,7 +60,7 @@ def _resolution(base: str, revision: str | None, requested: int | None, vae_conf
     resolution = requested or native
     multiple = scale * 2 ** (len(unet["down_block_types"]) - 1)
     if resolution % multiple:
-        raise ValueError(
+        raise UserError(
             f"resolution {resolution} does not fit base model {base}: it must be a multiple of {multiple} "
             f"(VAE factor {scale} x UNet downsampling); the model's native resolution is {native}"
         )
@@ -301,8 +303,15 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         metrics = _reduce(accelerator, _mean_metrics(step_metrics), device)
-        history.append(metrics)
         done = step + 1
+        if not math.isfinite(metrics["loss"]):  # the same reduced value on every rank: all stop together
+            kept = _checkpoints(expert_dir)
+            raise UserError(
+                f"the loss became {metrics['loss']} at step {done}; training stopped and nothing after the last "
+                f"good checkpoint ({kept[-1] if kept else 'none yet'}) was saved. Lower --learning_rate or "
+                "--beta, or train with --mixed_precision no"
+            )
+        history.append(metrics)
         if done % config.logging_steps == 0 or done == config.max_train_steps:
             logged = {
                 "step": done,
@@ -395,7 +404,7 @@ def _resume(
             for k in state["hyperparameters"]
             if state["hyperparameters"][k] != config.hyperparameters().get(k)
         )
-        raise ValueError(
+        raise UserError(
             f"{latest} was trained with other settings ({', '.join(changed)}); use another --output_dir or --no_resume"
         )
     accelerator.load_state(str(latest))

@@ -6,10 +6,16 @@ import sys
 
 from transformers import HfArgumentParser
 
+from coprov2.errors import run_cli
+from coprov2.paths import check_writable_dir
 from merge.run import MergeConfig, run_merge
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: _main(argv))
+
+
+def _main(argv: list[str] | None) -> int:
     parser = HfArgumentParser(
         MergeConfig,
         prog="python -m merge",
@@ -17,12 +23,9 @@ def main(argv: list[str] | None = None) -> int:
         "pipe.load_lora_weights: Co-Merge (calibrated per output channel, or per weight + SVD) or a baseline "
         "(linear, sum, ties, dare_linear, dare_ties). Writes the LoRA, merge_summary.json and a model card.",
     )
-    try:
-        (config,) = parser.parse_args_into_dataclasses(args=argv)
-        summary = run_merge(config)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    (config,) = parser.parse_args_into_dataclasses(args=argv)
+    check_writable_dir(config.output_dir, "--output_dir")
+    summary = run_merge(config)
     print(
         f"merged {len(summary['experts'])} experts with {summary['method']} (rank {summary['rank']}) into {config.output_dir}"
     )

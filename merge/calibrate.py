@@ -16,6 +16,7 @@ import torch
 from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
+from coprov2.errors import UserError
 from dpo.encode import encode_text
 from merge.experts import Expert
 
@@ -37,7 +38,7 @@ def calibration_prompts(source: str, per_category: int = 8, split: str = "train"
                 by_category[category].append(caption)
         prompts = [p for category in sorted(by_category) for p in by_category[category]]
     if not prompts:
-        raise ValueError(f"calibration set {source} is empty")
+        raise UserError(f"calibration set {source} is empty")
     return prompts
 
 

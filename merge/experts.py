@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from diffusers import StableDiffusionPipeline
 
+from coprov2.errors import UserError
+from coprov2.paths import check_model
 from dpo.save import pipeline_class
 
 _KEY = re.compile(r"^(?:unet\.)?(?P<layer>.+)\.(?:lora\.down|lora_A)(?:\.default)?\.weight$")
@@ -56,10 +58,16 @@ def _base_model(source: str) -> str | None:
 
 def load_expert(source: str, name: str | None = None) -> Expert:
     """Read the expert at ``source`` (folder, ``.safetensors`` file or Hub id); errors name it."""
+    local = Path(source).expanduser().exists()
+    if not local:
+        check_model(source, "expert")
     try:
         state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(source, return_lora_metadata=True)
     except Exception as error:  # diffusers raises OSError/ValueError/EnvironmentError variants
-        raise ValueError(f"expert {source}: cannot read a LoRA from it: {error}") from error
+        where = "" if local else " (no such folder here, so it was fetched as a Hub repo id)"
+        raise UserError(
+            f"expert {source}: cannot read a LoRA from it{where}: {type(error).__name__}: {str(error)[:300]}"
+        ) from None
     metadata = metadata or {}
     alpha = metadata.get("unet.lora_alpha")
     layers: dict[str, LoraLayer] = {}
@@ -70,14 +78,17 @@ def load_expert(source: str, name: str | None = None) -> Expert:
         layer = match["layer"]
         up_key = key.replace("lora.down", "lora.up").replace("lora_A", "lora_B")
         if up_key not in state:
-            raise ValueError(f"expert {source}: {key} has no matching up/B weight")
+            raise UserError(f"expert {source}: {key} has no matching up/B weight")
         rank = down.shape[0]
         layer_alpha = (alphas or {}).get(f"{layer}.alpha", alpha if alpha is not None else rank)
+        for weight_key in (key, up_key):
+            if not torch.isfinite(state[weight_key]).all():
+                raise UserError(
+                    f"expert {source}: layer {layer} holds NaN or infinite weights ({weight_key})"
+                )
         layers[layer] = LoraLayer(A=down.float(), B=state[up_key].float(), scale=float(layer_alpha) / rank)
     if not layers:
-        raise ValueError(
-            f"expert {source}: no UNet LoRA layers found (keys like {next(iter(state), 'none')})"
-        )
+        raise UserError(f"expert {source}: no UNet LoRA layers found (keys like {next(iter(state), 'none')})")
     targets = sorted(metadata.get("unet.target_modules") or {layer.rsplit(".", 1)[-1] for layer in layers})
     return Expert(name or Path(source).name, layers, _base_model(source), targets)
 
@@ -85,18 +96,18 @@ def load_expert(source: str, name: str | None = None) -> Expert:
 def check_compatible(experts: list[Expert], base: str | None = None) -> None:
     """Same base model and same adapted layers across ``experts``, or a ValueError naming the odd one out."""
     if not experts:
-        raise ValueError("no experts given")
+        raise UserError("no experts given")
     reference = experts[0]
     for expert in experts:
         if base and expert.base_model and expert.base_model != base:
-            raise ValueError(f"expert {expert.name} was trained on {expert.base_model}, not on {base}")
+            raise UserError(f"expert {expert.name} was trained on {expert.base_model}, not on {base}")
         if expert.base_model and reference.base_model and expert.base_model != reference.base_model:
-            raise ValueError(
+            raise UserError(
                 f"expert {expert.name} was trained on {expert.base_model}; expert {reference.name} on {reference.base_model}"
             )
         if set(expert.layers) != set(reference.layers):
             odd = sorted(set(expert.layers) ^ set(reference.layers))
-            raise ValueError(
+            raise UserError(
                 f"expert {expert.name} adapts other layers than expert {reference.name} (e.g. {odd[0]}); "
                 f"targets {expert.target_modules} vs {reference.target_modules}"
             )
@@ -105,7 +116,7 @@ def check_compatible(experts: list[Expert], base: str | None = None) -> None:
                 lora.B.shape[0] != reference.layers[layer].B.shape[0]
                 or lora.A.shape[1] != reference.layers[layer].A.shape[1]
             ):
-                raise ValueError(
+                raise UserError(
                     f"expert {expert.name}: layer {layer} has another shape than in expert {reference.name}"
                 )
 
@@ -116,7 +127,7 @@ def save_merged(
     """Write merged ``{layer: (A, B)}`` (scale folded in, so alpha = rank) as a diffusers LoRA file."""
     ranks = {A.shape[0] for A, _ in layers.values()}
     if len(ranks) != 1:
-        raise ValueError(f"merged layers have different ranks {sorted(ranks)}")
+        raise UserError(f"merged layers have different ranks {sorted(ranks)}")
     rank = ranks.pop()
     state = {}
     for layer, (A, B) in layers.items():

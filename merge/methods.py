@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 from peft.utils import merge_utils
 
+from coprov2.errors import UserError
 from merge.experts import Expert
 
 Merged = dict[str, tuple[torch.Tensor, torch.Tensor]]
@@ -107,7 +108,7 @@ def merge_experts(
 ) -> Merged:
     """Dispatch to one method; ``rank`` (SVD methods) defaults to the sum of the experts' ranks."""
     if method not in METHODS:
-        raise ValueError(f"unknown merge method {method!r}; choose from {', '.join(METHODS)}")
+        raise UserError(f"unknown merge method {method!r}; choose from {', '.join(METHODS)}")
     rank = rank or sum(e.rank for e in experts)
     if method == "linear":
         return concat_merge(experts, [1.0 / len(experts)] * len(experts))
@@ -115,10 +116,10 @@ def merge_experts(
         return concat_merge(experts, [1.0] * len(experts))
     if method == "comerge":
         if row_scores is None:
-            raise ValueError("comerge needs calibration scores")
+            raise UserError("comerge needs calibration scores")
         return comerge(experts, row_scores)
     if method == "comerge_svd":
         if input_scores is None:
-            raise ValueError("comerge_svd needs calibration scores")
+            raise UserError("comerge_svd needs calibration scores")
         return comerge_svd(experts, input_scores, rank)
     return peft_merge(experts, method, density, rank, seed)

@@ -11,6 +11,7 @@ import torch
 
 from cards.model_card import lora_model_card
 from cards.push import push_folder
+from coprov2.errors import UserError
 from coprov2.tiny import resolve_tiny_model
 from dpo.config import default_cache_dir
 from merge.calibrate import DEFAULT_TIMESTEPS, activation_scores, calibration_prompts
@@ -62,9 +63,9 @@ class MergeConfig:
 def run_merge(config: MergeConfig) -> dict[str, Any]:
     """Load, check, (calibrate,) merge, save and card; returns a summary of what was done."""
     if not config.experts:
-        raise ValueError("give at least one expert (--experts A B ...)")
+        raise UserError("give at least one expert (--experts A B ...)")
     if config.method in NEEDS_CALIBRATION and not config.calibration:
-        raise ValueError(
+        raise UserError(
             f"--method {config.method} needs --calibration (a CoProV2 dataset or a .txt of prompts)"
         )
     base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")

@@ -244,9 +244,45 @@ def test_an_all_rejected_run_exports_nothing_and_says_why(smoke_run, tmp_path):
         "--output_dir",
         str(output_dir),
         "--gate_min_score",
-        "2",
+        "1",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=ENV)
     assert result.returncode == 2
     assert "error: every one of the" in result.stderr and "nothing to export" in result.stderr
     assert not (output_dir / "dataset").exists()
+
+
+def _kill_on(output_dir: Path, ready, extra: tuple[str, ...] = ()) -> None:
+    """Start the build and SIGKILL it as soon as ``ready()`` holds."""
+    command = [sys.executable, "-m", "coprov2.build", *ARGS, *extra, "--output_dir", str(output_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+    try:
+        deadline = time.monotonic() + 300
+        while not ready():
+            assert process.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.002)
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+    finally:
+        if process.poll() is None:
+            process.kill()
+
+
+def test_sigkill_while_tiny_models_are_written_then_resume_is_byte_identical(smoke_run, tmp_path):
+    output_dir = tmp_path / "out"
+    models = output_dir / "tiny-models"
+    _kill_on(output_dir, lambda: any(models.glob(".*.partial-*/*.json")))
+    assert not (models / "lm" / ".complete").exists() or not (models / "sd15" / ".complete").exists()
+    _build(output_dir)
+    assert _content(output_dir) == _content(smoke_run)
+
+
+def test_sigkill_while_the_dataset_folder_is_written_then_resume_is_byte_identical(smoke_run, tmp_path):
+    output_dir = tmp_path / "out"
+    _copy_stages(smoke_run, output_dir, names=("taxonomy", "prompts", "images", "gate", "tiny-models"))
+    shutil.copytree(smoke_run / "dataset", output_dir / "dataset")  # an earlier export being replaced
+    _kill_on(output_dir, lambda: (output_dir / "dataset.partial" / "data").exists())
+    _build(output_dir)
+    assert _content(output_dir) == _content(smoke_run)
+    assert not (output_dir / "dataset.partial").exists()

@@ -158,15 +158,21 @@ def test_a_flaky_server_gives_the_same_pairs_as_a_healthy_one(tmp_path):
     from coprov2.build import main
 
     results = {}
-    for name, faults in (("healthy", []), ("flaky", ["429", "500", "drop"])):
+    # the flaky run also changes every option the resume guard treats as output-neutral
+    neutral = ["--llm_concurrency", "1", "--llm_timeout_s", "30", "--llm_max_attempts", "5",
+               "--llm_retry_backoff_s", "0.02", "--llm_api_key_env", "OTHER_KEY"]  # fmt: skip
+    for name, faults, extra in (("healthy", [], []), ("flaky", ["429", "500", "drop"], neutral)):
         server, seen = _serve(faults)
         url = f"http://127.0.0.1:{server.server_port}/v1"
-        assert main(_prompts_args(url, tmp_path / name)) == 0
+        assert main([*_prompts_args(url, tmp_path / name), *extra]) == 0
         server.shutdown()
         prompts = tmp_path / name / "prompts"
         results[name] = {p.name: p.read_bytes() for p in sorted(prompts.glob("shard-*"))}
         results[name + "_requests"] = seen["requests"]
     assert results["flaky"] == results["healthy"]
+    assert (tmp_path / "flaky" / "prompts" / "config.json").read_bytes() == (
+        tmp_path / "healthy" / "prompts" / "config.json"
+    ).read_bytes()
     assert results["flaky"]["shard-00000-of-00002.stats.json"]
     assert results["flaky_requests"] == results["healthy_requests"] + 3
 

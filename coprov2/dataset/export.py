@@ -22,6 +22,7 @@ from coprov2.dataset.config import DatasetConfig
 from coprov2.dataset.info import dataset_infos
 from coprov2.dataset.parquet_writer import ShardedParquetWriter
 from coprov2.dataset.release_layout import RELEASE_FOLDER_NAME, export_release_layout
+from coprov2.errors import UserError
 from coprov2.gate.clip_scores import SCORE_NAMES
 from coprov2.seeds import derive_seed
 from coprov2.stage_io import StageDir, read_jsonl, staging_folder, swap_in
@@ -46,14 +47,14 @@ FEATURES = Features(
 )
 
 
-class EmptyDatasetError(RuntimeError):
+class EmptyDatasetError(UserError):
     """Every pair was rejected: there is nothing to export (and nothing must be pushed)."""
 
 
 def held_out_concepts(concepts: dict[str, list[str]], ratio: float, seed: int) -> set[tuple[str, str]]:
     """(category, concept) pairs held out: per category ``ceil(ratio * n)``, at least one train concept left."""
     if not 0 <= ratio < 1:
-        raise ValueError(f"test_ratio must be within [0, 1), got {ratio}")
+        raise UserError(f"test_ratio must be within [0, 1), got {ratio}")
     held_out = set()
     for category, names in concepts.items():
         ordered = sorted(set(names), key=lambda name: derive_seed(seed, "split", category, name))

@@ -39,6 +39,7 @@ from coprov2.dataset.export import FEATURES, SPLITS, configs_for
 from coprov2.dataset.info import dataset_infos
 from coprov2.dataset.parquet_writer import ShardedParquetWriter
 from coprov2.dataset.release_layout import PROMPT_COLUMNS, from_release_category
+from coprov2.errors import UserError
 from coprov2.stage_io import atomic_write_jsonl, file_sha256, staging_folder, swap_in
 
 RELEASE_FEATURES = Features(
@@ -65,7 +66,7 @@ class ImageSource:
             for member in self.zip.namelist():
                 self.names.setdefault(Path(member).name, member)
         else:
-            raise FileNotFoundError(f"{path}: not a folder or a zip of the release's images")
+            raise UserError(f"{path}: not a folder or a zip of the release's images")
 
     def __contains__(self, name: str) -> bool:
         return name in self.names
@@ -79,7 +80,7 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         reader = csv.DictReader(handle)
         missing = set(PROMPT_COLUMNS) - set(reader.fieldnames or [])
         if missing:
-            raise ValueError(
+            raise UserError(
                 f"{path}: not a CoProV2 release CSV, columns {sorted(missing)} are missing "
                 f"(it has {reader.fieldnames}); expected {','.join(PROMPT_COLUMNS)}"
             )
@@ -92,7 +93,7 @@ def import_release(
     """Convert the release (``csvs``: split -> CSV) into a dataset folder at ``output``; returns the summary."""
     for split, path in csvs.items():
         if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: the {split} CSV does not exist")
+            raise UserError(f"{path}: the {split} CSV does not exist")
     source = ImageSource(Path(images))
     max_bytes = convert_file_size_to_int(max_shard_size)
     staging = staging_folder(output)
@@ -163,7 +164,7 @@ def _convert(csvs: dict[str, Path], source: ImageSource, staging: Path, max_byte
                 }
             )
     if not writers:
-        raise ValueError(
+        raise UserError(
             f"no CSV row of {', '.join(map(str, csvs.values()))} could be paired with {source.path}"
         )
     counts = {key: writer.rows for key, writer in writers.items()}

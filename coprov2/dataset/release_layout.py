@@ -32,6 +32,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from coprov2.dataset.info import dataset_infos
+from coprov2.errors import UserError
 from coprov2.stage_io import staging_folder, swap_in
 
 RELEASE_FOLDER_NAME = "release_pickapic_formatted"
@@ -109,7 +110,7 @@ def export_release_layout(
         next(iter(dataset.values())).features
     )
     if missing:
-        raise ValueError(f"not a CoProV2 dataset: columns {sorted(missing)} are missing")
+        raise UserError(f"not a CoProV2 dataset: columns {sorted(missing)} are missing")
     target = Path(output)
     staging = staging_folder(target)
     (staging / "images").mkdir()

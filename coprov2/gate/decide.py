@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from coprov2.errors import UserError
 from coprov2.gate.config import GateConfig
 
 REASONS = (
@@ -27,7 +28,7 @@ REASONS = (
 
 def threshold(scores: Sequence[dict[str, Any]], min_score: float, percentile: float) -> float:
     if not 0 <= percentile <= 100:
-        raise ValueError(f"gate_percentile must be within [0, 100], got {percentile}")
+        raise UserError(f"gate_percentile must be within [0, 100], got {percentile}")
     if percentile == 0 or not scores:
         return min_score
     own = [s["score_unsafe"] for s in scores] + [s["score_safe"] for s in scores]

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from coprov2.errors import UserError
 from coprov2.stage_io import atomic_write_bytes
 
 _PART = re.compile(r"_(\d+)\.(npy|parquet)$")
@@ -71,7 +72,7 @@ def read_image_embeddings(folder: str | Path) -> dict[str, np.ndarray]:
     arrays = _parts(folder / "img_emb", "img_emb", "npy")
     metadata = _parts(folder / "metadata", "metadata", "parquet")
     if not arrays or len(arrays) != len(metadata):
-        raise FileNotFoundError(
+        raise UserError(
             f"{folder} is not a clip-retrieval embedding folder: expected img_emb/img_emb_<k>.npy with "
             f"matching metadata/metadata_<k>.parquet, found {len(arrays)} and {len(metadata)}"
         )
@@ -80,7 +81,7 @@ def read_image_embeddings(folder: str | Path) -> dict[str, np.ndarray]:
         array = np.load(array_path).astype(np.float32)
         paths = pq.read_table(metadata_path, columns=["image_path"]).column("image_path").to_pylist()
         if len(paths) != len(array):
-            raise ValueError(f"{array_path} has {len(array)} rows but {metadata_path} has {len(paths)}")
+            raise UserError(f"{array_path} has {len(array)} rows but {metadata_path} has {len(paths)}")
         embeddings.update((Path(path).stem, row) for path, row in zip(paths, array, strict=True))
     return embeddings
 

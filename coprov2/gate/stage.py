@@ -21,6 +21,7 @@ import pyarrow as pa
 import torch
 from PIL import Image
 
+from coprov2.errors import UserError
 from coprov2.executor import Stage
 from coprov2.gate.clip_scores import SCORE_NAMES, ClipEmbedder, pair_scores
 from coprov2.gate.config import GateConfig
@@ -80,7 +81,7 @@ class GateStage(Stage):
         stems = [image_stem(row["id"], role) for role in ROLES for row in rows]
         missing = [stem for stem in stems if stem not in self.external()]
         if missing:
-            raise KeyError(
+            raise UserError(
                 f"{self.config.image_embeddings} has no embedding for {len(missing)} image(s), e.g. {missing[0]}; "
                 "embed the files written by `python -m coprov2.gate.retrieval`"
             )

@@ -16,6 +16,7 @@ import torch
 from diffusers import DiffusionPipeline
 from PIL import Image
 
+from coprov2.errors import UserError
 from coprov2.images.config import IMAGE_FORMATS, ImagesConfig
 from coprov2.seeds import derive_seed
 
@@ -56,7 +57,7 @@ def encode_image(image: Image.Image, image_format: str) -> bytes:
     elif image_format == "webp":
         image.save(buffer, format="WEBP", lossless=True, quality=100, method=4)
     else:
-        raise ValueError(f"unknown image format {image_format!r}; choose from {', '.join(IMAGE_FORMATS)}")
+        raise UserError(f"unknown image format {image_format!r}; choose from {', '.join(IMAGE_FORMATS)}")
     return buffer.getvalue()
 
 

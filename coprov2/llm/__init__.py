@@ -3,6 +3,7 @@ endpoint, transformers ``generate``. Modules import their engine lazily: vLLM is
 
 from __future__ import annotations
 
+from coprov2.errors import UserError
 from coprov2.llm.base import LLMAnswer, LLMBackend, LLMRequest
 from coprov2.llm.config import BACKENDS, LLMConfig
 
@@ -27,7 +28,7 @@ def make_backend(config: LLMConfig, *, seed: int = 0, show_progress: bool = True
         from coprov2.llm.openai_http import OpenAIHTTPBackend
 
         if not config.base_url:
-            raise ValueError("the openai backend needs --llm_base_url (e.g. http://localhost:8000/v1)")
+            raise UserError("the openai backend needs --llm_base_url (e.g. http://localhost:8000/v1)")
         return OpenAIHTTPBackend(
             config.model,
             config.base_url,
@@ -42,4 +43,4 @@ def make_backend(config: LLMConfig, *, seed: int = 0, show_progress: bool = True
         from coprov2.llm.hf_generate import TransformersBackend
 
         return TransformersBackend(config.model, dtype=config.dtype, show_progress=show_progress)
-    raise ValueError(f"unknown llm_backend {config.backend!r}; choose from {', '.join(BACKENDS)}")
+    raise UserError(f"unknown llm_backend {config.backend!r}; choose from {', '.join(BACKENDS)}")

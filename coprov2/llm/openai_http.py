@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm.auto import tqdm
 
+from coprov2.errors import UserError
 from coprov2.llm.base import LLMAnswer, LLMRequest
 
 logger = logging.getLogger(__name__)
@@ -105,7 +106,7 @@ class OpenAIHTTPBackend:
             message = f"HTTP {error.code}: {detail}"
             if error.code in (408, 429) or error.code >= 500:
                 raise _Retryable(message, _retry_after(error)) from None
-            raise RuntimeError(f"{self.url} answered {message}") from None
+            raise UserError(f"{self.url} answered {message}") from None
         except urllib.error.URLError as error:
             raise _Retryable(f"cannot reach the server: {error.reason}") from None
         except (TimeoutError, ConnectionError, http.client.HTTPException) as error:
@@ -120,7 +121,7 @@ class OpenAIHTTPBackend:
                 break
             except _Retryable as error:
                 if attempt == self.max_attempts:
-                    raise RuntimeError(
+                    raise UserError(
                         f"{self.url} failed {self.max_attempts} attempts (last: {error}); check the server, "
                         "or raise --llm_max_attempts / --llm_retry_backoff_s, then rerun to resume"
                     ) from None

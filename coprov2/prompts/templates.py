@@ -14,6 +14,8 @@ from pathlib import Path
 
 import yaml
 
+from coprov2.errors import UserError
+
 TEMPLATE_NAMES = ("unsafe_prompts", "safe_twin", "expand_concepts")
 
 
@@ -31,7 +33,7 @@ class ChatTemplate:
                 {"role": "user", "content": string.Template(self.user).substitute(values)},
             ]
         except (KeyError, ValueError) as error:
-            raise ValueError(f"template {self.source}: bad or unknown placeholder {error}") from None
+            raise UserError(f"template {self.source}: bad or unknown placeholder {error}") from None
 
     def fingerprint(self) -> str:
         return hashlib.sha256(f"{self.system}\x1f{self.user}".encode()).hexdigest()[:16]
@@ -40,7 +42,7 @@ class ChatTemplate:
 def load_template(name: str, templates_dir: str | Path | None = None) -> ChatTemplate:
     """Load template ``name`` from ``templates_dir`` if it has one, else the shipped default."""
     if name not in TEMPLATE_NAMES:
-        raise ValueError(f"unknown template {name!r}; known: {', '.join(TEMPLATE_NAMES)}")
+        raise UserError(f"unknown template {name!r}; known: {', '.join(TEMPLATE_NAMES)}")
     custom = Path(templates_dir) / f"{name}.yaml" if templates_dir else None
     if custom is not None and custom.is_file():
         text, source = custom.read_text(encoding="utf-8"), str(custom)
@@ -51,5 +53,5 @@ def load_template(name: str, templates_dir: str | Path | None = None) -> ChatTem
         source = f"coprov2/data/templates/{name}.yaml"
     data = yaml.safe_load(text)
     if not isinstance(data, dict) or set(data) != {"system", "user"}:
-        raise ValueError(f"template {source} must hold exactly the keys 'system' and 'user'")
+        raise UserError(f"template {source} must hold exactly the keys 'system' and 'user'")
     return ChatTemplate(name, source, str(data["system"]), str(data["user"]))
