@@ -210,13 +210,13 @@ def test_option_walk_dpo_every_option_is_in_the_resume_guard_or_cannot_change_th
     base = json.dumps(config.hyperparameters(), sort_keys=True)
     for f in dataclasses.fields(DPOConfig):
         value = getattr(config, f.name)
-        numeric_defaults_none = {
+        in_range = {
             "resolution": 64,
             "lora_alpha": 8.0,
             "timestep_max": 500,
             "proportion_empty_prompts": 0.1,
         }
-        new = ["to_q"] if isinstance(value, list) else numeric_defaults_none.get(f.name, _changed(value))
+        new = ["to_q"] if isinstance(value, list) else in_range.get(f.name, _changed(value))
         changed = json.dumps(dataclasses.replace(config, **{f.name: new}).hyperparameters(), sort_keys=True)
         assert (changed == base) == (f.name in neutral), f.name
 

@@ -1,0 +1,150 @@
+"""Bad inputs, tried as a new user would, against this tree and a reference checkout (an earlier commit):
+for each case, the exit code and the last line the CLI printed (``traceback`` when it was one).
+
+    git worktree add /tmp/ref 9e2aee1
+    python benchmarks/bad_inputs.py --reference /tmp/ref --work /tmp/bad-inputs
+
+Both trees run with the same interpreter and packages; ``PYTHONPATH`` puts the tree's packages first.
+Cases that need a finished build copy one made once per tree (smoke preset, up to the gate). The
+sandbox runs as root, so a read-only output folder cannot be tried here (root writes anyway).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SMOKE = ["--preset", "smoke", "--no_progress"]
+
+
+def _run(tree: Path, args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+    environment = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, cwd=tree, env=environment, timeout=900
+    )
+    lines = [line for line in result.stderr.splitlines() if line.strip() and "torchvision" not in line]
+    traceback = any(line.startswith("Traceback") for line in lines)
+    last = lines[-1] if lines else result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+    return result.returncode, ("traceback: " if traceback else "") + last[:160]
+
+
+def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, str] | None, callable]]:
+    """(name, argv, extra env, preparation run on the case folder first)."""
+
+    def copy(stages=("taxonomy", "prompts", "images", "gate", "tiny-models")):
+        def prepare(folder: Path) -> None:
+            for name in stages:
+                shutil.copytree(finished / name, folder / name)
+
+        return prepare
+
+    def truncate(pattern: str):
+        def prepare(folder: Path) -> None:
+            copy()(folder)
+            path = sorted(folder.glob(pattern))[0]
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+        return prepare
+
+    def nothing(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def half_written_lm(folder: Path) -> None:
+        (folder / "tiny-models" / "clip").mkdir(parents=True)
+        (folder / "tiny-models" / "clip" / "config.json").write_bytes(b"")
+
+    def duplicate_key(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "concepts.yaml").write_text(
+            "categories:\n  hate:\n    description: d\n    concepts: [a]\n"
+            "  hate:\n    description: e\n    concepts: [b]\n"
+        )
+
+    def yaml_list(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "run.yaml").write_text("- seed\n- 3\n")
+
+    def empty_release_csv(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "CoProv2_train.csv").write_text("prompt,image,category\n")
+
+    def a_file(folder: Path) -> None:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        folder.write_text("not a folder")
+
+    build = ["-m", "coprov2.build", *SMOKE]
+    only_taxonomy = [*build, "--stage", "taxonomy", "--expand_to", "0"]
+    return [
+        ("1 half-written tiny CLIP, then the gate", [*build, "--stage", "gate"], None,
+         lambda f: (copy(("taxonomy", "prompts", "images"))(f), half_written_lm(f))),
+        ("2 --gate_min_score nan", [*only_taxonomy, "--gate_min_score", "nan"], None, nothing),
+        ("2 --t2i_guidance nan", [*only_taxonomy, "--t2i_guidance", "nan"], None, nothing),
+        ("3 resume images with --t2i_batch_pairs 1", [*build, "--stage", "images", "--t2i_batch_pairs", "1"],
+         None, copy()),
+        ("5 duplicated category key", [*only_taxonomy, "--concepts", "{dir}/concepts.yaml"], None, duplicate_key),
+        ("truncated images shard, then the gate", [*build, "--stage", "gate"], None,
+         truncate("images/shard-00000-*.parquet")),
+        ("--t2i_steps 0", [*build, "--stage", "images", "--t2i_steps", "0"], None,
+         copy(("taxonomy", "prompts", "tiny-models"))),
+        ("--clip_batch_size 0", [*build, "--stage", "gate", "--clip_batch_size", "0"], None,
+         copy(("taxonomy", "prompts", "images", "tiny-models"))),
+        ("dpo --learning_rate -1", ["-m", "dpo.train", "--dataset", "{dir}", "--learning_rate=-1",
+         "--output_dir", "{dir}/expert"], None, empty_release_csv),
+        ("dpo on an empty split", ["-m", "dpo.train", "--dataset", "{dir}", "--base", "tiny:sd15",
+         "--output_dir", "{dir}/expert", "--cache_dir", "{dir}/cache"], None, empty_release_csv),
+        ("merge: a missing expert", ["-m", "merge", "--experts", "experts/not-here", "--method", "linear",
+         "--output_dir", "{dir}/merged"], None, nothing),
+        ("output dir is a file", [*only_taxonomy, "--output_dir", "{dir}"], None, a_file),
+        ("missing model folder", [*only_taxonomy, "--t2i_model", "./no-such-model"], None, nothing),
+        ("a list in --config", [*only_taxonomy, "--config", "{dir}/run.yaml"], None, yaml_list),
+        ("--push_to_hub while offline", [*build, "--push_to_hub", "me/coprov2"], {"HF_HUB_OFFLINE": "1"},
+         copy()),
+        ("--llm_top_p 0", [*only_taxonomy, "--llm_top_p", "0"], None, nothing),
+        ("--gate_percentile 150", [*only_taxonomy, "--gate_percentile", "150"], None, nothing),
+        ("--test_ratio 1", [*only_taxonomy, "--test_ratio", "1"], None, nothing),
+        ("--max_shard_size lots", [*only_taxonomy, "--max_shard_size", "lots"], None, nothing),
+        ("--concepts missing.yaml", [*only_taxonomy, "--concepts", "missing.yaml"], None, nothing),
+        ("--llm_backend openai without --llm_base_url", [*build, "--stage", "prompts", "--llm_backend", "openai"],
+         None, copy(("taxonomy",))),
+        ("from_release: images path missing", ["-m", "coprov2.dataset.from_release", "{dir}/CoProv2_train.csv",
+         "{dir}/nowhere.zip", "{dir}/out"], None, empty_release_csv),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--reference", type=Path, required=True, help="checkout of the earlier commit")
+    parser.add_argument("--work", type=Path, required=True, help="scratch folder")
+    args = parser.parse_args()
+    trees = {"before": args.reference.resolve(), "after": Path(__file__).resolve().parent.parent}
+    rows: dict[str, dict[str, tuple[int, str]]] = {}
+    for label, tree in trees.items():
+        finished = args.work / label / "finished"
+        if not (finished / "gate" / "manifest.json").exists():
+            code, last = _run(
+                tree, ["-m", "coprov2.build", *SMOKE, "--stage", "gate", "--output_dir", str(finished)]
+            )
+            assert code == 0, last
+        for index, (name, argv, env, prepare) in enumerate(_cases(args.work, finished)):
+            folder = args.work / label / f"case-{index:02d}"
+            shutil.rmtree(folder, ignore_errors=True)
+            prepare(folder)
+            argv = [a.replace("{dir}", str(folder)) for a in argv]
+            if "--output_dir" not in argv and argv[1] == "coprov2.build":
+                argv += ["--output_dir", str(folder)]
+            rows.setdefault(name, {})[label] = _run(tree, argv, env)
+            print(f"{label:6s} | {name} | {rows[name][label]}", flush=True)
+    print("\n| case | before: exit, last line | after: exit, last line |\n|---|---|---|")
+    for name, results in rows.items():
+        cells = [f"{results[k][0]}, `{results[k][1].replace('|', '/')}`" for k in ("before", "after")]
+        print(f"| {name} | {cells[0]} | {cells[1]} |")
+
+
+if __name__ == "__main__":
+    main()
