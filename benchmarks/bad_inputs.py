@@ -66,7 +66,7 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
 
     def yaml_list(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "run.yaml").write_text("- seed\n- 3\n")
+        (folder / "run.yaml").write_text("seed: [1, 2]\n")
 
     def empty_release_csv(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -93,14 +93,15 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
         ("--clip_batch_size 0", [*build, "--stage", "gate", "--clip_batch_size", "0"], None,
          copy(("taxonomy", "prompts", "images", "tiny-models"))),
         ("dpo --learning_rate -1", ["-m", "dpo.train", "--dataset", "{dir}", "--learning_rate=-1",
-         "--output_dir", "{dir}/expert"], None, empty_release_csv),
+         "--base", "tiny:sd15", "--output_dir", "{dir}/expert", "--cache_dir", "{dir}/cache"], None,
+         empty_release_csv),
         ("dpo on an empty split", ["-m", "dpo.train", "--dataset", "{dir}", "--base", "tiny:sd15",
          "--output_dir", "{dir}/expert", "--cache_dir", "{dir}/cache"], None, empty_release_csv),
         ("merge: a missing expert", ["-m", "merge", "--experts", "experts/not-here", "--method", "linear",
          "--output_dir", "{dir}/merged"], None, nothing),
         ("output dir is a file", [*only_taxonomy, "--output_dir", "{dir}"], None, a_file),
         ("missing model folder", [*only_taxonomy, "--t2i_model", "./no-such-model"], None, nothing),
-        ("a list in --config", [*only_taxonomy, "--config", "{dir}/run.yaml"], None, yaml_list),
+        ("a list value in --config", [*only_taxonomy, "--config", "{dir}/run.yaml"], None, yaml_list),
         ("--push_to_hub while offline", [*build, "--push_to_hub", "me/coprov2"], {"HF_HUB_OFFLINE": "1"},
          copy()),
         ("--llm_top_p 0", [*only_taxonomy, "--llm_top_p", "0"], None, nothing),

@@ -59,21 +59,26 @@ def _content(output_dir: Path, stages=STAGES) -> dict[str, str]:
     }
 
 
-def _kill_when(output_dir: Path, stage: str) -> None:
-    """Start the build and SIGKILL it as soon as the first shard of ``stage`` is finished."""
-    command = [sys.executable, "-m", "coprov2.build", *ARGS, "--output_dir", str(output_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
+def _kill_on(output_dir: Path, ready, extra: tuple[str, ...] = (), stderr=subprocess.DEVNULL) -> None:
+    """Start the build and SIGKILL it as soon as ``ready()`` holds."""
+    command = [sys.executable, "-m", "coprov2.build", *ARGS, *extra, "--output_dir", str(output_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=ENV)
     try:
         deadline = time.monotonic() + 300
-        while not list((output_dir / stage).glob("*.stats.json")):
+        while not ready():
             assert process.poll() is None, "the run ended before it could be killed"
             assert time.monotonic() < deadline
-            time.sleep(0.01)
+            time.sleep(0.002)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     finally:
         if process.poll() is None:
             process.kill()
+
+
+def _kill_when(output_dir: Path, stage: str) -> None:
+    """Start the build and SIGKILL it as soon as the first shard of ``stage`` is finished."""
+    _kill_on(output_dir, lambda: list((output_dir / stage).glob("*.stats.json")))
     assert not (output_dir / stage / "manifest.json").exists(), f"killed too late to test resuming {stage}"
 
 
@@ -147,29 +152,13 @@ def test_sigkill_at_a_random_render_batch_loses_at_most_that_batch(smoke_run, tm
     output_dir = tmp_path / "out"
     _copy_stages(smoke_run, output_dir)
     log_path = tmp_path / "killed.log"
-    command = [
-        sys.executable,
-        "-m",
-        "coprov2.build",
-        *ARGS,
-        "--log_level",
-        "debug",
-        "--output_dir",
-        str(output_dir),
-    ]
     with open(log_path, "w") as log:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log, env=ENV)
-        try:
-            deadline = time.monotonic() + 300
-            while len(_renders(log_path.read_text())) <= kill_at:
-                assert process.poll() is None, "the run ended before it could be killed"
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-        finally:
-            if process.poll() is None:
-                process.kill()
+        _kill_on(
+            output_dir,
+            lambda: len(_renders(log_path.read_text())) > kill_at,
+            ("--log_level", "debug"),
+            stderr=log,
+        )
     killed = _renders(log_path.read_text())
     resumed = _renders(_build(output_dir, extra=("--log_level", "debug")).stderr)
     redone = [batch for batch in resumed if batch in killed]
@@ -250,23 +239,6 @@ def test_an_all_rejected_run_exports_nothing_and_says_why(smoke_run, tmp_path):
     assert result.returncode == 2
     assert "error: every one of the" in result.stderr and "nothing to export" in result.stderr
     assert not (output_dir / "dataset").exists()
-
-
-def _kill_on(output_dir: Path, ready, extra: tuple[str, ...] = ()) -> None:
-    """Start the build and SIGKILL it as soon as ``ready()`` holds."""
-    command = [sys.executable, "-m", "coprov2.build", *ARGS, *extra, "--output_dir", str(output_dir)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
-    try:
-        deadline = time.monotonic() + 300
-        while not ready():
-            assert process.poll() is None, "the run ended before it could be killed"
-            assert time.monotonic() < deadline
-            time.sleep(0.002)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
-    finally:
-        if process.poll() is None:
-            process.kill()
 
 
 def test_sigkill_while_tiny_models_are_written_then_resume_is_byte_identical(smoke_run, tmp_path):

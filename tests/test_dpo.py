@@ -150,8 +150,10 @@ def test_bad_inputs_fail_before_training(tmp_path, toy_data):
         train_expert(_config(tmp_path, toy_data, category="hate"))
     with pytest.raises(ValueError, match=r"resolution 10 does not fit base model .*multiple of 4"):
         train_expert(_config(tmp_path, toy_data, resolution=10))
-    with pytest.raises(ValueError, match=r"beta must be positive"):
+    with pytest.raises(ValueError, match=r"--beta must be > 0, got 0"):
         _config(tmp_path, toy_data, beta=0)
+    with pytest.raises(ValueError, match=r"--learning_rate must be > 0, got -1"):
+        _config(tmp_path, toy_data, learning_rate=-1)
 
     import datasets
 
@@ -352,3 +354,26 @@ def test_two_processes_train_one_expert(tmp_path, toy_data):
     DiffusionPipeline.from_pretrained(str(tmp_path / "cache" / "tiny-models" / "sd15")).load_lora_weights(
         tmp_path / "ddp"
     )
+
+
+def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, toy_data, monkeypatch):
+    import dpo.trainer
+    from coprov2.errors import UserError
+    from dpo.loss import DPOLossOutput
+
+    calls = {"n": 0}
+    real = dpo.trainer.diffusion_dpo_loss
+
+    def nan_from_step_3(*args, **kwargs):
+        output = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 2 * 2:  # two micro-batches per step: steps 1 and 2 stay finite
+            return DPOLossOutput(output.loss * math.nan, {**output.metrics, "loss": math.nan})
+        return output
+
+    monkeypatch.setattr(dpo.trainer, "diffusion_dpo_loss", nan_from_step_3)
+    with pytest.raises(UserError, match=r"the loss became nan at step 3; .*step-2"):
+        train_expert(_config(tmp_path, toy_data, max_train_steps=6))
+    expert = tmp_path / "expert"
+    assert [p.name for p in sorted((expert / "checkpoints").iterdir())] == ["step-2"]
+    assert not (expert / "pytorch_lora_weights.safetensors").exists()

@@ -14,6 +14,14 @@ from coprov2.llm.openai_http import OpenAIHTTPBackend
 SCHEMA = {"type": "object", "properties": {"safe_prompt": {"type": "string"}}, "required": ["safe_prompt"]}
 
 
+def _send_json(handler: BaseHTTPRequestHandler, answer: dict) -> None:
+    payload = json.dumps(answer).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(len(payload)))
+    handler.end_headers()
+    handler.wfile.write(payload)
+
+
 @pytest.fixture
 def endpoint():
     """A local OpenAI-compatible server that records what it receives."""
@@ -36,11 +44,7 @@ def endpoint():
                     }
                 ]
             }
-            payload = json.dumps(answer).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            _send_json(self, answer)
 
         def log_message(self, *args):
             pass
@@ -131,11 +135,7 @@ def _serve(faults: list[str], always: str | None = None):
                 self.end_headers()
                 self.wfile.write(b"busy")
                 return
-            payload = json.dumps(_scripted_answer(body)).encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(payload)))
-            self.end_headers()
-            self.wfile.write(payload)
+            _send_json(self, _scripted_answer(body))
 
         def log_message(self, *args):
             pass

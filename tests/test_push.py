@@ -74,7 +74,7 @@ def test_dry_run_prints_the_calls_and_files_and_sends_nothing(folder, monkeypatc
 def test_bad_inputs(folder, tmp_path_factory):
     with pytest.raises(ValueError, match="hub_gated must be one of manual, auto, got 'yes'"):
         push_folder(folder, "me/x", gated="yes")
-    with pytest.raises(FileNotFoundError, match=r"has no README\.md"):
+    with pytest.raises(ValueError, match=r"has no README\.md"):
         push_folder(tmp_path_factory.mktemp("empty"), "me/x")
 
 

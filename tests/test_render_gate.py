@@ -152,5 +152,5 @@ def test_clip_retrieval_folder_round_trip(tmp_path):
     for paths, emb in parts:
         for path, row in zip(paths, emb, strict=True):
             np.testing.assert_allclose(loaded[path.rsplit("/", 1)[1][:-4]], row, atol=1e-3)
-    with pytest.raises(FileNotFoundError, match="not a clip-retrieval embedding folder"):
+    with pytest.raises(ValueError, match="not a clip-retrieval embedding folder"):
         read_image_embeddings(tmp_path / "nowhere")

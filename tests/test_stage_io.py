@@ -46,7 +46,7 @@ def test_stage_writes_whole_shards_and_sums_stats(tmp_path):
     stage = StageDir(tmp_path, "prompts", num_shards=2)
     _write(stage, 0, [["a"]], {"pairs": {"hate": 1}})
     assert stage.pending(range(2)) == [1]
-    with pytest.raises(RuntimeError, match=r"1 shard\(s\) unfinished \(shard-00001-of-00002\); rerun"):
+    with pytest.raises(ValueError, match=r"1 shard\(s\) unfinished \(shard-00001-of-00002\); rerun"):
         stage.read_records()
     _write(stage, 1, [["b"], ["c"]], {"pairs": {"hate": 1, "sexual": 1}})
     assert [r["id"] for r in stage.read_records()] == ["a", "b", "c"]
