@@ -122,6 +122,9 @@ def main() -> None:
     )
     parser.add_argument("--reference", type=Path, required=True, help="checkout of the earlier commit")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder")
+    parser.add_argument(
+        "--only", nargs="*", default=[], help="run only the cases whose name contains one of these"
+    )
     args = parser.parse_args()
     trees = {"before": args.reference.resolve(), "after": Path(__file__).resolve().parent.parent}
     rows: dict[str, dict[str, tuple[int, str]]] = {}
@@ -133,6 +136,8 @@ def main() -> None:
             )
             assert code == 0, last
         for index, (name, argv, env, prepare) in enumerate(_cases(args.work, finished)):
+            if args.only and not any(part in name for part in args.only):
+                continue
             folder = args.work / label / f"case-{index:02d}"
             shutil.rmtree(folder, ignore_errors=True)
             prepare(folder)
