@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from coprov2.errors import UserError
 from dpo.data import PreferencePairs
 
 CACHE_VERSION = 2
@@ -28,24 +30,44 @@ ROW_ARRAYS = ("winner_mean", "winner_std", "loser_mean", "loser_std", "text", "p
 
 
 class CachedRows:
-    """Rows of one cached array, read from its memory-mapped ``.npy`` file only when indexed.
+    """Rows of one cached ``.npy`` array, read from the file only when indexed (``os.pread``).
 
-    ``rows[index]`` (an index tensor or list) copies just those rows into a new tensor, so the
-    trainer's memory does not grow with the number of pairs in the cache.
+    ``rows[index]`` (an index tensor or list) reads just those rows into a new tensor. Not a memory
+    map: mapped pages count in the process's RSS once touched, and a long run touches them all, so
+    with a map the resident memory would still grow with the number of pairs in the cache.
     """
 
     def __init__(self, path: Path) -> None:
-        self.array = np.load(path, mmap_mode="r")
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_2_0
+                if version >= (2, 0)
+                else np.lib.format.read_array_header_1_0
+            )
+            shape, fortran, dtype = read_header(handle)
+            self.offset = handle.tell()
+        if fortran or dtype != np.float32:
+            raise UserError(f"{path}: not a cache array written by this version (delete the cache folder)")
+        self.path, self.shape, self.dtype = path, shape, dtype
+        self.row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dtype.itemsize
+        self._fd = os.open(path, os.O_RDONLY)
 
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.array.shape
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     def __len__(self) -> int:
-        return len(self.array)
+        return self.shape[0]
 
     def __getitem__(self, index: torch.Tensor | list[int]) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.array[np.asarray(index)]))
+        rows = [
+            np.frombuffer(
+                os.pread(self._fd, self.row_bytes, self.offset + int(i) * self.row_bytes), self.dtype
+            )
+            for i in np.asarray(index).reshape(-1)
+        ]
+        return torch.from_numpy(np.stack(rows).reshape(-1, *self.shape[1:]))
 
 
 @dataclass
@@ -98,24 +120,31 @@ def encode_text(pipe, captions: list[str], device: torch.device) -> tuple[torch.
 
 
 class _RowWriter:
-    """Writes per-row arrays straight into ``.npy`` files (numpy's own memmap writer), batch by batch."""
+    """Writes per-row float32 arrays into ``.npy`` files, batch by batch, with plain positioned writes
+    (a writable memory map would keep every written page resident in this process)."""
 
     def __init__(self, folder: Path, rows: int) -> None:
         self.folder, self.rows = folder, rows
-        self.arrays: dict[str, np.memmap] = {}
+        self.files: dict[str, tuple[object, int, int]] = {}
 
     def put(self, name: str, start: int, values: torch.Tensor) -> None:
-        values = values.float().cpu().numpy()
-        if name not in self.arrays:
-            self.arrays[name] = np.lib.format.open_memmap(
-                self.folder / f"{name}.npy", mode="w+", dtype=np.float32, shape=(self.rows, *values.shape[1:])
-            )
-        self.arrays[name][start : start + len(values)] = values
+        values = np.ascontiguousarray(values.float().cpu().numpy())
+        if name not in self.files:
+            handle = open(self.folder / f"{name}.npy", "wb")  # noqa: SIM115 - closed in close()
+            header = {"descr": "<f4", "fortran_order": False, "shape": (self.rows, *values.shape[1:])}
+            np.lib.format.write_array_header_2_0(handle, header)
+            self.files[name] = (handle, handle.tell(), values[0].nbytes)
+        handle, offset, row_bytes = self.files[name]
+        handle.seek(offset + start * row_bytes)
+        handle.write(values.tobytes())
 
     def close(self) -> None:
-        for array in self.arrays.values():
-            array.flush()
-        self.arrays.clear()
+        for handle, offset, row_bytes in self.files.values():
+            handle.truncate(offset + self.rows * row_bytes)
+            handle.flush()
+            os.fsync(handle.fileno())
+            handle.close()
+        self.files.clear()
 
 
 def encode_pairs(
