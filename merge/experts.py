@@ -12,8 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
 import torch
 from diffusers import StableDiffusionPipeline
+from huggingface_hub.errors import OfflineModeIsEnabled
 
 from coprov2.errors import UserError
 from coprov2.paths import check_model
@@ -63,6 +65,11 @@ def load_expert(source: str, name: str | None = None) -> Expert:
         check_model(source, "expert")
     try:
         state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(source, return_lora_metadata=True)
+    except (httpx.TransportError, OfflineModeIsEnabled):
+        raise UserError(
+            f"expert {source}: no such folder or file here, and the Hub could not be reached to fetch it as a "
+            "repo id (no network, or HF_HUB_OFFLINE=1); check the path"
+        ) from None
     except Exception as error:  # diffusers raises OSError/ValueError/EnvironmentError variants
         where = "" if local else " (no such folder here, so it was fetched as a Hub repo id)"
         raise UserError(
