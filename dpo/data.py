@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import datasets
 from PIL import Image
 
 from coprov2.dataset.release_layout import from_release_category
 from coprov2.errors import UserError
+from coprov2.paths import check_model
 from coprov2.stage_io import file_sha256
 
 COPROV2_COLUMNS = ("unsafe_prompt", "category", "unsafe_image", "safe_image")
@@ -118,7 +120,6 @@ def _local_files_digest(name: str, config: str | None, split: str) -> str:
 
     (Hub files are addressed by their commit in the resolved paths, which the key already holds.)
     """
-    import datasets
 
     data_files = datasets.load_dataset_builder(name, config).config.data_files or {}
     local = sorted(Path(f) for f in data_files.get(split, []) if Path(f).is_file())
@@ -132,7 +133,6 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     mapped pages would make the RSS grow with the dataset), and no stale cache after a file is
     rewritten in place (``datasets`` keys a README-configs folder's cache on its YAML, not its files).
     """
-    import datasets
 
     def rows(columns: list[str]) -> datasets.IterableDataset:
         return datasets.load_dataset(name, config, split=split, streaming=True, columns=columns)
@@ -185,7 +185,14 @@ def load_preference_pairs(dataset: str, config: str | None = None, split: str = 
     elif (path / f"CoProv2_{split}.csv").is_file():
         pairs = _release_csv(path / f"CoProv2_{split}.csv")
     else:
-        pairs = _hf_dataset(dataset, config, split)
+        if not path.exists():
+            check_model(dataset, "--dataset")  # a Hub id then, well-formed
+        try:
+            pairs = _hf_dataset(dataset, config, split)
+        except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
+            raise UserError(
+                f"--dataset {dataset}: cannot open it ({type(error).__name__}: {error})"
+            ) from None
     if not len(pairs):
         raise UserError(f"{pairs.source} has no rows: pick another --split or --dataset_config")
     return pairs

@@ -27,6 +27,8 @@ def calibration_prompts(source: str, per_category: int = 8, split: str = "train"
     """Prompts from a text file (one per line) or ``per_category`` unsafe prompts of every category of a dataset."""
     path = Path(source)
     if path.suffix == ".txt":
+        if not path.is_file():
+            raise UserError(f"--calibration {source}: no such file")
         prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     else:
         from dpo.data import load_preference_pairs

@@ -11,7 +11,8 @@ import torch
 
 from cards.model_card import lora_model_card
 from cards.push import push_folder
-from coprov2.errors import UserError
+from coprov2.errors import UserError, check_finite
+from coprov2.paths import check_model
 from coprov2.tiny import resolve_tiny_model
 from dpo.config import default_cache_dir
 from merge.calibrate import DEFAULT_TIMESTEPS, activation_scores, calibration_prompts
@@ -58,6 +59,23 @@ class MergeConfig:
     )
     hub_public: bool = field(default=False, metadata={"help": "make the pushed repo public"})
     dry_run: bool = field(default=False, metadata={"help": "print the Hub calls instead of pushing"})
+
+    def __post_init__(self) -> None:
+        for name, (low, high, low_open) in RANGES.items():
+            check_finite(name, getattr(self, name), low, high, low_open=low_open)
+        for step in self.calibration_timesteps:
+            check_finite("calibration_timesteps", step, 0, 999)
+        check_model(self.base, "--base")
+
+
+#: Numeric options: (lowest, highest, lowest excluded); NaN and infinities are refused for all of them.
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "calibration_per_category": (1, None, False),
+    "resolution": (8, None, False),
+    "rank": (1, None, False),
+    "density": (0, 1, True),
+    "seed": (0, 2**63 - 1, False),
+}
 
 
 def run_merge(config: MergeConfig) -> dict[str, Any]:
