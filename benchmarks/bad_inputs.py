@@ -72,6 +72,14 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "CoProv2_train.csv").write_text("prompt,image,category\n")
 
+    def one_pair_release(folder: Path) -> None:
+        from PIL import Image
+
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        (folder / "CoProv2_train.csv").write_text("prompt,image,category\na scene,0000000_0.jpg,Violence\n")
+        for prefix, color in (("u_idx_", "red"), ("s_idx_", "blue")):
+            Image.new("RGB", (32, 32), color).save(folder / "images" / f"{prefix}0000000_0.jpg")
+
     def a_file(folder: Path) -> None:
         folder.parent.mkdir(parents=True, exist_ok=True)
         folder.write_text("not a folder")
@@ -93,8 +101,9 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
         ("--clip_batch_size 0", [*build, "--stage", "gate", "--clip_batch_size", "0"], None,
          copy(("taxonomy", "prompts", "images", "tiny-models"))),
         ("dpo --learning_rate -1", ["-m", "dpo.train", "--dataset", "{dir}", "--learning_rate=-1",
-         "--base", "tiny:sd15", "--output_dir", "{dir}/expert", "--cache_dir", "{dir}/cache"], None,
-         empty_release_csv),
+         "--base", "tiny:sd15", "--output_dir", "{dir}/expert", "--cache_dir", "{dir}/cache",
+         "--max_train_steps", "1", "--train_batch_size", "1", "--gradient_accumulation_steps", "1"], None,
+         one_pair_release),
         ("dpo on an empty split", ["-m", "dpo.train", "--dataset", "{dir}", "--base", "tiny:sd15",
          "--output_dir", "{dir}/expert", "--cache_dir", "{dir}/cache"], None, empty_release_csv),
         ("merge: a missing expert", ["-m", "merge", "--experts", "experts/not-here", "--method", "linear",
