@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
+import httpx2
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 
@@ -93,7 +93,7 @@ def push_folder(
         logger.info("HfApi.%s(%s)", step["call"], ", ".join(f"{k}={v!r}" for k, v in arguments.items()))
         try:
             getattr(api, step["call"])(**arguments)
-        except (httpx.TransportError, OfflineModeIsEnabled) as error:
+        except (httpx2.TransportError, OfflineModeIsEnabled) as error:
             raise UserError(
                 f"cannot reach the Hub for {repo_id} ({type(error).__name__}); check the network, or use --dry_run"
             ) from None

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import httpx2
 import torch
 from diffusers import StableDiffusionPipeline
 from huggingface_hub.errors import OfflineModeIsEnabled
@@ -65,7 +65,7 @@ def load_expert(source: str, name: str | None = None) -> Expert:
         check_model(source, "expert")
     try:
         state, alphas, metadata = StableDiffusionPipeline.lora_state_dict(source, return_lora_metadata=True)
-    except (httpx.TransportError, OfflineModeIsEnabled):
+    except (httpx2.TransportError, OfflineModeIsEnabled):
         raise UserError(
             f"expert {source}: no such folder or file here, and the Hub could not be reached to fetch it as a "
             "repo id (no network, or HF_HUB_OFFLINE=1); check the path"
