@@ -194,7 +194,7 @@ def encode_pairs(
 
 
 def load_encoded(folder: Path) -> EncodedPairs:
-    """The cache in ``folder``: per-row arrays memory-mapped, the empty-prompt embeddings in memory."""
+    """The cache in ``folder``: per-row arrays read row by row on demand, the empty-prompt embeddings in memory."""
 
     def rows(name: str) -> CachedRows | None:
         path = folder / f"{name}.npy"
