@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+from datasets.packaged_modules.parquet.parquet import ParquetConfig
 from PIL import Image
+from pyarrow.dataset import ParquetFragmentScanOptions
 
 from coprov2.dataset.release_layout import from_release_category
 from coprov2.errors import UserError
@@ -115,13 +117,12 @@ def _release_csv(path: Path) -> PreferencePairs:
     )
 
 
-def _local_files_digest(name: str, config: str | None, split: str) -> str:
+def _local_files_digest(builder: datasets.DatasetBuilder, split: str) -> str:
     """sha256 of the split's local data files: a file rewritten in place changes the cache key.
 
     (Hub files are addressed by their commit in the resolved paths, which the key already holds.)
     """
-
-    data_files = datasets.load_dataset_builder(name, config).config.data_files or {}
+    data_files = builder.config.data_files or {}
     local = sorted(Path(f) for f in data_files.get(split, []) if Path(f).is_file())
     return ",".join(file_sha256(path) for path in local)
 
@@ -134,8 +135,19 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     rewritten in place (``datasets`` keys a README-configs folder's cache on its YAML, not its files).
     """
 
+    builder = datasets.load_dataset_builder(name, config)
+    parquet = isinstance(builder.config, ParquetConfig)
+
     def rows(columns: list[str]) -> datasets.IterableDataset:
-        return datasets.load_dataset(name, config, split=split, streaming=True, columns=columns)
+        if not parquet:  # other builders read whole rows; the columns are picked after
+            everything = datasets.load_dataset(name, config, split=split, streaming=True)
+            return everything.select_columns(columns)
+        # Only the needed columns, and no pre-buffering: arrow's default reads ahead whole column
+        # chunks, which made this process's peak memory grow with the size of each parquet file.
+        return datasets.load_dataset(
+            name, config, split=split, streaming=True, columns=columns,
+            fragment_scan_options=ParquetFragmentScanOptions(pre_buffer=False),
+        )  # fmt: skip
 
     features = datasets.load_dataset(name, config, split=split, streaming=True).features or {}
     missing = set(COPROV2_COLUMNS) - set(features)
@@ -165,7 +177,7 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     def loader(index: int, position: int) -> Callable[[], bytes]:
         return lambda: next(itertools.islice(stream(), index, None))[position]
 
-    digest = _local_files_digest(name, config, split)
+    digest = _local_files_digest(builder, split)
     return PreferencePairs(
         captions,
         categories,
