@@ -295,7 +295,22 @@ def build(kind: str, seed: int = 0):
     return builders[kind](seed=seed)
 
 
-def write_tiny_models(out_dir: str | Path, kinds: Iterable[str] = KINDS, seed: int = 0) -> dict[str, Path]:
+def _move_in(partial: Path, folder: Path, overwrite: bool) -> None:
+    """Rename the finished ``partial`` to ``folder``; without ``overwrite``, a whole folder already there
+    (another process's, same seed) is kept."""
+    if folder.exists() and (overwrite or not (folder / COMPLETE_MARKER).exists()):
+        shutil.rmtree(folder, ignore_errors=True)  # replaced, or half-written by a killed run
+    try:
+        os.replace(partial, folder)
+    except OSError:  # a concurrent process renamed its own copy in first: same seed, same bytes
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (folder / COMPLETE_MARKER).exists():
+            raise
+
+
+def write_tiny_models(
+    out_dir: str | Path, kinds: Iterable[str] = KINDS, seed: int = 0, overwrite: bool = True
+) -> dict[str, Path]:
     """Write each requested tiny model to ``out_dir/<kind>`` and return those folders.
 
     Each folder loads with the loader a real checkpoint uses (``DiffusionPipeline``,
@@ -313,8 +328,7 @@ def write_tiny_models(out_dir: str | Path, kinds: Iterable[str] = KINDS, seed: i
         for part in built if isinstance(built, tuple) else (built,):
             part.save_pretrained(partial)
         (partial / COMPLETE_MARKER).write_text("written whole\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(partial, folder)
+        _move_in(partial, folder, overwrite)
         folders[kind] = folder
     return folders
 
@@ -337,7 +351,7 @@ def resolve_tiny_model(name: str, models_dir: str | Path) -> str:
     if not (folder / COMPLETE_MARKER).exists():  # absent, or left half-written by a killed run
         for leftover in Path(models_dir).glob(f".{kind}.partial-*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        write_tiny_models(models_dir, [kind], seed=0)
+        write_tiny_models(models_dir, [kind], seed=0, overwrite=False)
     return str(folder)
 
 

@@ -204,11 +204,11 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
     )
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     device = accelerator.device
-    base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
-
-    pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
+    with accelerator.main_process_first():  # one process writes tiny models and fills datasets' caches
+        base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+        pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
+        eval_pairs, eval_rows = _eval_rows(config, category)
     rows = pairs.indices(category)
-    eval_pairs, eval_rows = _eval_rows(config, category)
     vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
     resolution = _resolution(base, config.revision, config.resolution, vae_config)
     encoder = _Encoder(base, config.revision, device)

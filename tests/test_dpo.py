@@ -345,7 +345,7 @@ def test_two_processes_train_one_expert(tmp_path, toy_data):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     command = [*launcher, "-m", "dpo.train", *_cli(tmp_path / "ddp", toy_data, tmp_path / "cache", 4)[3:]]
     result = subprocess.run(command, capture_output=True, text=True, env=ENV, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stderr[-12000:]
     assert json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 4
     assert {p.name for p in (tmp_path / "ddp").glob("checkpoints/step-*/random_states_*.pkl")} == {
         "random_states_0.pkl",

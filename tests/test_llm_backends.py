@@ -80,7 +80,7 @@ def test_openai_backend_errors_name_the_url_not_the_key(endpoint, monkeypatch):
     backend = OpenAIHTTPBackend("m", url, api_key_env="MY_KEY", show_progress=False)
     backend.retry_backoff_s = 0.0
     with pytest.raises(
-        RuntimeError, match=r"/v1/chat/completions failed 6 attempts \(last: HTTP 500: engine crashed\)"
+        ValueError, match=r"/v1/chat/completions failed 6 attempts \(last: HTTP 500: engine crashed\)"
     ) as error:
         backend.generate([LLMRequest([{"role": "user", "content": "x"}], seed=500)])
     assert "sk-secret-456" not in str(error.value)
