@@ -26,7 +26,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from coprov2.llm.vllm_offline import VLLMBackend
-from coprov2.prompts.generate import PromptsConfig, generate_pairs
+from coprov2.prompts.config import PromptsConfig
+from coprov2.prompts.generate import generate_pairs
 from coprov2.prompts.stage import clip_token_counter
 from coprov2.prompts.templates import load_template
 from coprov2.prompts.validate import PromptChecker

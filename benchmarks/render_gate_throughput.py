@@ -20,7 +20,8 @@ import torch
 from PIL import Image
 
 from coprov2.gate.clip_scores import ClipEmbedder
-from coprov2.images.render import RenderConfig, load_t2i_pipeline, render_pairs
+from coprov2.images.config import ImagesConfig
+from coprov2.images.render import load_t2i_pipeline, render_pairs
 from coprov2.tiny import write_tiny_models
 
 
@@ -40,7 +41,7 @@ def main() -> None:
 
     models = write_tiny_models(tempfile.mkdtemp(prefix="bench-tiny-"), ["sd15", "clip"])
     pipe = load_t2i_pipeline(str(models["sd15"]), torch.device("cpu"))
-    config = RenderConfig(t2i_steps=args.steps, t2i_batch_pairs=args.batch_pairs)
+    config = ImagesConfig(steps=args.steps, batch_pairs=args.batch_pairs)
     unsafe = [f"a photo of a knife number {i} on a table" for i in range(args.pairs)]
     safe = [f"a photo of a spoon number {i} on a table" for i in range(args.pairs)]
     seeds = list(range(args.pairs))
@@ -56,7 +57,7 @@ def main() -> None:
                 pipe(
                     prompt=prompt,
                     num_inference_steps=args.steps,
-                    guidance_scale=config.t2i_guidance,
+                    guidance_scale=config.guidance,
                     generator=torch.Generator("cpu").manual_seed(seed),
                     output_type="pil",
                 )
