@@ -91,3 +91,18 @@ def test_resuming_with_another_config_is_refused(tmp_path):
     stage.bind_config({"seed": 0, "model": "m"})
     with pytest.raises(StageConfigMismatch, match=r"different config \(changed: seed\)"):
         stage.bind_config({"seed": 1, "model": "m"})
+
+
+def test_a_changed_finished_shard_is_discarded_with_a_warning_and_made_again(tmp_path, caplog):
+    stage = StageDir(tmp_path, "images", num_shards=2)
+    _write(stage, 0, [["a"], ["b"]], {"n": {"x": 1}})
+    _write(stage, 1, [["c"]], {"n": {"x": 1}})
+    stage.write_manifest({})
+    assert stage.discard_corrupt_shards() == []
+    good = stage.records_path(1).read_bytes()
+    stage.records_path(1).write_bytes(good[: len(good) // 2])  # truncated after it was sealed
+    assert stage.discard_corrupt_shards() == [1]
+    assert "shard-00001-of-00002.parquet is missing or changed" in caplog.text
+    assert stage.pending(range(2)) == [1] and not stage.manifest_path.exists()
+    _write(stage, 1, [["c"]], {"n": {"x": 1}})
+    assert stage.records_path(1).read_bytes() == good
