@@ -23,7 +23,7 @@ from datasets.utils.py_utils import convert_file_size_to_int
 from transformers import HfArgumentParser
 
 from coprov2.dataset.config import DatasetConfig
-from coprov2.errors import UserError, check_finite, load_yaml_file
+from coprov2.errors import UserError, check_ranges, load_yaml_file
 from coprov2.gate.config import GateConfig
 from coprov2.images.config import IMAGE_FORMATS, ImagesConfig
 from coprov2.llm.config import BACKENDS, LLMConfig
@@ -257,8 +257,7 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         """Every option checked once, here, before any work: numbers finite and in range, names known."""
-        for name, (low, high, low_open) in RANGES.items():
-            check_finite(name, getattr(self, name), low, high, low_open=low_open)
+        check_ranges(self, RANGES)
         for name, choices in CHOICES.items():
             if getattr(self, name) not in choices:
                 raise UserError(

@@ -42,6 +42,12 @@ def check_finite(name: str, value: float | int | None, low: float | None = None,
         raise UserError(f"--{name} must be <= {high}, got {value}")
 
 
+def check_ranges(config: object, ranges: dict[str, tuple[float | None, float | None, bool]]) -> None:
+    """:func:`check_finite` for every option of ``config`` named in ``ranges`` (low, high, low excluded)."""
+    for name, (low, high, low_open) in ranges.items():
+        check_finite(name, getattr(config, name), low, high, low_open=low_open)
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe YAML loader that refuses a mapping with the same key twice (PyYAML keeps the last one)."""
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coprov2.errors import check_finite
+from coprov2.errors import check_ranges
 
 
 def default_cache_dir() -> str:
@@ -137,8 +137,7 @@ class DPOConfig:
 
     def __post_init__(self) -> None:
         """Every numeric option finite and in range, named as on the command line (before any scaling)."""
-        for name, (low, high, low_open) in RANGES.items():
-            check_finite(name, getattr(self, name), low, high, low_open=low_open)
+        check_ranges(self, RANGES)
 
     @property
     def alpha(self) -> float:

@@ -11,7 +11,7 @@ import torch
 
 from cards.model_card import lora_model_card
 from cards.push import push_folder
-from coprov2.errors import UserError, check_finite
+from coprov2.errors import UserError, check_finite, check_ranges
 from coprov2.paths import check_model
 from coprov2.tiny import resolve_tiny_model
 from dpo.config import default_cache_dir
@@ -61,8 +61,7 @@ class MergeConfig:
     dry_run: bool = field(default=False, metadata={"help": "print the Hub calls instead of pushing"})
 
     def __post_init__(self) -> None:
-        for name, (low, high, low_open) in RANGES.items():
-            check_finite(name, getattr(self, name), low, high, low_open=low_open)
+        check_ranges(self, RANGES)
         for step in self.calibration_timesteps:
             check_finite("calibration_timesteps", step, 0, 999)
         check_model(self.base, "--base")

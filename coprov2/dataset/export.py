@@ -63,6 +63,14 @@ def held_out_concepts(concepts: dict[str, list[str]], ratio: float, seed: int) -
     return held_out
 
 
+def split_rows(counts: dict[tuple[str, str], int]) -> list[dict[str, Any]]:
+    """The card's table: rows per split for config ``all``, then for each category."""
+    categories = sorted({category for category, _ in counts})
+    return [
+        {"config": "all", **{s: sum(n for (_, split), n in counts.items() if split == s) for s in SPLITS}}
+    ] + [{"config": c, **{s: counts.get((c, s), 0) for s in SPLITS}} for c in categories]
+
+
 def configs_for(files: dict[tuple[str, str], list[Path]]) -> list[dict[str, Any]]:
     def entry(name: str, pattern: str, splits: list[str]) -> dict[str, Any]:
         return {
@@ -151,10 +159,6 @@ def _summary(
     gate_manifest: dict[str, Any],
 ) -> dict[str, Any]:
     prompts_manifest = StageDir.finished(root, "prompts").read_manifest()
-    categories = sorted({category for category, _ in counts})
-    split_rows = [
-        {"config": "all", **{s: sum(n for (_, split), n in counts.items() if split == s) for s in SPLITS}}
-    ] + [{"config": c, **{s: counts.get((c, s), 0) for s in SPLITS}} for c in categories]
     rejection_rows = [
         {"stage": "prompts", "reason": reason, "count": count}
         for reason, count in prompts_manifest["stats"].get("rejected", {}).items()
@@ -167,7 +171,7 @@ def _summary(
     gate = gate_manifest["gate"]
     return {
         "rows_total": sum(counts.values()),
-        "split_rows": split_rows,
+        "split_rows": split_rows(counts),
         "rejection_rows": rejection_rows,
         "test_ratio_percent": round(100 * config.test_ratio),
         "concepts_total": sum(prompts_manifest["taxonomy_concepts"].values()),

@@ -35,7 +35,7 @@ from datasets.utils.py_utils import convert_file_size_to_int
 from PIL import Image
 
 from cards.dataset_card import release_dataset_card
-from coprov2.dataset.export import FEATURES, SPLITS, configs_for
+from coprov2.dataset.export import FEATURES, configs_for, split_rows
 from coprov2.dataset.info import dataset_infos
 from coprov2.dataset.parquet_writer import ShardedParquetWriter
 from coprov2.dataset.release_layout import PROMPT_COLUMNS, from_release_category
@@ -170,13 +170,9 @@ def _convert(csvs: dict[str, Path], source: ImageSource, staging: Path, max_byte
     counts = {key: writer.rows for key, writer in writers.items()}
     files = {key: writer.close() for key, writer in sorted(writers.items())}
     atomic_write_jsonl(staging / "skipped_rows.jsonl", skipped)
-    categories = sorted({category for category, _ in counts})
     summary: dict[str, Any] = {
         "rows_total": sum(counts.values()),
-        "split_rows": [
-            {"config": "all", **{s: sum(n for (_, sp), n in counts.items() if sp == s) for s in SPLITS}}
-        ]
-        + [{"config": c, **{s: counts.get((c, s), 0) for s in SPLITS}} for c in categories],
+        "split_rows": split_rows(counts),
         "multi_category": sum(len(c) > 1 for c in categories_of.values()),
         "skipped_total": len(skipped),
         "skipped_by_reason": dict(sorted(Counter(r["reason"] for r in skipped).items())),
