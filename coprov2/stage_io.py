@@ -31,8 +31,9 @@ from coprov2.sharding import shard_name
 
 logger = logging.getLogger(__name__)
 
-#: Key of a part file's schema metadata holding its rejected items and stats.
+#: Keys of a part file's schema metadata: its rejected items and stats; the state it carries on.
 _PART_META = b"alignguard_part"
+_PART_STATE = b"alignguard_state"
 
 
 def dumps(record: Any) -> str:
@@ -130,6 +131,13 @@ class ShardWriter:
         self.parts_dir = stage.parts_dir(index)
         #: Parts committed by earlier (killed) runs: the stage skips that many input batches.
         self.committed = self._count_parts()
+        #: The ``state`` the last committed part carried (None if none): what a stage whose batches are
+        #: not independent (a random generator walked across rows) needs to carry on where it stopped.
+        self.state = (
+            pq.read_schema(self._part_path(self.committed - 1)).metadata.get(_PART_STATE)
+            if self.committed
+            else None
+        )
 
     def _part_path(self, part: int) -> Path:
         return self.parts_dir / f"{part:06d}.parquet"
@@ -145,16 +153,18 @@ class ShardWriter:
         rows: Sequence[Mapping[str, Any]],
         rejected: Sequence[Mapping[str, Any]] = (),
         stats: Mapping[str, Mapping[str, int]] | None = None,
+        state: bytes | None = None,
     ) -> None:
-        """Write one batch's rows, rejections and stats as the next part, atomically."""
-        meta = dumps({"rejected": list(rejected), "stats": stats or {}})
-        table = pa.Table.from_pylist(list(rows), schema=self.schema).replace_schema_metadata(
-            {_PART_META: meta.encode()}
-        )
+        """Write one batch's rows, rejections, stats and (optional) carried ``state`` as the next part, atomically."""
+        meta = {_PART_META: dumps({"rejected": list(rejected), "stats": stats or {}}).encode()}
+        if state is not None:
+            meta[_PART_STATE] = state
+        table = pa.Table.from_pylist(list(rows), schema=self.schema).replace_schema_metadata(meta)
         sink = pa.BufferOutputStream()
         pq.write_table(table, sink)
         atomic_write_bytes(self._part_path(self.committed), sink.getvalue().to_pybytes())
         self.committed += 1
+        self.state = state
 
     def commit_result(self, result: ShardResult) -> None:
         self.commit(result.records, result.rejected, result.stats)

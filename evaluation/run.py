@@ -1,0 +1,163 @@
+"""``evaluate(config)``: prompt set -> images per model -> scores -> report (+ model cards), resumable.
+
+Every input is checked before the first image is rendered (prompt columns, LoRA bases, detectors, the
+FID reference), so a bad one costs nothing and leaves nothing half-written. The stages are the
+builder's (``coprov2.executor``): rerun the same command after an interruption and only what is
+missing is done; under ``accelerate launch`` the shards are split over the processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from cards.eval_results import eval_results, write_eval_results
+from coprov2.errors import UserError
+from coprov2.executor import distributed_state, run_stage
+from coprov2.paths import check_model, check_writable_dir
+from coprov2.tiny import resolve_tiny_model
+from evaluation.config import EvalConfig
+from evaluation.metrics.clipscore import shared_embedder
+from evaluation.metrics.fid import load_extractor, reference_stats, warn_small
+from evaluation.metrics.ip import load_detector
+from evaluation.prompt_sets import read_prompt_set
+from evaluation.render import FolderStage, PromptSetConfig, PromptSetStage, RenderSettings, RenderStage
+from evaluation.report import write_report
+from evaluation.score import Scorers, ScoreSettings, ScoreStage
+
+logger = logging.getLogger(__name__)
+
+
+def _label(spec: str, option: str) -> tuple[str, str]:
+    """``NAME=SOURCE`` or ``SOURCE`` (named after its last path part) -> (label, source)."""
+    name, sep, source = spec.partition("=")
+    if not sep:
+        source, name = spec, Path(spec.rstrip("/")).name.removesuffix(".safetensors")
+    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        raise UserError(
+            f"{option} {spec}: name {name!r} must be letters, digits, '.', '_' or '-' (use NAME=SOURCE)"
+        )
+    return name, source
+
+
+def models_of(config: EvalConfig) -> list[tuple[str, str | None, str | None]]:
+    """``(label, lora or None, image folder or None)`` per evaluated model, base first."""
+    models = [] if config.no_base else [("base", None, None)]
+    models += [(label, source, None) for label, source in map(lambda s: _label(s, "--loras"), config.loras)]
+    models += [
+        (label, None, folder)
+        for label, folder in map(lambda s: _label(s, "--image_folders"), config.image_folders)
+    ]
+    labels = [m[0] for m in models]
+    for label in labels:
+        if labels.count(label) > 1:
+            raise UserError(f"two evaluated models are named {label!r}; name them with NAME=SOURCE")
+    if not models:
+        raise UserError("nothing to evaluate: --no_base without --loras or --image_folders")
+    return models
+
+
+def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | None]]) -> None:
+    """Everything that can be checked before work starts, each error naming its input."""
+    from merge.experts import check_compatible, load_expert
+
+    check_writable_dir(config.output_dir, "--output_dir")
+    if any(folder is None for _, _, folder in models):
+        check_model(config.base, "--base")
+    if config.prompts:
+        read_prompt_set(config.prompts, config.prompts_config, config.prompts_split)
+    for _, lora, folder in models:
+        if lora:
+            check_compatible([load_expert(lora)], config.base)
+        if folder and not Path(folder).is_dir():
+            raise UserError(f"--image_folders {folder}: no such folder")
+    loras = {Path(lora).resolve() for _, lora, _ in models if lora and Path(lora).is_dir()}
+    for folder in config.update_card:
+        if Path(folder).resolve() not in loras:
+            raise UserError(f"--update_card {folder}: not one of the --loras folders evaluated in this run")
+
+
+def build_scorers(config: EvalConfig, resolve: Any) -> Scorers:
+    """Load the detectors, CLIP and feature extractor the metrics need, and the FID reference statistics."""
+    resolved = dataclasses.replace(
+        config, q16_clip_model=resolve(config.q16_clip_model), clip_model=resolve(config.clip_model)
+    )
+    detectors = (
+        [load_detector(spec, resolved) for spec in config.ip_detectors] if "ip" in config.metrics else []
+    )
+    clip = (
+        shared_embedder(resolved.clip_model, config.score_batch_size)
+        if "clipscore" in config.metrics
+        else None
+    )
+    extractor = reference = None
+    if "fid" in config.metrics:
+        extractor = load_extractor(config.fid_features, distributed_state().device, resolved)
+        reference = reference_stats(
+            config.fid_reference,
+            extractor,
+            config.score_batch_size,
+            Path(config.output_dir) / "fid-reference",
+        )
+        warn_small(reference[2], "reference")
+    return Scorers(detectors, clip, extractor, reference)
+
+
+def evaluate(config: EvalConfig) -> dict[str, Any]:
+    """Render, score and report every model of ``config``; returns what ``results.json`` holds."""
+    models = models_of(config)
+    check_inputs(config, models)
+    root = Path(config.output_dir)
+    tiny_dir = Path(config.cache_dir) / "tiny-models"
+
+    def resolve(name: str) -> str:
+        return resolve_tiny_model(name, tiny_dir)
+
+    scorers = build_scorers(config, resolve)
+    prompt_set = PromptSetConfig(
+        config.prompts, config.prompts_config, config.prompts_split, config.max_prompts
+    )
+    prompts_manifest = run_stage(PromptSetStage(prompt_set), root, progress=config.progress)
+    score_settings = {
+        f.name: getattr(config, f.name) for f in dataclasses.fields(ScoreSettings) if f.name != "label"
+    }
+    results: dict[str, Any] = {
+        "prompt_set": {
+            **dataclasses.asdict(prompt_set),
+            "prompts": sum(prompts_manifest["stats"].get("prompts", {}).values()),
+        },
+        "settings": dataclasses.asdict(config),
+        "models": {},
+    }
+    for label, lora, folder in models:
+        if folder:
+            render: Any = FolderStage(label, folder)
+        else:
+            settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(RenderSettings)
+                        if f.name not in ("label", "model", "lora")}  # fmt: skip
+            if config.release_compatible:
+                settings["image_format"] = "jpeg"
+            render = RenderStage(
+                RenderSettings(label=label, model=config.base, lora=lora, **settings), resolve
+            )
+        rendered = run_stage(render, root, progress=config.progress)
+        scored = run_stage(
+            ScoreStage(ScoreSettings(label=label, **score_settings), scorers), root, progress=config.progress
+        )
+        results["models"][label] = {"model": rendered["model"], "lora": rendered["lora"],
+                                    "lora_scale": config.lora_scale if lora else None, **scored["metrics"]}  # fmt: skip
+    if distributed_state().is_main_process:
+        paths = write_report(results, root)
+        logger.info("evaluation: wrote %s", ", ".join(map(str, paths.values())))
+        for folder in config.update_card:
+            label = next(
+                lab for lab, lora, _ in models if lora and Path(lora).resolve() == Path(folder).resolve()
+            )
+            entries = eval_results(results["models"][label], config.prompts, config.prompts_split)
+            logger.info(
+                "evaluation: results of %s written into %s", label, write_eval_results(folder, label, entries)
+            )
+    return results
