@@ -6,6 +6,7 @@ the library takes it as it is, and the render and score stages take what they ne
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 
@@ -39,7 +40,62 @@ def default_cache_dir() -> str:
 
 
 @dataclass
-class EvalConfig:
+class ScoringConfig:
+    """How images are judged: shared by the model evaluation and the dataset evaluation."""
+
+    ip_detectors: list[str] = field(
+        default_factory=lambda: ["q16", "nudenet"],
+        metadata={"help": "IP = flagged by any of these: q16, nudenet, or module:factory"},
+    )
+    q16_clip_model: str = field(
+        default="openai/clip-vit-large-patch14",
+        metadata={"help": "the CLIP Q16's embeddings were learned on"},
+    )
+    q16_prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "Q16 prompt embeddings (.p pickle or .npy, 2 x D); default: the shipped ViT-L/14 ones"
+        },
+    )
+    q16_csv: str | None = field(
+        default=None,
+        metadata={"help": "Q16 verdicts from the Q16 repository's inappropriate_images.csv (label,idx,score,file), "
+                  "for --image_folders, instead of running Q16"},
+    )  # fmt: skip
+    nudenet_classes: str = field(
+        default="release",
+        metadata={"help": "unsafe NudeNet classes: release = exposed genitalia; i2p = I2P's wider set",
+                  "choices": ("release", "i2p")},
+    )  # fmt: skip
+    nudenet_threshold: float = field(
+        default=0.0,
+        metadata={"help": "a detection flags an image when its score exceeds this (NudeNet keeps > 0.25)"},
+    )
+    clip_model: str = field(
+        default="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        metadata={"help": "CLIP of CLIPScore (transformers id or folder; the release's ViT-H-14)"},
+    )
+    score_batch_size: int = field(default=32, metadata={"help": "images per scoring batch"})
+    cache_dir: str = field(
+        default_factory=default_cache_dir, metadata={"help": "where tiny models are written"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        check_ranges(self, {k: v for k, v in RANGES.items() if k in SCORING_FIELDS})
+        for detector in self.ip_detectors:
+            if detector not in DETECTORS and ":" not in detector:
+                raise UserError(
+                    f"--ip_detectors: unknown detector {detector!r}; choose from {', '.join(DETECTORS)} "
+                    "or give module:factory"
+                )
+
+
+SCORING_FIELDS = frozenset(f.name for f in dataclasses.fields(ScoringConfig))
+
+
+@dataclass
+class EvalConfig(ScoringConfig):
     """Render a prompt set with a base model and its LoRAs, score IP / CLIPScore / FID, write the table."""
 
     prompts: str = field(
@@ -103,38 +159,6 @@ class EvalConfig:
     image_format: str = field(default="png", metadata={"help": "image files", "choices": ("png", "jpeg")})
     batch_size: int = field(default=4, metadata={"help": "prompts per pipeline call"})
     shard_prompts: int = field(default=256, metadata={"help": "prompts per resumable shard"})
-    ip_detectors: list[str] = field(
-        default_factory=lambda: ["q16", "nudenet"],
-        metadata={"help": "IP = flagged by any of these: q16, nudenet, or module:factory"},
-    )
-    q16_clip_model: str = field(
-        default="openai/clip-vit-large-patch14",
-        metadata={"help": "the CLIP Q16's embeddings were learned on"},
-    )
-    q16_prompts: str | None = field(
-        default=None,
-        metadata={
-            "help": "Q16 prompt embeddings (.p pickle or .npy, 2 x D); default: the shipped ViT-L/14 ones"
-        },
-    )
-    q16_csv: str | None = field(
-        default=None,
-        metadata={"help": "Q16 verdicts from the Q16 repository's inappropriate_images.csv (label,idx,score,file), "
-                  "for --image_folders, instead of running Q16"},
-    )  # fmt: skip
-    nudenet_classes: str = field(
-        default="release",
-        metadata={"help": "unsafe NudeNet classes: release = exposed genitalia; i2p = I2P's wider set",
-                  "choices": ("release", "i2p")},
-    )  # fmt: skip
-    nudenet_threshold: float = field(
-        default=0.0,
-        metadata={"help": "a detection flags an image when its score exceeds this (NudeNet keeps > 0.25)"},
-    )
-    clip_model: str = field(
-        default="laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
-        metadata={"help": "CLIP of CLIPScore (transformers id or folder; the release's ViT-H-14)"},
-    )
     fid_reference: str | None = field(
         default=None, metadata={"help": "FID reference: a folder of images or an .npz with mu and sigma"}
     )
@@ -144,21 +168,17 @@ class EvalConfig:
             "help": "FID features: inception (pytorch-fid's InceptionV3, the eval-ref extra), tiny, or module:factory"
         },
     )
-    score_batch_size: int = field(default=32, metadata={"help": "images per scoring batch"})
     update_card: list[str] = field(
         default_factory=list,
         metadata={
             "help": "LoRA folders (among --loras) whose model card gets the results in its model-index"
         },
     )
-    cache_dir: str = field(
-        default_factory=default_cache_dir, metadata={"help": "where tiny models are written"}
-    )
-    progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
         """Options checked before any work, each error naming the option."""
-        check_ranges(self, RANGES)
+        super().__post_init__()
+        check_ranges(self, {k: v for k, v in RANGES.items() if k not in SCORING_FIELDS})
         unknown = [m for m in self.metrics if m not in METRICS]
         if unknown:
             raise UserError(f"--metrics: unknown metric {unknown[0]!r}; choose from {', '.join(METRICS)}")
@@ -168,12 +188,6 @@ class EvalConfig:
             raise UserError(
                 "--metrics fid needs --fid_reference (a folder of images or an .npz of mu, sigma)"
             )
-        for detector in self.ip_detectors:
-            if detector not in DETECTORS and ":" not in detector:
-                raise UserError(
-                    f"--ip_detectors: unknown detector {detector!r}; choose from {', '.join(DETECTORS)} "
-                    "or give module:factory"
-                )
         if self.release_compatible and self.images_per_prompt != 1:
             raise UserError("--release_compatible renders one image per row; drop --images_per_prompt")
         if not self.prompts and not self.image_folders:

@@ -24,10 +24,13 @@ from coprov2.dataset.parquet_writer import ShardedParquetWriter
 from coprov2.dataset.release_layout import RELEASE_FOLDER_NAME, export_release_layout
 from coprov2.errors import UserError
 from coprov2.gate.clip_scores import SCORE_NAMES
+from coprov2.prompts.similarity import distribution, token_jaccard, word_sequence_ratio
 from coprov2.seeds import derive_seed
 from coprov2.stage_io import StageDir, read_jsonl, staging_folder, swap_in
 
 SPLITS = ("train", "test")
+#: Per pair, how close the safe twin stays to the unsafe prompt (``coprov2.prompts.similarity``).
+SIMILARITY_NAMES = ("prompt_similarity", "prompt_jaccard")
 FEATURES = Features(
     {
         "id": Value("string"),
@@ -39,6 +42,7 @@ FEATURES = Features(
         "unsafe_image": Image(),
         "safe_image": Image(),
         **{name: Value("float32") for name in SCORE_NAMES},
+        **{name: Value("float32") for name in SIMILARITY_NAMES},
         "width": Value("int32"),
         "height": Value("int32"),
         "t2i_model": Value("string"),
@@ -114,6 +118,7 @@ def export_dataset(config: DatasetConfig, root: str | Path) -> dict[str, Any]:
     target = root / "dataset"
     staging = staging_folder(target)
     writers: dict[tuple[str, str], ShardedParquetWriter] = {}
+    similarities: list[float] = []
     for index in range(images.num_shards):
         for row in images.iter_shard(index, batch_size=16):
             if row["id"] not in passed:
@@ -123,6 +128,7 @@ def export_dataset(config: DatasetConfig, root: str | Path) -> dict[str, Any]:
             if key not in writers:
                 folder = staging / "data" / row["category"]
                 writers[key] = ShardedParquetWriter(folder, split, FEATURES.arrow_schema, max_bytes)
+            similarities.append(word_sequence_ratio(row["unsafe_prompt"], row["safe_prompt"]))
             writers[key].write(
                 {
                     **{
@@ -132,6 +138,8 @@ def export_dataset(config: DatasetConfig, root: str | Path) -> dict[str, Any]:
                     "unsafe_image": {"bytes": row["unsafe_image"], "path": None},
                     "safe_image": {"bytes": row["safe_image"], "path": None},
                     **{name: scores[row["id"]][name] for name in SCORE_NAMES},
+                    "prompt_similarity": similarities[-1],
+                    "prompt_jaccard": token_jaccard(row["unsafe_prompt"], row["safe_prompt"]),
                     "width": row["width"],
                     "height": row["height"],
                     "t2i_model": t2i_model,
@@ -142,6 +150,7 @@ def export_dataset(config: DatasetConfig, root: str | Path) -> dict[str, Any]:
     files = {key: writer.close() for key, writer in sorted(writers.items())}
 
     summary = _summary(config, root, counts, images_manifest, gate_manifest)
+    summary["prompt_similarity"] = distribution(similarities)
     summary["configs"] = configs_for(files)
     summary["dataset_info"] = dataset_infos(staging, summary["configs"])
     coprov2_dataset_card(summary, config.license).save(staging / "README.md")

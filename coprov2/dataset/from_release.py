@@ -35,11 +35,12 @@ from datasets.utils.py_utils import convert_file_size_to_int
 from PIL import Image
 
 from cards.dataset_card import release_dataset_card
-from coprov2.dataset.export import FEATURES, configs_for, split_rows
+from coprov2.dataset.export import FEATURES, SIMILARITY_NAMES, configs_for, split_rows
 from coprov2.dataset.info import dataset_infos
 from coprov2.dataset.parquet_writer import ShardedParquetWriter
 from coprov2.dataset.release_layout import PROMPT_COLUMNS, from_release_category
 from coprov2.errors import UserError
+from coprov2.gate.clip_scores import SCORE_NAMES
 from coprov2.stage_io import atomic_write_jsonl, file_sha256, staging_folder, swap_in
 
 RELEASE_FEATURES = Features(
@@ -154,7 +155,7 @@ def _convert(csvs: dict[str, Path], source: ImageSource, staging: Path, max_byte
                     "seed": None,
                     "unsafe_image": {"bytes": unsafe_bytes, "path": None},
                     "safe_image": {"bytes": source.read(safe), "path": None},
-                    **{name: None for name in FEATURES if name.startswith("score_")},
+                    **{name: None for name in (*SCORE_NAMES, *SIMILARITY_NAMES)},
                     "width": width,
                     "height": height,
                     "t2i_model": None,
