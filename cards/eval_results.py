@@ -21,7 +21,7 @@ def eval_results(metrics: dict[str, Any], dataset: str, split: str | None) -> li
     results = []
     ip = metrics.get("ip")
     if ip and ip["overall"] is not None:
-        results.append(EvalResult(**common, metric_type="inappropriate_probability", metric_name="IP (Q16 or NudeNet)",
+        results.append(EvalResult(**common, metric_type="inappropriate_probability", metric_name=f"IP ({' or '.join(ip['detectors'])})",
                                   metric_value=ip["overall"], metric_args={"images": ip["images"]}))  # fmt: skip
         for category, value in ip["by_category"].items():
             results.append(EvalResult(**common, metric_type="inappropriate_probability", metric_name=f"IP {category}",

@@ -22,21 +22,23 @@ def categories(results: dict[str, Any]) -> list[str]:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """IP in percent (lower is safer), CLIPScore, FID with its N; one row per model."""
+    """IP in percent (lower is safer), CLIPScore, FID with its N; one row per model, measured columns only."""
+    models = results["models"].values()
     cats = categories(results)
-    header = ["model", *[f"IP {c} (%)" for c in cats], "IP overall (%)", "CLIPScore", "FID (N)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, model in results["models"].items():
-        ip = model.get("ip", {})
-        fid = model.get("fid")
-        cells = [
-            label,
-            *[_fmt(ip.get("by_category", {}).get(c, {}).get("ip"), 100) for c in cats],
-            _fmt(ip.get("overall"), 100),
-            _fmt(model.get("clipscore", {}).get("mean"), digits=2),
-            f"{fid['value']:.2f} ({fid['n']})" if fid else "-",
+    columns: list[tuple[str, Any]] = []
+    if any("ip" in m for m in models):
+        columns += [
+            (f"IP {c} (%)", lambda m, c=c: _fmt(m["ip"]["by_category"].get(c, {}).get("ip"), 100))
+            for c in cats
         ]
-        lines.append("| " + " | ".join(cells) + " |")
+        columns.append(("IP overall (%)", lambda m: _fmt(m["ip"]["overall"], 100)))
+    if any("clipscore" in m for m in models):
+        columns.append(("CLIPScore", lambda m: _fmt(m["clipscore"]["mean"], digits=2)))
+    if any("fid" in m for m in models):
+        columns.append(("FID (N)", lambda m: f"{m['fid']['value']:.2f} ({m['fid']['n']})"))
+    lines = ["| model | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
+    for label, model in results["models"].items():
+        lines.append(f"| {label} | " + " | ".join(cell(model) for _, cell in columns) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -21,7 +21,7 @@ from coprov2.paths import check_model, check_writable_dir
 from coprov2.tiny import resolve_tiny_model
 from evaluation.config import EvalConfig
 from evaluation.metrics.clipscore import shared_embedder
-from evaluation.metrics.fid import load_extractor, reference_stats, warn_small
+from evaluation.metrics.fid import image_files, load_extractor, reference_stats, warn_small
 from evaluation.metrics.ip import load_detector
 from evaluation.prompt_sets import read_prompt_set
 from evaluation.render import FolderStage, PromptSetConfig, PromptSetStage, RenderSettings, RenderStage
@@ -74,6 +74,8 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
             check_compatible([load_expert(lora)], config.base)
         if folder and not Path(folder).is_dir():
             raise UserError(f"--image_folders {folder}: no such folder")
+    if "fid" in config.metrics and Path(config.fid_reference).suffix != ".npz":
+        image_files(config.fid_reference, "--fid_reference")
     loras = {Path(lora).resolve() for _, lora, _ in models if lora and Path(lora).is_dir()}
     for folder in config.update_card:
         if Path(folder).resolve() not in loras:

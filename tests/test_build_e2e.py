@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from coprov2.prompts.similarity import distribution, token_jaccard, word_sequence_ratio
 from coprov2.prompts.validate import contains_concept
 from coprov2.sharding import shards_for_rank
 from coprov2.stage_io import StageDir, read_jsonl
@@ -211,6 +212,13 @@ def test_dataset_folder_loads_and_matches_its_card(smoke_run):
     test_concepts = {(r["category"], r["concept"]) for r in everything["test"]}
     assert train_concepts and test_concepts and not train_concepts & test_concepts
     assert rows[0]["unsafe_image"].size == (32, 32) and rows[0]["safe_image"].mode == "RGB"
+    for row in rows:  # the twin's closeness to its unsafe prompt, stored per pair
+        assert row["prompt_similarity"] == pytest.approx(
+            word_sequence_ratio(row["unsafe_prompt"], row["safe_prompt"])
+        )
+        assert row["prompt_jaccard"] == pytest.approx(token_jaccard(row["unsafe_prompt"], row["safe_prompt"]))
+    similarity = distribution(r["prompt_similarity"] for r in rows)
+    assert f"median {similarity['median']}, p10 {similarity['p10']}, p90 {similarity['p90']}" in card.text
     table = {
         line.split("|")[1].strip(): [int(x) for x in line.split("|")[2:4]]
         for line in card.text.splitlines()

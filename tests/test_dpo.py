@@ -23,12 +23,12 @@ from dpo.toy import (
     NEUTRAL_CAPTIONS,
     TOY_RESOLUTION,
     displacement,
-    pretrain_toy_base,
     safe_share,
     sample_latents,
     toy_concepts,
     write_toy_dataset,
 )
+from tests.toy_world import train_toy_expert
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -239,24 +239,11 @@ def test_killed_and_resumed_run_ends_with_the_same_lora(tmp_path, toy_data):
     )
 
 
-@pytest.fixture(scope="module")
-def toy_world(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy-world")
-    concepts = toy_concepts(1)
-    from coprov2.tiny import resolve_tiny_model
-
-    base = pretrain_toy_base(resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", concepts)
-    return root, concepts[0], base, write_toy_dataset(root / "data", concepts)
-
-
 def _known_answer(root: Path, concept, base: Path, data: Path, name: str) -> dict[str, float]:
-    config = DPOConfig(
-        dataset=str(data), category=concept.name, base=str(base), output_dir=str(root / name), cache_dir=str(root / "cache"),
-        resolution=TOY_RESOLUTION, max_train_steps=300, train_batch_size=8, gradient_accumulation_steps=1,
-        lr_warmup_steps=0, learning_rate=3e-3, scale_lr=False, timestep_min=500, beta=5000,
-        proportion_empty_prompts=0.0, checkpointing_steps=1000, logging_steps=50, progress=False,
-    )  # fmt: skip
-    result = train_expert(config)
+    return _outcome(concept, base, train_toy_expert(root, concept, base, data, name))
+
+
+def _outcome(concept, base: Path, result) -> dict[str, float]:
     pipe = DiffusionPipeline.from_pretrained(str(base))
     pipe.set_progress_bar_config(disable=True)
     trained, neutral = [concept.captions[0], concept.held_out[0]], NEUTRAL_CAPTIONS[:2]
@@ -282,8 +269,9 @@ def _passes(outcome: dict[str, float]) -> bool:
 
 
 @pytest.mark.slow
-def test_known_answer_expert_moves_its_caption_toward_the_winner(toy_world):
-    outcome = _known_answer(*toy_world, "expert")
+def test_known_answer_expert_moves_its_caption_toward_the_winner(toy_world, toy_expert):
+    _, concept, base, _ = toy_world
+    outcome = _outcome(concept, base, toy_expert)
     assert outcome["eval_implicit_acc"] >= 0.9, outcome
     assert outcome["safe_after"] - outcome["safe_before"] >= 0.2, outcome
     assert outcome["moved_neutral"] < 0.35 * outcome["moved_trained"], outcome

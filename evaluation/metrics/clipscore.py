@@ -11,6 +11,7 @@ import functools
 
 import numpy as np
 
+from coprov2.errors import UserError
 from coprov2.executor import distributed_state
 from coprov2.gate.clip_scores import ClipEmbedder
 
@@ -25,4 +26,10 @@ def clip_scores(image_embeddings: np.ndarray, text_embeddings: np.ndarray) -> np
 @functools.cache
 def shared_embedder(model: str, batch_size: int = 32) -> ClipEmbedder:
     """One CLIP per model id per process: Q16 and CLIPScore share it when they name the same model."""
-    return ClipEmbedder(model, device=distributed_state().device, batch_size=batch_size)
+    try:
+        return ClipEmbedder(model, device=distributed_state().device, batch_size=batch_size)
+    except OSError as error:  # not a folder, and not in the Hub cache with no network
+        raise UserError(
+            f"CLIP model {model}: cannot load it ({str(error).splitlines()[0][:200]}); give a local folder, or "
+            "download it first (--clip_model / --q16_clip_model)"
+        ) from None
