@@ -141,6 +141,7 @@ class ScoreStage(Stage):
             metrics["ip"] = {
                 **ip_from_counts(images, flagged),
                 "flagged_by_detector": dict(sorted(by_detector.items())),
+                "detectors": self.config.ip_detectors,
             }
         if "clipscore" in self.config.metrics:
             metrics["clipscore"] = {"mean": clip_total / clip_n if clip_n else None, "n": clip_n}

