@@ -109,6 +109,13 @@ class DPOConfig:
     seed: int = field(
         default=0, metadata={"help": "seed of data order, noise and timesteps (a function of seed and step)"}
     )
+    random_flip: bool = field(
+        default=True,
+        metadata={
+            "help": "flip each training image left-right with probability 0.5, winner and loser independently "
+            "(the release's default); both orientations are encoded into the cache"
+        },
+    )
     mixed_precision: str = field(
         default="auto",
         metadata={

@@ -2,7 +2,10 @@
 
 Training steps then never run the VAE encoder or the text encoders (the release runs both on every
 step). The latent *distribution* is cached (mean and std), so each step still draws a fresh latent
-as the release does. Text goes through the pipeline's own ``encode_prompt``, so SD1.5/SD2.1 and SDXL
+as the release does. With ``flipped=True`` the latent arrays hold ``2N`` rows: row ``N + i`` is the
+encoding of pair ``i``'s image flipped left-right, so the release's random horizontal flip is a
+choice of rows at each step. Flipped images are encoded, not flipped latents: the VAE encoder's
+convolutions are not mirror-symmetric, so flipping a latent is not the latent of the flipped image. Text goes through the pipeline's own ``encode_prompt``, so SD1.5/SD2.1 and SDXL
 (two encoders, pooled embeddings) embed exactly as they do at inference; SDXL's ``time_ids`` are
 computed per pair from its original size and crop, as the release does.
 """
@@ -27,6 +30,8 @@ from dpo.data import PreferencePairs
 CACHE_VERSION = 2
 #: Per-row arrays of the cache; the others (``empty_text``, ``empty_pooled``) are one small tensor each.
 ROW_ARRAYS = ("winner_mean", "winner_std", "loser_mean", "loser_std", "text", "pooled", "time_ids")
+#: The arrays that hold a second, flipped copy of every row in a flipped cache.
+LATENT_ARRAYS = ("winner_mean", "winner_std", "loser_mean", "loser_std")
 
 
 class CachedRows:
@@ -72,7 +77,8 @@ class CachedRows:
 
 @dataclass
 class EncodedPairs:
-    """Per row: winner/loser latent mean and std ``[N, C, h, w]``, text ``[N, L, D]``; SDXL extras."""
+    """Per row: winner/loser latent mean and std ``[N, C, h, w]`` (``[2N, ...]`` when ``flipped``: rows
+    ``N..2N-1`` are the flipped images), text ``[N, L, D]``; SDXL extras."""
 
     winner_mean: torch.Tensor | CachedRows
     winner_std: torch.Tensor | CachedRows
@@ -83,17 +89,20 @@ class EncodedPairs:
     pooled: torch.Tensor | CachedRows | None = None
     empty_pooled: torch.Tensor | None = None
     time_ids: torch.Tensor | CachedRows | None = None
+    flipped: bool = False
 
 
-def cache_key(pairs: PreferencePairs, base: str, resolution: int) -> str:
-    payload = json.dumps([CACHE_VERSION, pairs.fingerprint, base, resolution])
+def cache_key(pairs: PreferencePairs, base: str, resolution: int, flipped: bool = False) -> str:
+    payload = json.dumps(
+        [CACHE_VERSION, pairs.fingerprint, base, resolution, *(["flipped"] if flipped else [])]
+    )
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
 def resize_and_crop(
     image: Image.Image, resolution: int
 ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]]:
-    """The release's transform without the random flip: bilinear resize of the short side, center crop, [-1, 1].
+    """The release's transform up to its random flip: bilinear resize of the short side, center crop, [-1, 1].
 
     Returns the tensor, the original ``(height, width)`` and the crop's ``(top, left)`` (SDXL time ids).
     """
@@ -123,24 +132,26 @@ class _RowWriter:
     """Writes per-row float32 arrays into ``.npy`` files, batch by batch, with plain positioned writes
     (a writable memory map would keep every written page resident in this process)."""
 
-    def __init__(self, folder: Path, rows: int) -> None:
-        self.folder, self.rows = folder, rows
-        self.files: dict[str, tuple[object, int, int]] = {}
+    def __init__(self, folder: Path, rows: int, sizes: dict[str, int] | None = None) -> None:
+        """``rows`` per array, or ``sizes[name]`` for the arrays named there."""
+        self.folder, self.rows, self.sizes = folder, rows, sizes or {}
+        self.files: dict[str, tuple[object, int, int, int]] = {}
 
     def put(self, name: str, start: int, values: torch.Tensor) -> None:
         values = np.ascontiguousarray(values.float().cpu().numpy())
         if name not in self.files:
             handle = open(self.folder / f"{name}.npy", "wb")  # noqa: SIM115 - closed in close()
-            header = {"descr": "<f4", "fortran_order": False, "shape": (self.rows, *values.shape[1:])}
+            rows = self.sizes.get(name, self.rows)
+            header = {"descr": "<f4", "fortran_order": False, "shape": (rows, *values.shape[1:])}
             np.lib.format.write_array_header_2_0(handle, header)
-            self.files[name] = (handle, handle.tell(), values[0].nbytes)
-        handle, offset, row_bytes = self.files[name]
+            self.files[name] = (handle, handle.tell(), values[0].nbytes, rows)
+        handle, offset, row_bytes, _ = self.files[name]
         handle.seek(offset + start * row_bytes)
         handle.write(values.tobytes())
 
     def close(self) -> None:
-        for handle, offset, row_bytes in self.files.values():
-            handle.truncate(offset + self.rows * row_bytes)
+        for handle, offset, row_bytes, rows in self.files.values():
+            handle.truncate(offset + rows * row_bytes)
             handle.flush()
             os.fsync(handle.fileno())
             handle.close()
@@ -155,15 +166,18 @@ def encode_pairs(
     folder: Path,
     batch_size: int = 8,
     progress: bool = True,
+    flipped: bool = False,
 ) -> None:
     """Run the VAE encoder and the text encoder(s) of ``pipe`` over every pair, into ``folder``.
 
     Images are streamed (one batch decoded at a time) and each batch's outputs go straight to their
-    rows of the ``.npy`` files, so memory is bounded by the batch, not by the number of pairs.
+    rows of the ``.npy`` files, so memory is bounded by the batch, not by the number of pairs. With
+    ``flipped``, each image is also encoded flipped left-right, into rows ``N + i``.
     """
     vae = pipe.vae
     xl = hasattr(pipe, "text_encoder_2")
-    writer = _RowWriter(folder, len(pairs))
+    n = len(pairs)
+    writer = _RowWriter(folder, n, {name: 2 * n for name in LATENT_ARRAYS} if flipped else None)
     batches = range(0, len(pairs), batch_size)
     stream = pairs.iter_image_bytes()
     for start in tqdm(batches, desc="encode pairs", unit="batch", disable=not progress):
@@ -175,10 +189,11 @@ def encode_pairs(
                 for i, payload in zip(rows, payloads, strict=True)
             ]
             pixels = torch.stack([p[0] for p in prepared]).to(device, vae.dtype)
-            with torch.no_grad():
-                distribution = vae.encode(pixels).latent_dist
-            writer.put(f"{key}_mean", start, distribution.mean)
-            writer.put(f"{key}_std", start, distribution.std)
+            for offset, images in ((0, pixels), (n, pixels.flip(-1))) if flipped else ((0, pixels),):
+                with torch.no_grad():
+                    distribution = vae.encode(images).latent_dist
+                writer.put(f"{key}_mean", offset + start, distribution.mean)
+                writer.put(f"{key}_std", offset + start, distribution.std)
             if xl and which == "safe":
                 time_ids = [[*original, *crop, resolution, resolution] for _, original, crop in prepared]
                 writer.put("time_ids", start, torch.tensor(time_ids, dtype=torch.float32))
@@ -193,7 +208,7 @@ def encode_pairs(
         np.save(folder / "empty_pooled.npy", empty_pooled.float().cpu().numpy()[0])
 
 
-def load_encoded(folder: Path) -> EncodedPairs:
+def load_encoded(folder: Path, flipped: bool = False) -> EncodedPairs:
     """The cache in ``folder``: per-row arrays read row by row on demand, the empty-prompt embeddings in memory."""
 
     def rows(name: str) -> CachedRows | None:
@@ -208,6 +223,7 @@ def load_encoded(folder: Path) -> EncodedPairs:
         **{name: rows(name) for name in ROW_ARRAYS},
         empty_text=small("empty_text"),
         empty_pooled=small("empty_pooled"),
+        flipped=flipped,
     )
 
 
@@ -219,22 +235,29 @@ def cached_encode(
     cache_dir: Path,
     device: torch.device,
     progress: bool = True,
+    flipped: bool = False,
 ) -> tuple[EncodedPairs, Path, bool]:
     """Encoded pairs from ``cache_dir`` or, on a miss, from ``load_pipe()`` (then written atomically).
 
     Returns the pairs, the cache folder and whether it was a hit. The folder is written as
     ``<key>.partial`` and renamed when whole, with ``meta.json`` inside, so a killed encode is redone.
     """
-    folder = Path(cache_dir) / cache_key(pairs, base, resolution)
+    folder = Path(cache_dir) / cache_key(pairs, base, resolution, flipped)
     if (folder / "meta.json").exists():
-        return load_encoded(folder), folder, True
+        return load_encoded(folder, flipped), folder, True
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    encode_pairs(load_pipe(), pairs, resolution, device, partial, progress=progress)
-    meta = {"source": pairs.source, "base": base, "resolution": resolution, "rows": len(pairs)}
+    encode_pairs(load_pipe(), pairs, resolution, device, partial, progress=progress, flipped=flipped)
+    meta = {
+        "source": pairs.source,
+        "base": base,
+        "resolution": resolution,
+        "rows": len(pairs),
+        "flipped": flipped,
+    }
     (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     partial.rename(folder)
     # Train from the files either way: the same values in the same memory layout as a cache hit, so a
     # run that encoded and one that read the cache take bit-identical steps.
-    return load_encoded(folder), folder, False
+    return load_encoded(folder, flipped), folder, False

@@ -107,19 +107,34 @@ def dpo_step(
     """The loss of one micro-batch. ``reference`` is the module run with adapters disabled (default ``unet``)."""
     index = torch.tensor(rows)
     size = len(rows)
-
-    def latent(mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        return (
-            mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)
-        ) * scaling_factor
-
-    latents = torch.cat(
-        [latent(encoded.winner_mean, encoded.winner_std), latent(encoded.loser_mean, encoded.loser_std)]
-    )
-    noise = torch.randn(latents[:size].shape, generator=generator).repeat(2, 1, 1, 1)
+    shape = (size, *encoded.winner_mean.shape[1:])
+    draws = [torch.randn(shape, generator=generator) for _ in ("winner", "loser")]
+    noise = torch.randn(shape, generator=generator).repeat(2, 1, 1, 1)
     t_max = config.timestep_max or noise_scheduler.config.num_train_timesteps
     timesteps = torch.randint(config.timestep_min, t_max, (size,), generator=generator).repeat(2)
     empty = torch.rand(size, generator=generator) < config.proportion_empty_prompts
+    # The release's random horizontal flip, drawn per image (winner and loser independently) after every
+    # other draw, so runs without it take the same random stream as before it existed.
+    flips = (
+        (torch.rand(2, size, generator=generator) < 0.5).long()
+        if encoded.flipped
+        else torch.zeros(2, size, dtype=torch.long)
+    )
+    pairs = len(encoded.text)
+
+    def latent(mean, std, flip: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
+        rows = index + pairs * flip  # a flipped image's encoding is row N + i of a flipped cache
+        return mean[rows] + std[rows] * draw
+
+    latents = (
+        torch.cat(
+            [
+                latent(encoded.winner_mean, encoded.winner_std, flips[0], draws[0]),
+                latent(encoded.loser_mean, encoded.loser_std, flips[1], draws[1]),
+            ]
+        )
+        * scaling_factor
+    )
     text = torch.where(empty[:, None, None], encoded.empty_text, encoded.text[index]).repeat(2, 1, 1)
     added = None
     if encoded.pooled is not None:
@@ -221,6 +236,7 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
             Path(config.cache_dir),
             device,
             config.progress,
+            flipped=config.random_flip,
         )
         eval_encoded = None
         if eval_pairs is not None:

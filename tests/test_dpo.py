@@ -365,3 +365,44 @@ def test_a_non_finite_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp
     expert = tmp_path / "expert"
     assert [p.name for p in sorted((expert / "checkpoints").iterdir())] == ["step-2"]
     assert not (expert / "pytorch_lora_weights.safetensors").exists()
+
+
+def test_random_flip_caches_both_orientations_and_trains_on_flipped_images(
+    tmp_path, toy_data, tiny_models, monkeypatch
+):
+    import numpy as np
+
+    from dpo.encode import CachedRows, encode_pairs, load_encoded, resize_and_crop
+
+    pairs = load_preference_pairs(str(toy_data))
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_models["sd15"]))
+    encode_pairs(pipe, pairs, TOY_RESOLUTION, torch.device("cpu"), tmp_path, progress=False, flipped=True)
+    encoded = load_encoded(tmp_path, flipped=True)
+    n = len(pairs)
+    assert len(encoded.winner_mean) == len(encoded.loser_std) == 2 * n and len(encoded.text) == n
+    winner_bytes, _ = next(pairs.iter_image_bytes())
+    pixels = resize_and_crop(pairs.decode_bytes(winner_bytes, 0, "safe"), TOY_RESOLUTION)[0][None]
+    with torch.no_grad():
+        upright = pipe.vae.encode(pixels).latent_dist.mean
+        mirrored = pipe.vae.encode(pixels.flip(-1)).latent_dist.mean
+    torch.testing.assert_close(encoded.winner_mean[[0]], upright, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(encoded.winner_mean[[n]], mirrored, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mirrored, upright.flip(-1), atol=1e-3), (
+        "a flipped latent is not the flipped image's"
+    )
+
+    read = {"flip": [], "no_flip": []}
+    original = CachedRows.__getitem__
+    for name, flip in (("flip", True), ("no_flip", False)):
+
+        def spy(self, index, name=name):
+            if self.path.name == "winner_mean.npy":
+                read[name].extend(np.asarray(index).reshape(-1).tolist())
+            return original(self, index)
+
+        monkeypatch.setattr(CachedRows, "__getitem__", spy)
+        train_expert(
+            _config(tmp_path, toy_data, max_train_steps=3, random_flip=flip, output_dir=str(tmp_path / name))
+        )
+    assert any(i >= n for i in read["flip"]) and any(i < n for i in read["flip"])
+    assert read["no_flip"] and all(i < n for i in read["no_flip"])
