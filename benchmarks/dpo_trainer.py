@@ -1,26 +1,54 @@
-"""Our DPO trainer step against the release's strategy, same model, same batch, one run.
+"""Our DPO training step against the two programs users would otherwise run, same model, same batch.
 
-- ours: ``dpo.trainer.dpo_step`` — reference = the same UNet with adapters disabled, VAE latents and
-  text embeddings read from the cache (the one-time encoding is timed separately);
-- release: a second full UNet copy as the reference, and the VAE encoder and text encoder run on
-  every step (as the release's train.py does).
+Three strategies, each in its own child process (its peak memory is its own: peak RSS on CPU,
+``torch.cuda.max_memory_allocated`` on a GPU), alternated ``--repeats`` times; medians are reported.
 
-Both take LoRA r=4 on to_q/to_k/to_v/to_out.0, AdamW, the same loss. Each strategy runs in its own
-child process so its peak memory is its own: peak RSS on CPU, ``torch.cuda.max_memory_allocated``
-on a GPU.
+- ``ours-before``: ``ours`` as the trainer was before the speed/memory changes (plain AdamW, the whole
+  pipeline, UNet included, in memory while encoding, the reference pass under ``no_grad``), for the
+  before/after ratios.
+- ``ours``: ``dpo.trainer.dpo_step`` and the trainer's optimizer (``dpo.trainer.make_optimizer``). The
+  VAE and text encoder run once over the pairs (both image orientations, as ``--random_flip``
+  caches them), then are freed before the UNet is built, as ``dpo.train`` does (it loads the
+  pipeline without its UNet to encode); steps read the cached latent mean/std and text embeddings.
+  Reference = the same UNet with adapters disabled.
+- ``df``: diffusers' ``examples/research_projects/diffusion_dpo/train_diffusion_dpo.py`` (DF), re-implemented
+  here: the same LoRA UNet with adapters disabled as the reference, the VAE encoder and the text encoder
+  run on every step over the batch's images and captions, no flip (DF's ``--random_flip`` is off by default).
+- ``release``: the SafetyDPO release's ``train.py``: a second full UNet copy as the reference, VAE encoder
+  and text encoder every step, each image flipped at random (its ``--no_hflip`` is off by default).
 
-    python benchmarks/dpo_trainer.py [--shape tiny|sd15] [--resolution 32] [--batch 4] [--steps 20] [--device cpu|cuda]
+What one step computes, and how it was matched here:
 
-``--shape sd15`` builds SD1.5-shaped random weights from configs (UNet 860M, VAE, CLIP-L text encoder);
-use it with ``--device cuda --resolution 512`` on a GPU.
+| | ours | DF | release |
+|---|---|---|---|
+| timesteps | U[0, 1000) | U[0, 1000) | U[0, 1000) |
+| loss | -logsigmoid(-0.5 beta (model gap - ref gap)) | same | same |
+| beta | 5000 | 5000 here (DF's default 2500) | 5000 |
+| empty-prompt dropout | 0 here (ours 0.2 by default) | 0 (its default) | 0 here (its default 0.2) |
+| flip | cached rows | none | pixels flipped before the VAE |
+| crop | center | center | center |
+| precision | fp32 on CPU, fp16 autocast on GPU | same | same |
+| latent | a draw from the cached mean/std | ``latent_dist.sample()`` | ``latent_dist.sample()`` |
+| dataloader | none: cached tensors | none here (DF: 0 workers, JPEG decode + resize per step) | none here (4 workers) |
+
+How the re-implementations differ from the real programs: no JPEG decoding, resizing or dataloader
+(the real DF and release pay those per step, the release in 4 workers), no accelerate wrapper, no
+gradient accumulation or clipping, no xformers (the release requires it on GPU; SDPA is used here).
+
+    python benchmarks/dpo_trainer.py [--shape tiny|sd15] [--resolution 32] [--batch 4] [--steps 20] [--repeats 3] [--device cpu|cuda]
+
+``--shape sd15`` builds SD1.5-shaped random weights from configs (UNet 860M, VAE, CLIP-L text encoder):
+use ``--resolution 128 --batch 1`` on CPU, ``--device cuda --resolution 512`` on a GPU.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,7 +63,7 @@ from coprov2.tiny import clip_tokenizer, write_tiny_models
 from dpo.config import DPOConfig
 from dpo.encode import EncodedPairs
 from dpo.loss import diffusion_dpo_loss
-from dpo.trainer import dpo_step
+from dpo.trainer import dpo_step, make_optimizer
 
 SD15_UNET = dict(
     block_out_channels=(320, 640, 1280, 1280),
@@ -54,126 +82,175 @@ SD15_VAE = dict(
     layers_per_block=2,
     sample_size=512,
 )
+STRATEGIES = ("ours-before", "ours", "df", "release")
 
 
-def build_models(shape: str):
-    """UNet, VAE, text encoder, tokenizer and noise schedule of the requested shape, random weights."""
+def tiny_folder() -> str:
+    return str(write_tiny_models(tempfile.mkdtemp(prefix="bench-dpo-"), ["sd15"])["sd15"])
+
+
+def build_encoders(shape: str, folder: str | None):
+    """VAE, text encoder, tokenizer of the requested shape (random weights, seeded)."""
+    torch.manual_seed(1)
     tokenizer = clip_tokenizer()
     if shape == "tiny":
-        folder = write_tiny_models(tempfile.mkdtemp(prefix="bench-dpo-"), ["sd15"])["sd15"]
         return (
-            UNet2DConditionModel.from_pretrained(folder, subfolder="unet"),
             AutoencoderKL.from_pretrained(folder, subfolder="vae"),
             CLIPTextModel.from_pretrained(folder, subfolder="text_encoder"),
             tokenizer,
-            DDPMScheduler.from_pretrained(folder, subfolder="scheduler"),
         )
     text = CLIPTextConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+        vocab_size=tokenizer.vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+        num_attention_heads=12, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    return AutoencoderKL(**SD15_VAE), CLIPTextModel(text), tokenizer
+
+
+def build_unet(shape: str, folder: str | None):
+    torch.manual_seed(2)
+    if shape == "tiny":
+        return UNet2DConditionModel.from_pretrained(folder, subfolder="unet"), DDPMScheduler.from_pretrained(
+            folder, subfolder="scheduler"
+        )
     schedule = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    return (
-        UNet2DConditionModel(**SD15_UNET),
-        AutoencoderKL(**SD15_VAE),
-        CLIPTextModel(text),
-        tokenizer,
-        schedule,
-    )
+    return UNet2DConditionModel(**SD15_UNET), schedule
+
+
+def peak_mib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_strategy(args) -> dict:
-    torch.manual_seed(0)
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
-    unet, vae, text_encoder, tokenizer, schedule = build_models(args.shape)
-    config = DPOConfig(train_batch_size=args.batch, proportion_empty_prompts=0.0, progress=False)
-    for model in (unet, vae, text_encoder):
-        model.requires_grad_(False)
-        model.to(device, dtype)
-    pixels = (
-        torch.rand(
-            2, args.pairs, 3, args.resolution, args.resolution, generator=torch.Generator().manual_seed(0)
-        )
-        * 2
-        - 1
-    )
+    folder = tiny_folder() if args.shape == "tiny" else None
+    config = DPOConfig(train_batch_size=args.batch, proportion_empty_prompts=0.0, progress=False, beta=5000)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.rand(2, args.pairs, 3, args.resolution, args.resolution, generator=generator) * 2 - 1
     captions = [f"a photo of a knife number {i} on a table" for i in range(args.pairs)]
+    vae, text_encoder, tokenizer = build_encoders(args.shape, folder)
+    for model in (vae, text_encoder):
+        model.requires_grad_(False).to(device, dtype)
     tokens = tokenizer(
         captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
     ).input_ids
     scaling = vae.config.scaling_factor
 
-    def encode(rows):
+    phases: dict[str, float] = {}
+
+    def timed(phase: str, function, *args):
+        """Run ``function`` and add its wall time to ``phase`` (the profile of one step)."""
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        result = function(*args)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        phases[phase] = phases.get(phase, 0.0) + time.perf_counter() - start
+        return result
+
+    def encode(images: torch.Tensor, rows: list[int]):
         with torch.no_grad():
-            w = vae.encode(pixels[0, rows].to(device, dtype)).latent_dist
-            lo = vae.encode(pixels[1, rows].to(device, dtype)).latent_dist
-            text = text_encoder(tokens[rows].to(device))[0]
-        return w, lo, text
+            latent = timed("vae encoder", lambda: vae.encode(images.to(device, dtype)).latent_dist)
+            return latent, timed("text encoder", lambda: text_encoder(tokens[rows].to(device))[0])
 
     encode_seconds = 0.0
-    reference = None
-    if args.strategy == "ours":
+    ours = args.strategy.startswith("ours")
+    if args.strategy == "ours-before":  # dpo.train before this change loaded the whole pipeline to encode
+        torch.inference_mode = torch.no_grad  # and ran the reference pass under no_grad (this child only)
+        held_unet = build_unet(args.shape, folder)[0].to(device, dtype)
+    if ours:  # encode once (both orientations), free the encoders, then build the UNet
         start = time.perf_counter()
-        parts = [
-            encode(list(range(i, min(i + args.batch, args.pairs)))) for i in range(0, args.pairs, args.batch)
-        ]
+        parts = {name: [] for name in ("winner_mean", "winner_std", "loser_mean", "loser_std", "text")}
+        for flip in (False, True):
+            for i in range(0, args.pairs, args.batch):
+                rows = list(range(i, min(i + args.batch, args.pairs)))
+                for side, key in ((0, "winner"), (1, "loser")):
+                    images = pixels[side, rows].flip(-1) if flip else pixels[side, rows]
+                    latent, text = encode(images, rows)
+                    parts[f"{key}_mean"].append(latent.mean.float().cpu())
+                    parts[f"{key}_std"].append(latent.std.float().cpu())
+                    if not flip and side == 0:
+                        parts["text"].append(text.float().cpu())
+        empty = text_encoder(
+            tokenizer([""], padding="max_length", max_length=77, return_tensors="pt").input_ids.to(device)
+        )[0]
         encoded = EncodedPairs(
-            winner_mean=torch.cat([p[0].mean for p in parts]).float().cpu(),
-            winner_std=torch.cat([p[0].std for p in parts]).float().cpu(),
-            loser_mean=torch.cat([p[1].mean for p in parts]).float().cpu(),
-            loser_std=torch.cat([p[1].std for p in parts]).float().cpu(),
-            text=torch.cat([p[2] for p in parts]).float().cpu(),
-            empty_text=parts[0][2][0].float().cpu(),
+            **{k: torch.cat(v) for k, v in parts.items()}, empty_text=empty[0].float().cpu(), flipped=True
         )
         encode_seconds = time.perf_counter() - start
-        del vae, text_encoder
-    else:
-        reference = copy.deepcopy(unet)
+        del vae, text_encoder, parts
+        if args.strategy == "ours-before":
+            del held_unet
+        gc.collect()
+    unet, schedule = build_unet(args.shape, folder)
+    unet.requires_grad_(False).to(device, dtype)
+    reference = copy.deepcopy(unet) if args.strategy == "release" else None
     unet.add_adapter(
         LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=config.target_modules)
     )
     for p in unet.parameters():
         if p.requires_grad:
             p.data = p.data.float()
-    optimizer = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=1e-5)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    params = [p for p in unet.parameters() if p.requires_grad]
+    if args.strategy == "ours":  # "ours-before": the plain AdamW the trainer used before this change
+        optimizer = make_optimizer(params, 1e-5, config.adam_weight_decay, device)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=1e-5, weight_decay=config.adam_weight_decay)
 
-    def release_step(rows, generator):
-        w, lo, text = encode(rows)
-        latents = torch.cat([w.sample(generator), lo.sample(generator)]) * scaling
-        noise = torch.randn(
-            latents[: len(rows)].shape, generator=generator, device=device, dtype=dtype
-        ).repeat(2, 1, 1, 1)
+    def peer_step(rows: list[int], step_generator: torch.Generator):
+        images = pixels[:, rows]
+        if args.strategy == "release":  # torchvision's RandomHorizontalFlip, per image
+            flips = torch.rand(2, len(rows), generator=step_generator) < 0.5
+            images = torch.where(flips[:, :, None, None, None], images.flip(-1), images)
+        winner, text = encode(images[0], rows)
+        loser, _ = encode(images[1], rows)
+        latents = torch.cat([winner.sample(), loser.sample()]) * scaling
+        noise = torch.randn(latents[: len(rows)].shape, device=device, dtype=dtype).repeat(2, 1, 1, 1)
         timesteps = torch.randint(0, 1000, (len(rows),), device=device).repeat(2)
-        noisy = schedule.add_noise(latents, noise, timesteps)
-        inputs = (noisy, timesteps, text.repeat(2, 1, 1))
+        inputs = (schedule.add_noise(latents, noise, timesteps), timesteps, text.repeat(2, 1, 1))
         with torch.no_grad():
-            ref_pred = reference(*inputs).sample
+            if reference is not None:
+                ref_pred = reference(*inputs).sample
+            else:
+                unet.disable_adapters()
+                ref_pred = unet(*inputs).sample
+                unet.enable_adapters()
         return diffusion_dpo_loss(unet(*inputs).sample, ref_pred, noise, config.beta)
 
     def step(index: int) -> None:
         rows = [(index * args.batch + i) % args.pairs for i in range(args.batch)]
-        generator = torch.Generator(device if args.strategy == "release" else "cpu").manual_seed(index)
+        step_generator = torch.Generator().manual_seed(index)
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
-            if args.strategy == "ours":
-                output = dpo_step(unet, schedule, encoded, rows, generator, config, device, scaling)
+            if ours:
+                output = dpo_step(unet, schedule, encoded, rows, step_generator, config, device, scaling)
             else:
-                output = release_step(rows, generator)
-        output.loss.backward()
-        optimizer.step()
+                output = peer_step(rows, step_generator)
+        timed("backward", output.loss.backward)
+        timed("optimizer", optimizer.step)
         optimizer.zero_grad(set_to_none=True)
+
+    forward_started: list[float] = []
+
+    def before_forward(module, inputs):
+        forward_started.append(time.perf_counter())
+
+    def after_forward(module, inputs, output):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        name = "unet forward, reference" if not torch.is_grad_enabled() else "unet forward, trained"
+        phases[name] = phases.get(name, 0.0) + time.perf_counter() - forward_started.pop()
+
+    for module in {unet, reference} - {None}:
+        module.register_forward_pre_hook(before_forward)
+        module.register_forward_hook(after_forward)
 
     for index in range(2):
         step(index)
+    phases.clear()
     if device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -182,17 +259,10 @@ def run_strategy(args) -> dict:
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if device.type == "cuda"
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-    return {
-        "strategy": args.strategy,
-        "pairs_per_s": args.steps * args.batch / seconds,
-        "peak_mib": peak,
-        "encode_once_s": encode_seconds,
-    }
+    profile = {phase: value / args.steps for phase, value in phases.items()}
+    profile["rest (latents, noise, loss, cache reads)"] = seconds / args.steps - sum(profile.values())
+    return {"strategy": args.strategy, "pairs_per_s": args.steps * args.batch / seconds, "peak_mib": peak_mib(device),
+            "encode_once_s": encode_seconds, "profile_s_per_step": profile}  # fmt: skip
 
 
 def main() -> None:
@@ -202,30 +272,44 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=16)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--strategy", choices=("ours", "release"), help=argparse.SUPPRESS)
+    parser.add_argument("--strategy", choices=STRATEGIES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.strategy:
         print(json.dumps(run_strategy(args)))
         return
-    results = {}
-    for strategy in ("ours", "release"):
-        command = [sys.executable, __file__, *sys.argv[1:], "--strategy", strategy]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        results[strategy] = json.loads(output.strip().splitlines()[-1])
-    ours, release = results["ours"], results["release"]
+    runs = {name: [] for name in STRATEGIES}
+    for _ in range(args.repeats):
+        for strategy in STRATEGIES:
+            command = [sys.executable, __file__, *sys.argv[1:], "--strategy", strategy]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            runs[strategy].append(json.loads(output.strip().splitlines()[-1]))
+    median = {
+        name: {key: statistics.median(r[key] for r in rs) for key in ("pairs_per_s", "peak_mib")}
+        for name, rs in runs.items()
+    }
     memory = "peak GPU MiB" if args.device.startswith("cuda") else "peak RSS MiB"
-    print(
-        f"shape {args.shape}, {args.resolution} px, batch {args.batch} pairs, {args.steps} steps, {args.device}"
-    )
-    print(f"{'':10} {'pairs/s':>10} {memory:>14}")
-    for name, r in results.items():
-        print(f"{name:10} {r['pairs_per_s']:10.2f} {r['peak_mib']:14.0f}")
-    print(
-        f"ours / release: {ours['pairs_per_s'] / release['pairs_per_s']:.2f}x pairs/s, "
-        f"{ours['peak_mib'] / release['peak_mib']:.2f}x peak memory; "
-        f"one-time encoding of {args.pairs} pairs: {ours['encode_once_s']:.2f} s"
-    )
+    print(f"shape {args.shape}, {args.resolution} px, batch {args.batch} pairs, {args.steps} steps, {args.device}, "
+          f"median of {args.repeats} alternating runs")  # fmt: skip
+    print(f"| strategy | pairs/s | {memory} | ours / it, pairs/s | ours / it, memory |")
+    print("|---|---|---|---|---|")
+    ours = median["ours"]
+    for name, m in median.items():
+        print(f"| {name} | {m['pairs_per_s']:.3f} | {m['peak_mib']:.0f} | {ours['pairs_per_s'] / m['pairs_per_s']:.2f}x | "
+              f"{ours['peak_mib'] / m['peak_mib']:.2f}x |")  # fmt: skip
+    phases = sorted({phase for rs in runs.values() for r in rs for phase in r["profile_s_per_step"]})
+    print("\nWhere a step's time goes (seconds per step, medians):\n")
+    print("| phase | " + " | ".join(STRATEGIES) + " |")
+    print("|---|" + "---|" * len(STRATEGIES))
+    for phase in phases:
+        cells = [
+            f"{statistics.median(r['profile_s_per_step'].get(phase, 0.0) for r in runs[n]):.3f}"
+            for n in STRATEGIES
+        ]
+        print(f"| {phase} | " + " | ".join(cells) + " |")
+    print(f"one-time encoding of {args.pairs} pairs (both orientations): "
+          f"{statistics.median(r['encode_once_s'] for r in runs['ours']):.2f} s")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,7 @@ def reference_stats(
     stats = folder_stats(files, extractor, batch_size)
     mu, sigma = stats.mean_cov()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_name(f".{cached.name}.partial.npz")
+    partial = cached.with_name(f".{cached.name}.partial-{os.getpid()}.npz")  # ranks may race to write it
     np.savez(partial, mu=mu, sigma=sigma, n=stats.n)
     partial.replace(cached)
     return mu, sigma, stats.n
