@@ -10,6 +10,12 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from coprov2.errors import UserError
 
 
+def user_cache_dir(name: str) -> str:
+    """``$XDG_CACHE_HOME/alignguard/<name>`` (``~/.cache`` without it): where a tool keeps its caches."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "alignguard", name)
+
+
 def check_writable_dir(path: str | Path, option: str) -> None:
     """``path`` is (or can be created as) a folder this process can write into."""
     path = Path(path)

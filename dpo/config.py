@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from coprov2.errors import check_ranges
+from coprov2.paths import user_cache_dir
 
 
 def default_cache_dir() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "alignguard", "dpo")
+    return user_cache_dir("dpo")
 
 
 #: Numeric options: (lowest, highest, lowest excluded); NaN and infinities are refused for all of them.

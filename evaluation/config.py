@@ -7,10 +7,10 @@ the library takes it as it is, and the render and score stages take what they ne
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass, field
 
 from coprov2.errors import UserError, check_ranges
+from coprov2.paths import user_cache_dir
 
 #: What the run can measure: IP (Q16 or NudeNet), CLIPScore, FID.
 METRICS = ("ip", "clipscore", "fid")
@@ -32,11 +32,6 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "score_batch_size": (1, None, False),
     "nudenet_threshold": (0, 1, False),
 }
-
-
-def default_cache_dir() -> str:
-    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(root, "alignguard", "evaluation")
 
 
 @dataclass
@@ -77,7 +72,8 @@ class ScoringConfig:
     )
     score_batch_size: int = field(default=32, metadata={"help": "images per scoring batch"})
     cache_dir: str = field(
-        default_factory=default_cache_dir, metadata={"help": "where tiny models are written"}
+        default_factory=lambda: user_cache_dir("evaluation"),
+        metadata={"help": "where tiny models are written"},
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
