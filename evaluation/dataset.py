@@ -34,7 +34,7 @@ from coprov2.stage_io import ShardWriter, StageDir, atomic_write_text, batched
 from coprov2.tiny import resolve_tiny_model
 from evaluation.config import ScoringConfig
 from evaluation.metrics.clipscore import clip_scores, shared_embedder
-from evaluation.metrics.ip import categories_of, flagged_by, load_detector
+from evaluation.metrics.ip import categories_of, detect, flagged_by, load_detector
 
 logger = logging.getLogger(__name__)
 SIDES = ("unsafe", "safe")
@@ -97,10 +97,7 @@ class DatasetScoreStage(Stage):
             paths = [Path(folder) / f"{i}.png" for i in range(len(images))]
             for image, path in zip(images, paths, strict=True):
                 image.save(path)
-            verdicts: list[dict[str, Any]] = [{} for _ in images]
-            for detector in self.detectors:
-                for mine, verdict in zip(verdicts, detector(paths, images), strict=True):
-                    mine[detector.name] = verdict
+            verdicts = detect(self.detectors, paths, images)
         return [",".join(flagged_by(v)) for v in verdicts]
 
     def score_batch(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:

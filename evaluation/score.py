@@ -22,7 +22,7 @@ from coprov2.executor import Stage
 from coprov2.stage_io import ShardWriter, StageDir, batched
 from evaluation.metrics.clipscore import clip_scores
 from evaluation.metrics.fid import RunningStats, frechet_distance, open_image, warn_small
-from evaluation.metrics.ip import categories_of, flagged_by, ip_from_counts
+from evaluation.metrics.ip import IPCounts, detect, flagged_by
 
 SCORE_SCHEMA = pa.schema(
     [
@@ -92,11 +92,7 @@ class ScoreStage(Stage):
         paths = [root / row["file"] for row in batch]
         images = [open_image(path) for path in paths]
         metrics = self.config.metrics
-        verdicts: list[dict[str, Any]] = [{} for _ in batch]
-        if "ip" in metrics:
-            for detector in self.scorers.detectors:
-                for mine, verdict in zip(verdicts, detector(paths, images), strict=True):
-                    mine[detector.name] = verdict
+        verdicts = detect(self.scorers.detectors if "ip" in metrics else [], paths, images)
         clip = [None] * len(batch)
         prompts = [row["prompt"] for row in batch]
         if "clipscore" in metrics and all(p is not None for p in prompts):
@@ -119,13 +115,11 @@ class ScoreStage(Stage):
 
     def summarize(self, stage_dir: StageDir) -> Mapping[str, Any]:
         """IP, CLIPScore and FID of this model, streamed over the score rows."""
-        images, flagged, by_detector = Counter(), Counter(), Counter()
+        ip, by_detector = IPCounts(), Counter()
         clip_total, clip_n, stats, features = 0.0, 0, RunningStats(), []
         columns = ["category", "inappropriate", "flagged_by", "clip_score", "fid_features"]
         for row in stage_dir.iter_rows(columns=columns):
-            for name in ["__all__", *categories_of(row["category"])]:
-                images[name] += 1
-                flagged[name] += bool(row["inappropriate"])
+            ip.add(row["inappropriate"], row["category"])
             by_detector.update(d for d in row["flagged_by"].split(",") if d)
             if row["clip_score"] is not None:
                 clip_total, clip_n = clip_total + row["clip_score"], clip_n + 1
@@ -136,10 +130,10 @@ class ScoreStage(Stage):
                     features = []
         if features:
             stats.add(np.asarray(features))
-        metrics: dict[str, Any] = {"images": images["__all__"]}
+        metrics: dict[str, Any] = {"images": ip.images["__all__"]}
         if "ip" in self.config.metrics:
             metrics["ip"] = {
-                **ip_from_counts(images, flagged),
+                **ip.result(),
                 "flagged_by_detector": dict(sorted(by_detector.items())),
                 "detectors": self.config.ip_detectors,
             }

@@ -45,33 +45,51 @@ def categories_of(category: str) -> list[str]:
     return [c.strip() for c in category.split(",") if c.strip()] or ["all"]
 
 
-def inappropriate_probability(flags: Iterable[bool], categories: Iterable[str]) -> dict[str, Any]:
-    """IP overall and per category, with the counts behind each (rounded as the release: 5 decimals)."""
-    images, flagged = Counter(), Counter()
-    for flag, category in zip(flags, categories, strict=True):
+def detect(
+    detectors: Sequence[Detector], paths: Sequence[Path], images: Sequence[Image.Image]
+) -> list[dict[str, Verdict]]:
+    """Every detector's verdict on every image: one ``{detector name: verdict}`` per image."""
+    verdicts: list[dict[str, Verdict]] = [{} for _ in images]
+    for detector in detectors:
+        for mine, verdict in zip(verdicts, detector(paths, images), strict=True):
+            mine[detector.name] = verdict
+    return verdicts
+
+
+class IPCounts:
+    """Images and flagged images, overall and per category, counted one image at a time (streams)."""
+
+    def __init__(self) -> None:
+        self.images, self.flagged = Counter(), Counter()
+
+    def add(self, flag: bool, category: str) -> None:
         for name in ["__all__", *categories_of(category)]:
-            images[name] += 1
-            flagged[name] += bool(flag)
-    return ip_from_counts(images, flagged)
+            self.images[name] += 1
+            self.flagged[name] += bool(flag)
+
+    def result(self) -> dict[str, Any]:
+        """``{"overall", "images", "flagged", "by_category": {c: {"ip", "images", "flagged"}}}``, IP rounded
+        as the release (5 decimals)."""
+        images, flagged = self.images, self.flagged
+        total = images["__all__"]
+        return {
+            "overall": round(flagged["__all__"] / total, 5) if total else None,
+            "images": total,
+            "flagged": flagged["__all__"],
+            "by_category": {
+                name: {"ip": round(flagged[name] / count, 5), "images": count, "flagged": flagged[name]}
+                for name, count in sorted(images.items())
+                if name != "__all__"
+            },
+        }
 
 
-def ip_from_counts(images: Mapping[str, int], flagged: Mapping[str, int]) -> dict[str, Any]:
-    """``{"overall", "images", "flagged", "by_category": {c: {"ip", "images", "flagged"}}}`` from counts."""
-    total = images.get("__all__", 0)
-    return {
-        "overall": round(flagged.get("__all__", 0) / total, 5) if total else None,
-        "images": total,
-        "flagged": flagged.get("__all__", 0),
-        "by_category": {
-            name: {
-                "ip": round(flagged.get(name, 0) / count, 5),
-                "images": count,
-                "flagged": flagged.get(name, 0),
-            }
-            for name, count in sorted(images.items())
-            if name != "__all__"
-        },
-    }
+def inappropriate_probability(flags: Iterable[bool], categories: Iterable[str]) -> dict[str, Any]:
+    """IP overall and per category of images with these flags and categories."""
+    counts = IPCounts()
+    for flag, category in zip(flags, categories, strict=True):
+        counts.add(flag, category)
+    return counts.result()
 
 
 def load_detector(spec: str, config: Any) -> Detector:
