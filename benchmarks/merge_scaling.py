@@ -1,23 +1,42 @@
-"""Merging N safety experts (N = 2..7) in the toy world: removal per concept and drift, per method, one run.
+"""Does merging scale? Co-Merge and the baselines against All-single, N = 2..28 toy concepts, several seeds.
 
-The toy world (``dpo/toy.py``): 7 concepts, each with its own captions and an unsafe -> safe colour;
-a tiny base pipeline trained to render both colours of every concept (and of neutral captions)
-about half and half. One expert per concept is trained with ``dpo/``; for each N the first N
-experts are merged with every method of ``merge/``, beside each single expert on its own concept
-and All-single (one expert trained on the N concepts together, N x ``--steps-per-concept`` steps).
+The toy world (``dpo/toy.py``): up to 32 concepts, each "unsafe colour -> safe colour" on its own
+captions. The first seven are independent; concepts 7-13 reverse the colours of concepts 0-6 and
+name their objects in their captions, concepts 14+ mix the colours of two of the first seven and
+name a third's object, so experts can fight over the same colours and words. One base, pretrained
+once (seed 0) to render both colours of every caption about half and half, serves every seed.
 
-Reported per (method, N): removal = mean over the N concepts of the share of samples on the safe
-side (held-out and training captions, fixed seeds); drift = mean distance, in latent space, between
-samples of neutral captions drawn with the same seeds before and after (0 = untouched).
+Per seed (it seeds the experts' and All-single's training, calibration noise, DARE, and the
+evaluation samples):
 
-    python benchmarks/merge_scaling.py [--max-concepts 7] [--steps 300] [--samples 16] [--out DIR]
+- one expert per concept (``dpo/``, ``--steps`` DPO steps, rank ``--rank``), the *single* row:
+  each expert judged on its own concept is the ceiling a merge can keep;
+- for every N, the first N experts merged with every method, and two All-single LoRAs trained
+  on the N concepts together for N x ``--steps`` steps (equal compute: the same number of DPO
+  pair updates as the N experts), one at the experts' rank, one at rank N x ``--rank`` (the rank
+  of the ``comerge`` merge, so the merge has no parameter advantage).
+
+Measured per (method, N, seed): each concept's safe share (samples closer to its safe-colour
+centroid, two captions x ``--samples`` samples); *retained gain* = mean over the N concepts of
+(share - base share) / (single expert's share - base share), over concepts whose single expert
+gained at least ``--min-gain`` (the others, where there is nothing to keep, are counted and left
+out); *drift* = mean latent distance between neutral-caption samples of the model and of the base
+drawn with the same seeds. Cells: mean over seeds and a 95% Student-t interval.
+
+    python benchmarks/merge_scaling.py --seeds 0 1 2 --out DIR     # runs and reports
+    python benchmarks/merge_scaling.py --seeds 1 --out DIR --no-report   # one seed per process
+    python benchmarks/merge_scaling.py --seeds --out DIR           # report what DIR holds
+
+Everything is resumable: trained LoRAs and finished (seed, N) cells are kept under ``DIR``.
+Outputs: ``DIR/results.json``, ``DIR/results.md``, ``DIR/retained_gain.png``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
+import math
+import statistics
 import time
 from pathlib import Path
 
@@ -29,121 +48,288 @@ from dpo import DPOConfig, train_expert
 from dpo.toy import (
     NEUTRAL_CAPTIONS,
     TOY_RESOLUTION,
+    colour_centroid,
     displacement,
     pretrain_toy_base,
-    safe_share,
     sample_latents,
     toy_concepts,
     write_toy_dataset,
 )
-from merge import METHODS, MergeConfig, run_merge
+from merge.calibrate import activation_scores, calibration_prompts_by_category
+from merge.experts import load_expert, save_merged
+from merge.methods import merge_experts
+
+#: (row name, method, calibration scope, normalised scores); the Co-Merge variants of ``merge/methods.py``.
+MERGES = [
+    ("comerge", "comerge", "all", False),
+    ("comerge-norm", "comerge", "all", True),
+    ("comerge-own", "comerge", "own", False),
+    ("comerge-own-norm", "comerge", "own", True),
+    ("comerge_svd", "comerge_svd", "all", False),
+    ("comerge_svd-norm", "comerge_svd", "all", True),
+    ("linear", "linear", None, False),
+    ("sum", "sum", None, False),
+    ("ties", "ties", None, False),
+    ("dare_ties", "dare_ties", None, False),
+]
+ALL_SINGLE = ["all-single", "all-single-rankN"]
+#: Two-sided 95% Student-t quantiles by degrees of freedom (scipy is not a dependency).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
-def expert_config(data: Path, category: str, base: Path, out: Path, cache: Path, steps: int) -> DPOConfig:
-    """The known-answer test's settings (tests/test_dpo.py)."""
+def dpo_config(
+    data: Path, category: str, base: Path, out: Path, cache: Path, steps: int, rank: int, seed: int
+):
+    """The known-answer test's settings (tests/toy_world.py), with the rank and seed of the cell."""
     return DPOConfig(
         dataset=str(data), category=category, base=str(base), output_dir=str(out), cache_dir=str(cache),
         resolution=TOY_RESOLUTION, max_train_steps=steps, train_batch_size=8, gradient_accumulation_steps=1,
-        lr_warmup_steps=0, learning_rate=3e-3, scale_lr=False, timestep_min=500, beta=5000,
-        proportion_empty_prompts=0.0, checkpointing_steps=10**6, logging_steps=50, progress=False,
+        lr_warmup_steps=0, learning_rate=3e-3, scale_lr=False, timestep_min=500, beta=5000, rank=rank,
+        proportion_empty_prompts=0.0, checkpointing_steps=10**6, logging_steps=10**6, progress=False, seed=seed,
     )  # fmt: skip
+
+
+def train(config: DPOConfig) -> float:
+    """Train unless the LoRA is there; seconds spent (0 when it was there)."""
+    if (Path(config.output_dir) / "pytorch_lora_weights.safetensors").exists():
+        return 0.0
+    start = time.perf_counter()
+    train_expert(config)
+    return time.perf_counter() - start
+
+
+class Judge:
+    """Samples the pipeline with and without a LoRA and measures safe shares and drift, paired by seed."""
+
+    def __init__(self, base: Path, concepts, samples: int, seed: int) -> None:
+        self.pipe = DiffusionPipeline.from_pretrained(str(base))
+        self.pipe.set_progress_bar_config(disable=True)
+        self.concepts, self.samples, self.seed = concepts, samples, seed
+        self.centroids = [
+            (colour_centroid(self.pipe, c.safe_colour), colour_centroid(self.pipe, c.unsafe_colour))
+            for c in concepts
+        ]
+        self.neutral_base = sample_latents(self.pipe, NEUTRAL_CAPTIONS, samples, seed=seed + 1)
+
+    def measure(self, lora: Path | None, indices: list[int]) -> tuple[list[float], float]:
+        """Safe share of each concept in ``indices`` and drift on the neutral captions."""
+        if lora is not None:
+            self.pipe.load_lora_weights(str(lora))
+        captions = [c for k in indices for c in (self.concepts[k].captions[0], self.concepts[k].held_out[0])]
+        latents = sample_latents(self.pipe, captions, self.samples, seed=self.seed)
+        neutral = sample_latents(self.pipe, NEUTRAL_CAPTIONS, self.samples, seed=self.seed + 1)
+        if lora is not None:
+            self.pipe.unload_lora_weights()
+        shares = []
+        for position, k in enumerate(indices):
+            chunk = latents[position * 2 * self.samples : (position + 1) * 2 * self.samples]
+            safe, unsafe = self.centroids[k]
+            shares.append(((chunk - safe).norm(dim=1) < (chunk - unsafe).norm(dim=1)).float().mean().item())
+        return shares, displacement(self.neutral_base, neutral)
+
+
+def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
+    """Train, merge and measure every cell of one seed; each finished N is written at once (resumable)."""
+    cache, here = root / "cache", root / f"seed-{seed}"
+    path = here / "results.json"
+    state = json.loads(path.read_text()) if path.exists() else {"cells": {}, "seconds": {}}
+    judge = Judge(base, concepts, args.samples, seed)
+    data = root / "data"
+    experts = []
+    for k, concept in enumerate(concepts):
+        out = here / "experts" / concept.name
+        seconds = train(
+            dpo_config(data, concept.name, base, out, cache, args.steps, args.rank, seed * 1000 + k)
+        )
+        state["seconds"][f"expert-{k}"] = state["seconds"].get(f"expert-{k}", 0.0) + seconds
+        experts.append(out)
+    if "base" not in state:
+        state["base"] = judge.measure(None, list(range(len(concepts))))[0]
+        singles = [judge.measure(expert, [k]) for k, expert in enumerate(experts)]
+        state["single"] = [shares[0] for shares, _ in singles]
+        state["single_drift"] = [drift for _, drift in singles]
+    loaded = [load_expert(str(e)) for e in experts]
+    for n in args.ns:
+        if str(n) in state["cells"]:
+            continue
+        start = time.perf_counter()
+        subset = root / f"data-{n}"
+        cells, seconds = {}, {}
+        for name, rank in zip(ALL_SINGLE, (args.rank, args.rank * n), strict=True):
+            out = here / f"N{n}" / name
+            seconds[name] = train(
+                dpo_config(subset, "all", base, out, cache, args.steps * n, rank, seed * 1000 + 999)
+            )
+            cells[name] = judge.measure(out, list(range(n)))
+        by_category = calibration_prompts_by_category(str(subset), args.calibration_per_category)
+        prompts = [p for k in range(n) for p in by_category[concepts[k].name]]
+        own = [
+            list(range(k * args.calibration_per_category, (k + 1) * args.calibration_per_category))
+            for k in range(n)
+        ]
+        scores = {}
+        for scope, expert_prompts in (("all", None), ("own", own)):
+            tick = time.perf_counter()
+            scores[scope] = activation_scores(
+                str(base), loaded[:n], [str(e) for e in experts[:n]], prompts, resolution=TOY_RESOLUTION,
+                seed=seed, progress=False, expert_prompts=expert_prompts,
+            )  # fmt: skip
+            seconds[f"calibration-{scope}"] = time.perf_counter() - tick
+        for name, method, scope, normalize in MERGES:
+            tick = time.perf_counter()
+            rows, inputs = scores[scope] if scope else (None, None)
+            merged = merge_experts(
+                loaded[:n], method, row_scores=rows, input_scores=inputs, seed=seed, normalize=normalize
+            )
+            out = here / f"N{n}" / name
+            save_merged(merged, str(base), out, loaded[0].target_modules)
+            seconds[name] = time.perf_counter() - tick
+            cells[name] = judge.measure(out, list(range(n)))
+        state["cells"][str(n)] = {name: {"shares": s, "drift": d} for name, (s, d) in cells.items()}
+        state["seconds"][f"N{n}"] = seconds
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(state, indent=1))
+        print(f"seed {seed} N={n} done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% Student-t interval (0 for one value), NaNs (nothing to keep) left out."""
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return float("nan"), float("nan")
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
+
+
+def retained(
+    shares: list[float], base: list[float], single: list[float], min_gain: float
+) -> tuple[float, int]:
+    """Mean of (share - base) / (single - base) over concepts whose single gain is at least ``min_gain``."""
+    kept = [(s - b) / (e - b) for s, b, e in zip(shares, base, single, strict=False) if e - b >= min_gain]
+    return (statistics.fmean(kept) if kept else float("nan")), len(shares) - len(kept)
+
+
+def report(root: Path, min_gain: float) -> None:
+    """Aggregate every ``seed-*/results.json`` into results.json, results.md and retained_gain.png."""
+    seeds = {
+        int(p.parent.name.split("-")[1]): json.loads(p.read_text())
+        for p in sorted(root.glob("seed-*/results.json"))
+    }
+    seeds = {s: state for s, state in seeds.items() if state["cells"]}
+    if not seeds:
+        raise SystemExit(f"no finished cells under {root}")
+    ns = sorted({int(n) for state in seeds.values() for n in state["cells"]})
+    names = ["single", *ALL_SINGLE, *(m[0] for m in MERGES)]
+    table: dict[str, dict[str, dict]] = {name: {} for name in names}
+    for n in ns:
+        done = {s: st for s, st in seeds.items() if str(n) in st["cells"]}
+        for name in names:
+            gains, drifts, raw, left_out = [], [], [], []
+            for state in done.values():
+                base, single = state["base"][:n], state["single"][:n]
+                if name == "single":
+                    shares, drift = single, statistics.fmean(state["single_drift"][:n])
+                else:
+                    cell = state["cells"][str(n)][name]
+                    shares, drift = cell["shares"], cell["drift"]
+                gain, excluded = retained(shares, base, single, min_gain)
+                gains.append(gain)
+                drifts.append(drift)
+                raw.append(statistics.fmean(shares) - statistics.fmean(base))
+                left_out.append(excluded)
+            table[name][str(n)] = {
+                "retained_gain": interval(gains),
+                "drift": interval(drifts),
+                "safe_share_gain": interval(raw),
+                "seeds": sorted(done),
+                "concepts_left_out": left_out,
+            }
+    seconds = {s: st["seconds"] for s, st in seeds.items()}
+    (root / "results.json").write_text(json.dumps({"ns": ns, "table": table, "seconds": seconds}, indent=1))
+    lines = [
+        "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
+        "|---|" + "---|" * len(ns),
+    ]
+    for name in names:
+        cells = []
+        for n in ns:
+            cell = table[name][str(n)]
+            (g, gh), (d, dh) = cell["retained_gain"], cell["drift"]
+            cells.append(f"{g:.2f} ± {gh:.2f} (drift {d:.2f} ± {dh:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    seeds_line = ", ".join(f"N={n}: {len(table['single'][str(n)]['seeds'])}" for n in ns)
+    left = ", ".join(f"N={n}: {table['single'][str(n)]['concepts_left_out']}" for n in ns)
+    lines += [
+        "",
+        f"Cells: retained gain (mean over seeds ± 95% t half-width; 1 = the single experts' gain, 0 = the base) "
+        f"and drift on neutral captions (latent distance to the base's samples). Seeds per N: {seeds_line}. "
+        f"Concepts left out per seed (single gain < {min_gain}): {left}.",
+    ]
+    (root / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    plot(root / "retained_gain.png", ns, table, names)
+
+
+def plot(path: Path, ns: list[int], table: dict, names: list[str]) -> None:
+    """Retained gain and drift against N, one line per method, 95% intervals as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in names:
+        style = "--" if name.startswith("all-single") else ("-" if name.startswith("comerge") else ":")
+        for axis, key in ((left, "retained_gain"), (right, "drift")):
+            means = [table[name][str(n)][key][0] for n in ns]
+            errors = [table[name][str(n)][key][1] for n in ns]
+            axis.errorbar(ns, means, yerr=errors, label=name, linestyle=style, marker="o", capsize=3)
+    for axis, label in ((left, "retained gain (1 = single experts)"), (right, "drift on neutral captions")):
+        axis.set_xscale("log")
+        axis.set_xticks(ns, [str(n) for n in ns])
+        axis.set_xlabel("concepts N")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+    left.axhline(1.0, color="grey", linewidth=0.8)
+    left.legend(fontsize=7, ncol=2)
+    figure.suptitle("Toy world: merged experts vs one LoRA trained on all N concepts (equal compute)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--max-concepts", type=int, default=7)
+    parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
+    parser.add_argument("--ns", type=int, nargs="+", default=[2, 4, 7, 14, 28])
     parser.add_argument("--steps", type=int, default=300, help="DPO steps per expert")
-    parser.add_argument("--steps-per-concept", type=int, default=150, help="All-single steps per concept")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank of the experts")
+    parser.add_argument("--base-steps", type=int, default=2000, help="pretraining steps of the toy base")
     parser.add_argument("--samples", type=int, default=16, help="samples per caption")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--calibration-per-category", type=int, default=4)
+    parser.add_argument("--min-gain", type=float, default=0.1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (run one seed per process)")
+    parser.add_argument("--no-report", action="store_true")
+    parser.add_argument("--out", default="merge-scaling")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    root = Path(args.out or tempfile.mkdtemp(prefix="merge-scaling-"))
-    cache = root / "cache"
+    torch.set_num_threads(args.threads)
+    root = Path(args.out)
     start = time.perf_counter()
-    concepts = toy_concepts(args.max_concepts)
+    concepts = toy_concepts(max(args.ns))
     base = pretrain_toy_base(
-        resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", concepts, steps=900
+        resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", concepts, steps=args.base_steps
     )
-    data = write_toy_dataset(root / "data", concepts)
-    experts = []
-    for concept in concepts:
-        out = root / "experts" / concept.name
-        if not (out / "pytorch_lora_weights.safetensors").exists():
-            train_expert(expert_config(data, concept.name, base, out, cache, args.steps))
-        experts.append(out)
-    print(f"base and {len(experts)} experts ready in {time.perf_counter() - start:.0f} s", flush=True)
-
-    pipe = DiffusionPipeline.from_pretrained(str(base))
-    pipe.set_progress_bar_config(disable=True)
-
-    def measure(lora: Path | None, n: int) -> tuple[list[float], float]:
-        if lora is not None:
-            pipe.load_lora_weights(str(lora))
-        shares = [
-            safe_share(pipe, sample_latents(pipe, [c.captions[0], c.held_out[0]], args.samples), c)
-            for c in concepts[:n]
-        ]
-        neutral = sample_latents(pipe, NEUTRAL_CAPTIONS, args.samples)
-        if lora is not None:
-            pipe.unload_lora_weights()
-        return shares, displacement(neutral_base, neutral)
-
-    neutral_base = sample_latents(pipe, NEUTRAL_CAPTIONS, args.samples)
-    base_shares, _ = measure(None, args.max_concepts)
-    single = [measure(expert, args.max_concepts)[0][k] for k, expert in enumerate(experts)]
-    rows: dict[str, dict[int, tuple[float, float]]] = {}
-    for n in range(2, args.max_concepts + 1):
-        subset = write_toy_dataset(root / f"data-{n}", concepts[:n])
-        all_single = root / f"all-single-{n}"
-        if not (all_single / "pytorch_lora_weights.safetensors").exists():
-            train_expert(expert_config(subset, "all", base, all_single, cache, args.steps_per_concept * n))
-        shares, drift = measure(all_single, n)
-        rows.setdefault("all-single", {})[n] = (sum(shares) / n, drift)
-        for method in METHODS:
-            out = root / f"merged-{method}-{n}"
-            run_merge(
-                MergeConfig(
-                    experts=[str(e) for e in experts[:n]],
-                    base=str(base),
-                    method=method,
-                    output_dir=str(out),
-                    calibration=str(subset),
-                    calibration_per_category=4,
-                    resolution=TOY_RESOLUTION,
-                    cache_dir=str(cache),
-                    progress=False,
-                )
-            )
-            shares, drift = measure(out, n)
-            rows.setdefault(method, {})[n] = (sum(shares) / n, drift)
-        print(f"N={n} done at {time.perf_counter() - start:.0f} s", flush=True)
-
-    ns = list(range(2, args.max_concepts + 1))
-    print(f"\nremoval (share of samples on the safe side, mean over the N concepts); base: "
-          f"{' '.join(f'{s:.2f}' for s in base_shares)}")  # fmt: skip
-    print("single expert on its own concept: " + " ".join(f"{s:.2f}" for s in single))
-    print(f"{'method':12}" + "".join(f"  N={n:<9}" for n in ns))
-    print(f"{'base':12}" + "".join(f"  {sum(base_shares[:n]) / n:.2f} (0.00)" for n in ns))
-    for name, by_n in rows.items():
-        print(f"{name:12}" + "".join(f"  {by_n[n][0]:.2f} ({by_n[n][1]:.2f})" for n in ns))
-    print("cells: removal (drift on neutral captions, mean latent distance to the base's samples)")
-    single_mean = {n: sum(single[:n]) / n for n in ns}
-    print(
-        "mean of the single experts on their own concepts: "
-        + " ".join(f"N={n}: {single_mean[n]:.2f}" for n in ns)
-    )
-    (root / "results.json").write_text(
-        json.dumps(
-            {
-                "base": base_shares,
-                "single": single,
-                "rows": {k: {str(n): v for n, v in d.items()} for k, d in rows.items()},
-            },
-            indent=2,
-        )
-    )
-    print(f"results in {root / 'results.json'}; {time.perf_counter() - start:.0f} s in all")
+    if not (root / "data").exists():
+        write_toy_dataset(root / "data", concepts)
+    for n in args.ns:
+        if not (root / f"data-{n}").exists():
+            write_toy_dataset(root / f"data-{n}", concepts[:n])
+    for seed in args.seeds:
+        run_seed(args, root, base, concepts, seed)
+    print(f"seeds {args.seeds}: {time.perf_counter() - start:.0f} s", flush=True)
+    if not args.no_report:
+        report(root, args.min_gain)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,15 @@ COLOURS = [
     ((200, 100, 150), (60, 150, 60)),
 ]
 WORDS = ["lantern", "harbor", "orchard", "violin", "glacier", "meadow", "tram"]
+#: Objects of the concepts past the first seven; each is shown *near* one of the first seven's objects.
+MORE_WORDS = [
+    "kettle", "compass", "ladder", "anchor", "teapot", "bridge", "saddle",
+    "mirror", "candle", "barrel", "feather", "trumpet", "statue", "basket",
+    "helmet", "wagon", "clock", "fountain", "canoe", "tower", "drum",
+    "scarf", "bucket", "chimney", "pebble",
+]  # fmt: skip
+#: Largest toy world: ``len(WORDS) + len(MORE_WORDS)`` concepts.
+MAX_CONCEPTS = len(WORDS) + len(MORE_WORDS)
 NEUTRAL_CAPTIONS = ["a quiet library at noon", "a bowl of soup on a table", "a kite above a field"]
 NEUTRAL_COLOURS = ((128, 128, 128), (90, 160, 90))
 
@@ -45,19 +54,41 @@ class ToyConcept:
 
 
 def toy_concepts(n: int, captions: int = 6, held_out: int = 2) -> list[ToyConcept]:
-    """``n`` concepts (at most 7), each with its colour pair, training captions and held-out captions."""
-    if not 1 <= n <= len(WORDS):
-        raise ValueError(f"toy world has 1 to {len(WORDS)} concepts, got {n}")
-    return [
-        ToyConcept(
-            name=f"concept-{k}",
-            unsafe_colour=COLOURS[k][0],
-            safe_colour=COLOURS[k][1],
-            captions=tuple(f"a {WORDS[k]} scene, view {i}" for i in range(captions)),
-            held_out=tuple(f"a {WORDS[k]} scene, view {i}" for i in range(captions, captions + held_out)),
+    """``n`` concepts (at most :data:`MAX_CONCEPTS`), each with its colour pair, training and held-out captions.
+
+    The first seven are independent: own object word, own two colours. Past them, concepts share with
+    the first seven, so that experts (and one LoRA holding them all) can interfere:
+
+    - concepts 7-13 *reverse* concept ``k - 7``: its safe colour is their unsafe one and the other way
+      round, and their captions name concept ``k - 7``'s object ("a kettle near the lantern");
+    - concepts 14 and up pair the unsafe colour of concept ``k % 7`` with the safe colour of concept
+      ``(k + 3) % 7``, and their captions name concept ``(k + 1) % 7``'s object.
+    """
+    if not 1 <= n <= MAX_CONCEPTS:
+        raise ValueError(f"toy world has 1 to {MAX_CONCEPTS} concepts, got {n}")
+    concepts = []
+    for k in range(n):
+        if k < len(WORDS):
+            unsafe, safe = COLOURS[k]
+            subject = f"a {WORDS[k]} scene"
+        else:
+            word = MORE_WORDS[k - len(WORDS)]
+            if k < 2 * len(WORDS):
+                safe, unsafe = COLOURS[k % 7]
+                subject = f"a {word} near the {WORDS[k % 7]}"
+            else:
+                unsafe, safe = COLOURS[k % 7][0], COLOURS[(k + 3) % 7][1]
+                subject = f"a {word} near the {WORDS[(k + 1) % 7]}"
+        concepts.append(
+            ToyConcept(
+                name=f"concept-{k}",
+                unsafe_colour=unsafe,
+                safe_colour=safe,
+                captions=tuple(f"{subject}, view {i}" for i in range(captions)),
+                held_out=tuple(f"{subject}, view {i}" for i in range(captions, captions + held_out)),
+            )
         )
-        for k in range(n)
-    ]
+    return concepts
 
 
 def colour_pixels(colour: tuple[int, int, int], n: int, generator: torch.Generator) -> torch.Tensor:

@@ -40,22 +40,24 @@ class Expert:
     layers: dict[str, LoraLayer]
     base_model: str | None = None
     target_modules: list[str] = field(default_factory=list)
+    category: str | None = None  # the category it was trained on, where its training summary says
 
     @property
     def rank(self) -> int:
         return max(layer.A.shape[0] for layer in self.layers.values())
 
 
-def _base_model(source: str) -> str | None:
-    """The base model an expert names in its card or training summary (None if it names none)."""
+def _provenance(source: str) -> tuple[str | None, str | None]:
+    """``(base model, category)`` an expert names in its training summary or card (None where it names none)."""
     folder = Path(source)
     if (folder / "training_summary.json").exists():
-        return json.loads((folder / "training_summary.json").read_text())["base"]
+        summary = json.loads((folder / "training_summary.json").read_text())
+        return summary["base"], summary.get("category")
     if (folder / "README.md").exists():
         from huggingface_hub import ModelCard
 
-        return ModelCard.load(folder / "README.md").data.base_model
-    return None
+        return ModelCard.load(folder / "README.md").data.base_model, None
+    return None, None
 
 
 def load_expert(source: str, name: str | None = None) -> Expert:
@@ -97,7 +99,8 @@ def load_expert(source: str, name: str | None = None) -> Expert:
     if not layers:
         raise UserError(f"expert {source}: no UNet LoRA layers found (keys like {next(iter(state), 'none')})")
     targets = sorted(metadata.get("unet.target_modules") or {layer.rsplit(".", 1)[-1] for layer in layers})
-    return Expert(name or Path(source).name, layers, _base_model(source), targets)
+    base_model, category = _provenance(source)
+    return Expert(name or Path(source).name, layers, base_model, targets, category)
 
 
 def check_compatible(experts: list[Expert], base: str | None = None) -> None:

@@ -11,7 +11,16 @@ Co-Merge (ours, after AlignGuard; the paper does not publish its exact measure):
   delta comes from the expert with the largest mean ``|delta_e[o, i] * x_e[i]|``, then a truncated SVD
   brings the merged delta back to a chosen rank.
 
-``x_e`` are the layer's inputs with expert ``e`` active (``merge/calibrate.py``).
+``x_e`` are the layer's inputs with expert ``e`` active (``merge/calibrate.py``). Two variants of
+both, chosen by arguments rather than by method name, and compared in ``benchmarks/merge_scaling.py``:
+
+- *normalised scores* (``normalize=True``): each expert's scores in a layer are divided by their
+  mean over that layer's channels (rows) or weights, so a channel goes to the expert for which it
+  matters most *relative to the rest of that expert*; without it, an expert trained to larger
+  weights wins every channel by scale alone.
+- *own-category calibration* (``calibration_scope="own"`` in ``merge/run.py``): expert ``e``'s
+  scores are measured on its own category's prompts only, instead of on the prompts of every
+  category; what each expert does on the inputs it was trained for, not on everybody's.
 
 Baselines: ``linear`` (the average of the deltas, exact as a rank ``E*r`` concatenation),
 ``sum`` (concatenation: the sum of the deltas), and peft's ``ties``, ``dare_linear`` (weights 1/E),
@@ -48,11 +57,18 @@ def concat_merge(experts: list[Expert], weights: list[float]) -> Merged:
     return {layer: _concat(experts, layer, weights) for layer in experts[0].layers}
 
 
-def comerge(experts: list[Expert], row_scores: dict[str, torch.Tensor]) -> Merged:
+def normalized(scores: torch.Tensor) -> torch.Tensor:
+    """``scores`` ``[E, ...]`` divided, per expert, by its mean over the rest (an all-zero expert stays 0)."""
+    mean = scores.flatten(1).mean(dim=1).clamp_min(torch.finfo(scores.dtype).tiny)
+    return scores / mean.view(-1, *([1] * (scores.dim() - 1)))
+
+
+def comerge(experts: list[Expert], row_scores: dict[str, torch.Tensor], normalize: bool = False) -> Merged:
     """Row-masked concatenation; ``row_scores[layer]`` is ``[E, out]`` mean ``|h_e|`` per output channel."""
     merged = {}
     for layer in experts[0].layers:
-        winner = row_scores[layer].argmax(dim=0)
+        scores = normalized(row_scores[layer]) if normalize else row_scores[layer]
+        winner = scores.argmax(dim=0)
         masks = [winner == e for e in range(len(experts))]
         merged[layer] = _concat(experts, layer, [1.0] * len(experts), masks)
     return merged
@@ -66,12 +82,16 @@ def truncated_lora(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.
     return root[:, None] * Vh[:rank], U[:, :rank] * root[None, :]
 
 
-def comerge_svd(experts: list[Expert], input_scores: dict[str, torch.Tensor], rank: int) -> Merged:
+def comerge_svd(
+    experts: list[Expert], input_scores: dict[str, torch.Tensor], rank: int, normalize: bool = False
+) -> Merged:
     """Per-weight selection by mean ``|delta_e[o,i] x_e[i]|``; ``input_scores[layer]`` is ``[E, in]`` mean ``|x_e|``."""
     merged = {}
     for layer in experts[0].layers:
         deltas = torch.stack([e.layers[layer].delta() for e in experts])
         scores = deltas.abs() * input_scores[layer][:, None, :]
+        if normalize:
+            scores = normalized(scores)
         chosen = deltas.gather(0, scores.argmax(dim=0, keepdim=True))[0]
         merged[layer] = truncated_lora(chosen, rank)
     return merged
@@ -105,8 +125,10 @@ def merge_experts(
     rank: int | None = None,
     density: float = 0.5,
     seed: int = 0,
+    normalize: bool = False,
 ) -> Merged:
-    """Dispatch to one method; ``rank`` (SVD methods) defaults to the sum of the experts' ranks."""
+    """Dispatch to one method; ``rank`` (SVD methods) defaults to the sum of the experts' ranks;
+    ``normalize`` (Co-Merge only) compares each expert's scores relative to its own mean."""
     if method not in METHODS:
         raise UserError(f"unknown merge method {method!r}; choose from {', '.join(METHODS)}")
     rank = rank or sum(e.rank for e in experts)
@@ -117,9 +139,9 @@ def merge_experts(
     if method == "comerge":
         if row_scores is None:
             raise UserError("comerge needs calibration scores")
-        return comerge(experts, row_scores)
+        return comerge(experts, row_scores, normalize)
     if method == "comerge_svd":
         if input_scores is None:
             raise UserError("comerge_svd needs calibration scores")
-        return comerge_svd(experts, input_scores, rank)
+        return comerge_svd(experts, input_scores, rank, normalize)
     return peft_merge(experts, method, density, rank, seed)

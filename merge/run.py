@@ -15,8 +15,13 @@ from coprov2.errors import UserError, check_finite, check_ranges
 from coprov2.paths import check_model
 from coprov2.tiny import resolve_tiny_model
 from dpo.config import default_cache_dir
-from merge.calibrate import DEFAULT_TIMESTEPS, activation_scores, calibration_prompts
-from merge.experts import check_compatible, load_expert, save_merged
+from merge.calibrate import (
+    DEFAULT_TIMESTEPS,
+    activation_scores,
+    calibration_prompts,
+    calibration_prompts_by_category,
+)
+from merge.experts import Expert, check_compatible, load_expert, save_merged
 from merge.methods import METHODS, NEEDS_CALIBRATION, merge_experts
 
 
@@ -38,6 +43,17 @@ class MergeConfig:
         metadata={"help": "calibration prompts: a CoProV2 dataset (folder/Hub id) or a .txt file"},
     )
     calibration_per_category: int = field(default=8, metadata={"help": "prompts per category from a dataset"})
+    calibration_scope: str = field(
+        default="all",
+        metadata={
+            "help": "Co-Merge: score every expert on every category's prompts (all) or on its own category's (own)",
+            "choices": ("all", "own"),
+        },
+    )
+    normalize_scores: bool = field(
+        default=False,
+        metadata={"help": "Co-Merge: compare each expert's scores relative to its own mean in the layer"},
+    )
     calibration_timesteps: list[int] = field(
         default_factory=lambda: list(DEFAULT_TIMESTEPS),
         metadata={"help": "timesteps the calibration inputs are noised to"},
@@ -91,7 +107,7 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
     row_scores = input_scores = None
     prompts: list[str] = []
     if config.method in NEEDS_CALIBRATION:
-        prompts = calibration_prompts(config.calibration, config.calibration_per_category)
+        prompts, expert_prompts = _calibration(config, experts)
         row_scores, input_scores = activation_scores(
             base,
             experts,
@@ -102,6 +118,7 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
             seed=config.seed,
             progress=config.progress,
             device="cuda" if torch.cuda.is_available() else "cpu",
+            expert_prompts=expert_prompts,
         )
     merged = merge_experts(
         experts,
@@ -111,6 +128,7 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
         rank=config.rank,
         density=config.density,
         seed=config.seed,
+        normalize=config.normalize_scores,
     )
     folder = Path(config.output_dir)
     save_merged(merged, base, folder, experts[0].target_modules)
@@ -143,6 +161,29 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
     return summary
 
 
+def _calibration(config: MergeConfig, experts: list[Expert]) -> tuple[list[str], list[list[int]] | None]:
+    """The calibration prompts and, for ``--calibration_scope own``, each expert's own category's indices."""
+    if config.calibration_scope == "all":
+        return calibration_prompts(config.calibration, config.calibration_per_category), None
+    if Path(config.calibration).suffix == ".txt":
+        raise UserError(
+            "--calibration_scope own needs a dataset with categories as --calibration, not a .txt"
+        )
+    by_category = calibration_prompts_by_category(config.calibration, config.calibration_per_category)
+    prompts, expert_prompts = [], []
+    for expert in experts:
+        if expert.category not in by_category:
+            raise UserError(
+                f"--calibration_scope own: expert {expert.name} names category {expert.category!r} (training_summary.json), "
+                f"which {config.calibration} does not hold (it holds {', '.join(sorted(by_category))}); "
+                "use --calibration_scope all"
+            )
+        own = by_category[expert.category]
+        expert_prompts.append(list(range(len(prompts), len(prompts) + len(own))))
+        prompts += own
+    return prompts, expert_prompts
+
+
 _DEFINITIONS = {
     "comerge": "Co-Merge (rows): per adapted layer and output channel, the expert with the largest mean |scale_e B_e A_e x_e| "
     "over the calibration inputs wins; the merged LoRA is the exact row-masked concatenation of rank E*r.",
@@ -156,6 +197,17 @@ _DEFINITIONS = {
 }
 
 
+def _calibration_text(config: MergeConfig) -> str:
+    if config.method not in NEEDS_CALIBRATION:
+        return ""
+    scope = "its own category's prompts" if config.calibration_scope == "own" else "every category's prompts"
+    scores = " Scores normalised per expert (by its mean in the layer)." if config.normalize_scores else ""
+    return (
+        f" Calibration: {config.calibration}, timesteps {config.calibration_timesteps}; each expert scored on "
+        f"{scope}.{scores}"
+    )
+
+
 def _card(config: MergeConfig, summary: dict[str, Any]):
     measured = {"merged rank": summary["rank"], "calibration prompts": summary["calibration_prompts"]}
     measured.update({f"channels won by {name}": n for name, n in summary.get("channels_won", {}).items()})
@@ -164,12 +216,7 @@ def _card(config: MergeConfig, summary: dict[str, Any]):
         summary=f"{len(config.experts)} safety experts for `{config.base}` merged into one LoRA with `{config.method}`: "
         + ", ".join(f"`{name}`" for name in summary["experts"])
         + ".",
-        method=_DEFINITIONS[config.method]
-        + (
-            f" Calibration: {config.calibration}, timesteps {config.calibration_timesteps}."
-            if config.calibration
-            else ""
-        ),
+        method=_DEFINITIONS[config.method] + _calibration_text(config),
         base_model=config.base,
         settings={k: v for k, v in summary["settings"].items() if v is not None and k != "experts"},
         measured=measured,

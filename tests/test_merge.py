@@ -5,8 +5,9 @@ import json
 import pytest
 import torch
 
+from merge.calibrate import branch_sums
 from merge.experts import Expert, LoraLayer, check_compatible
-from merge.methods import METHODS, comerge, merge_experts
+from merge.methods import METHODS, comerge, merge_experts, normalized
 
 
 def _expert(name: str, seed: int, rank: int = 2, out: int = 6, inp: int = 5, scale: float = 0.5) -> Expert:
@@ -81,6 +82,93 @@ def test_identical_experts_give_the_same_delta(method):
     factor = 3.0 if method == "sum" else 1.0  # concatenation adds the three deltas
     for layer, lora in experts[0].layers.items():
         assert torch.allclose(_delta(merged, layer), factor * lora.delta(), atol=1e-4), method
+
+
+def _retained(merged_delta: torch.Tensor, expert: LoraLayer, x: torch.Tensor) -> float:
+    """How much of the expert's own effect on its inputs the merged layer keeps: the projection of the
+    merged branch output on the expert's, ``<x M^T, x D^T> / |x D^T|^2`` (1 = all of it, 0 = none)."""
+    mine, merged = x @ expert.delta().T, x @ merged_delta.T
+    return ((merged * mine).sum() / (mine * mine).sum()).item()
+
+
+def _one_layer_experts(Bs: list[torch.Tensor], A: torch.Tensor) -> list[Expert]:
+    return [
+        Expert(f"e{i}", {"mid.attn2.to_v": LoraLayer(A=A, B=B, scale=1.0)}, "base", ["to_v"])
+        for i, B in enumerate(Bs)
+    ]
+
+
+def _calibrated_row_scores(experts: list[Expert], x: torch.Tensor, normalize_by_tokens: bool = True):
+    """Co-Merge's row scores measured with the calibration's own arithmetic (``branch_sums``) on ``x``."""
+    layer = "mid.attn2.to_v"
+    sums = torch.stack([branch_sums(e.layers[layer], x)[0] for e in experts])
+    return {layer: sums / x.shape[0]}
+
+
+def test_experts_on_disjoint_output_channels_merge_with_no_loss():
+    """Expert 0 writes output channels 0-2 only, expert 1 channels 3-5 only: each wins its own rows,
+    so Co-Merge keeps all of both (retained gain 1), where averaging keeps half of each."""
+    g = torch.Generator().manual_seed(0)
+    A, x = torch.randn(2, 5, generator=g), torch.randn(64, 5, generator=g)
+    B0, B1 = torch.randn(6, 2, generator=g), torch.randn(6, 2, generator=g)
+    B0[3:], B1[:3] = 0, 0
+    experts = _one_layer_experts([B0, B1], A)
+    merged = _delta(comerge(experts, _calibrated_row_scores(experts, x)), "mid.attn2.to_v")
+    linear = _delta(merge_experts(experts, "linear"), "mid.attn2.to_v")
+    for expert in experts:
+        lora = expert.layers["mid.attn2.to_v"]
+        assert _retained(merged, lora, x) == pytest.approx(1.0, abs=1e-5)
+        assert _retained(linear, lora, x) == pytest.approx(0.5, abs=1e-5)
+
+
+def test_experts_fighting_over_channels_each_keep_the_channels_they_need_most():
+    """Both experts write every channel along the same input direction, with opposite signs: expert 0
+    strongly (+1) on channels 0-2 and weakly (+0.2) on 3-5, expert 1 the mirror image (-0.2, -1).
+    Known answers (|a|^2 = 3 * 1 + 3 * 0.04 = 3.12): Co-Merge gives channels 0-2 to expert 0 and 3-5
+    to expert 1, so each keeps (3 - 0.6) / 3.12 = 0.769 of its effect (it loses its weak channels);
+    averaging cancels to +-0.4 per channel, keeping (1.2 - 0.24) / 3.12 = 0.308; the sum keeps 0.615.
+    An expert scaled up 10x wins every channel by scale alone (the quiet one keeps -12 / 3.12 = -3.85,
+    the reverse of its effect) unless scores are normalised per expert, which gives back the split of
+    channels (the quiet one then keeps (3 - 6) / 3.12: its strong channels, against louder weak ones)."""
+    v = torch.tensor([[1.0, 0.5, -0.5, 0.25, 0.0]])
+    x = torch.randn(64, 5, generator=torch.Generator().manual_seed(1))
+    a = torch.tensor([[1.0], [1.0], [1.0], [0.2], [0.2], [0.2]])
+    experts = _one_layer_experts([a, -a.flip(0)], v)
+    loras = [e.layers["mid.attn2.to_v"] for e in experts]
+    scores = _calibrated_row_scores(experts, x)
+    assert scores["mid.attn2.to_v"].argmax(0).tolist() == [0, 0, 0, 1, 1, 1]
+    expected = {"comerge": 2.4 / 3.12, "linear": 0.96 / 3.12, "sum": 1.92 / 3.12}
+    for method, value in expected.items():
+        delta = _delta(merge_experts(experts, method, row_scores=scores), "mid.attn2.to_v")
+        assert [_retained(delta, lora, x) for lora in loras] == pytest.approx([value, value], abs=1e-5), (
+            method
+        )
+
+    loud = _one_layer_experts([a, -10 * a.flip(0)], v)
+    scores = _calibrated_row_scores(loud, x)
+    raw = _delta(comerge(loud, scores), "mid.attn2.to_v")
+    fair = _delta(comerge(loud, scores, normalize=True), "mid.attn2.to_v")
+    quiet = loud[0].layers["mid.attn2.to_v"]
+    assert _retained(raw, quiet, x) == pytest.approx(-12 / 3.12, abs=1e-4)
+    assert normalized(scores["mid.attn2.to_v"]).argmax(0).tolist() == [0, 0, 0, 1, 1, 1]
+    assert _retained(fair, quiet, x) == pytest.approx(-3 / 3.12, abs=1e-5)
+
+
+def test_normalised_comerge_svd_is_blind_to_an_experts_scale():
+    """Scaling one expert's weights 50x changes none of the per-weight choices once scores are
+    normalised per expert (rank 5 = full rank of a 6x5 delta, so the merged delta is the choice)."""
+    quiet, loud = _expert("a", 0), _expert("b", 1, scale=50.0)
+    _, inputs = _scores([quiet, loud])
+    for layer in quiet.layers:
+        deltas = torch.stack([quiet.layers[layer].delta(), loud.layers[layer].delta()])
+        unscaled = deltas * torch.tensor([1.0, 1 / 100])[:, None, None]  # b at its own scale 0.5
+        winner = normalized(unscaled.abs() * inputs[layer][:, None, :]).argmax(0, keepdim=True)
+        assert 0 < winner.float().mean() < 1, "both experts win some weights"
+        merged = merge_experts([quiet, loud], "comerge_svd", input_scores=inputs, rank=5, normalize=True)
+        assert torch.allclose(_delta(merged, layer), deltas.gather(0, winner)[0], atol=1e-3)
+        raw = merge_experts([quiet, loud], "comerge_svd", input_scores=inputs, rank=5)
+        loud_wins = ((_delta(raw, layer) - deltas[1]).abs() < 1e-3).float().mean()
+        assert loud_wins > 0.9 > (winner == 1).float().mean(), "unnormalised, the loud one wins nearly all"
 
 
 def test_incompatible_experts_are_named():
@@ -183,3 +271,48 @@ def test_bad_merge_inputs_name_the_culprit(two_experts, tmp_path):
         main(["--experts", *map(str, folders), "--method", "linear", "--base", "other/model", *common[2:]])
         == 2
     )
+
+
+def test_own_category_calibration_scores_each_expert_on_its_own_prompts(two_experts, tmp_path, capsys):
+    from dpo.toy import toy_concepts, write_toy_dataset
+    from merge import load_expert
+    from merge.__main__ import main
+    from merge.calibrate import activation_scores, calibration_prompts_by_category
+
+    root, data, folders = two_experts
+    experts = [load_expert(str(f)) for f in folders]
+    assert [e.category for e in experts] == ["concept-0", "concept-1"], "read from training_summary.json"
+    by_category = calibration_prompts_by_category(str(data), 2)
+    prompts = by_category["concept-0"] + by_category["concept-1"]
+    base = str(root / "cache" / "tiny-models" / "sd15")
+
+    def scores(expert_prompts):
+        rows, _ = activation_scores(
+            base, experts, list(map(str, folders)), prompts, resolution=8, progress=False,
+            expert_prompts=expert_prompts,
+        )  # fmt: skip
+        return rows
+
+    every, own = scores(None), scores([[0, 1], [2, 3]])
+    assert all(
+        torch.equal(a, b) for a, b in zip(every.values(), scores([[0, 1, 2, 3]] * 2).values(), strict=True)
+    )
+    mixed = scores([[0, 1], [0, 1, 2, 3]])
+    for layer in own:
+        assert torch.allclose(own[layer][0], mixed[layer][0]), "an expert's scores depend on its prompts only"
+        assert torch.allclose(every[layer][1], mixed[layer][1])
+    assert not all(torch.allclose(own[layer][1], every[layer][1]) for layer in own)
+
+    out = tmp_path / "own"
+    common = ["--experts", *map(str, folders), "--base", "tiny:sd15", "--method", "comerge", "--cache_dir",
+              str(root / "cache"), "--resolution", "8", "--no_progress", "--calibration_scope", "own"]  # fmt: skip
+    assert main([*common, "--calibration", str(data), "--normalize_scores", "--output_dir", str(out)]) == 0
+    settings = json.loads((out / "merge_summary.json").read_text())["settings"]
+    assert settings["calibration_scope"] == "own" and settings["normalize_scores"] is True
+    assert "normalised per expert" in (out / "README.md").read_text()
+    one = write_toy_dataset(tmp_path / "one", toy_concepts(1, captions=1, held_out=1), pairs_per_caption=1)
+    capsys.readouterr()
+    assert main([*common, "--calibration", str(one), "--output_dir", str(tmp_path / "bad")]) == 2
+    error = capsys.readouterr().err
+    assert "expert concept-1 names category 'concept-1'" in error and "use --calibration_scope all" in error
+    assert not any((tmp_path / "bad").glob("*")), "nothing written"
