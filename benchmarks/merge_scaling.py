@@ -74,6 +74,15 @@ MERGES = [
 ]
 ALL_SINGLE = ["all-single", "all-single-rankN"]
 #: Two-sided 95% Student-t quantiles by degrees of freedom (scipy is not a dependency).
+#: What each way to N concepts costs, from a seed's recorded seconds: (seconds, N) -> seconds.
+COSTS = {
+    "train N experts": lambda s, n: sum(s[f"expert-{k}"] for k in range(n)),
+    "train all-single": lambda s, n: s[f"N{n}"]["all-single"],
+    "train all-single-rankN": lambda s, n: s[f"N{n}"]["all-single-rankN"],
+    "comerge: calibrate + merge": lambda s, n: s[f"N{n}"]["calibration-all"] + s[f"N{n}"]["comerge"],
+    "comerge-own: calibrate + merge": lambda s, n: s[f"N{n}"]["calibration-own"] + s[f"N{n}"]["comerge-own"],
+    "ties: merge": lambda s, n: s[f"N{n}"]["ties"],
+}
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
@@ -259,6 +268,18 @@ def report(root: Path, min_gain: float) -> None:
             (g, gh), (d, dh) = cell["retained_gain"], cell["drift"]
             cells.append(f"{g:.2f} ± {gh:.2f} (drift {d:.2f} ± {dh:.2f})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Wall seconds (mean over seeds; the seeds ran side by side, so absolute times are inflated alike):",
+        "",
+    ]
+    lines += ["| cost | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
+    for label, cost in COSTS.items():
+        row = [
+            statistics.fmean(cost(st["seconds"], n) for st in seeds.values() if f"N{n}" in st["seconds"])
+            for n in ns
+        ]
+        lines.append(f"| {label} | " + " | ".join(f"{value:.0f}" for value in row) + " |")
     seeds_line = ", ".join(f"N={n}: {len(table['single'][str(n)]['seeds'])}" for n in ns)
     left = ", ".join(f"N={n}: {table['single'][str(n)]['concepts_left_out']}" for n in ns)
     lines += [

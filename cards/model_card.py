@@ -32,7 +32,9 @@ def lora_model_card(
     tags: list[str],
     datasets: list[str] | None = None,
     repo_or_folder: str = "path/to/this/folder",
+    expectations: str | None = None,
 ) -> ModelCard:
+    """The card of one LoRA; ``expectations`` (markdown) says what our benchmarks found about artifacts of its kind."""
     card_data = ModelCardData(
         base_model=base_model,
         datasets=datasets or None,
@@ -52,4 +54,5 @@ def lora_model_card(
         settings={k: _format(v) for k, v in settings.items()},
         measured={k: _format(v) for k, v in measured.items()},
         repo_or_folder=repo_or_folder,
+        expectations=expectations,
     )
