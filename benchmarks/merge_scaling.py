@@ -74,6 +74,12 @@ MERGES = [
 ]
 ALL_SINGLE = ["all-single", "all-single-rankN"]
 #: Two-sided 95% Student-t quantiles by degrees of freedom (scipy is not a dependency).
+#: The result tables: key in a cell -> title.
+TABLES = {
+    "retained_gain": "Retained gain, per concept then averaged",
+    "pooled_retained_gain": "Retained gain, pooled over the N concepts",
+    "drift": "Drift on neutral captions (0 = the base's samples)",
+}
 #: What each way to N concepts costs, from a seed's recorded seconds: (seconds, N) -> seconds.
 COSTS = {
     "train N experts": lambda s, n: sum(s[f"expert-{k}"] for k in range(n)),
@@ -235,7 +241,7 @@ def report(root: Path, min_gain: float) -> None:
     for n in ns:
         done = {s: st for s, st in seeds.items() if str(n) in st["cells"]}
         for name in names:
-            gains, drifts, raw, left_out = [], [], [], []
+            gains, pooled, drifts, raw, left_out = [], [], [], [], []
             for state in done.values():
                 base, single = state["base"][:n], state["single"][:n]
                 if name == "single":
@@ -245,11 +251,13 @@ def report(root: Path, min_gain: float) -> None:
                     shares, drift = cell["shares"], cell["drift"]
                 gain, excluded = retained(shares, base, single, min_gain)
                 gains.append(gain)
+                pooled.append((sum(shares) - sum(base)) / (sum(single) - sum(base)))
                 drifts.append(drift)
                 raw.append(statistics.fmean(shares) - statistics.fmean(base))
                 left_out.append(excluded)
             table[name][str(n)] = {
                 "retained_gain": interval(gains),
+                "pooled_retained_gain": interval(pooled),
                 "drift": interval(drifts),
                 "safe_share_gain": interval(raw),
                 "seeds": sorted(done),
@@ -257,22 +265,15 @@ def report(root: Path, min_gain: float) -> None:
             }
     seconds = {s: st["seconds"] for s, st in seeds.items()}
     (root / "results.json").write_text(json.dumps({"ns": ns, "table": table, "seconds": seconds}, indent=1))
-    lines = [
-        "| method | " + " | ".join(f"N={n}" for n in ns) + " |",
-        "|---|" + "---|" * len(ns),
-    ]
-    for name in names:
-        cells = []
-        for n in ns:
-            cell = table[name][str(n)]
-            (g, gh), (d, dh) = cell["retained_gain"], cell["drift"]
-            cells.append(f"{g:.2f} ± {gh:.2f} (drift {d:.2f} ± {dh:.2f})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        "Wall seconds (mean over seeds; the seeds ran side by side, so absolute times are inflated alike):",
-        "",
-    ]
+    lines = []
+    for key, title in TABLES.items():
+        lines += [f"**{title}**", "", "| method | " + " | ".join(f"N={n}" for n in ns) + " |"]
+        lines.append("|---|" + "---|" * len(ns))
+        for name in names:
+            cells = [table[name][str(n)][key] for n in ns]
+            lines.append(f"| {name} | " + " | ".join(f"{m:.2f} ± {h:.2f}" for m, h in cells) + " |")
+        lines.append("")
+    lines += ["**Wall seconds** (mean over seeds; seeds ran side by side, which inflates all alike)", ""]
     lines += ["| cost | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for label, cost in COSTS.items():
         row = [
@@ -284,9 +285,11 @@ def report(root: Path, min_gain: float) -> None:
     left = ", ".join(f"N={n}: {table['single'][str(n)]['concepts_left_out']}" for n in ns)
     lines += [
         "",
-        f"Cells: retained gain (mean over seeds ± 95% t half-width; 1 = the single experts' gain, 0 = the base) "
-        f"and drift on neutral captions (latent distance to the base's samples). Seeds per N: {seeds_line}. "
-        f"Concepts left out per seed (single gain < {min_gain}): {left}.",
+        "Cells: mean over seeds ± 95% Student-t half-width. Retained gain: 1 = the single experts' gain, "
+        "0 = the base; per concept then averaged, or pooled (sum of the N gains over the sum of the single "
+        "experts' gains, which small single gains cannot blow up). Drift: mean latent distance of "
+        f"neutral-caption samples to the base's, same seeds. Seeds per N: {seeds_line}. "
+        f"Concepts left out of the per-concept average, per seed (single gain < {min_gain}): {left}.",
     ]
     (root / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -300,21 +303,33 @@ def plot(path: Path, ns: list[int], table: dict, names: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for name in names:
+    figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    colours = plt.get_cmap("tab20").colors
+    for position, name in enumerate(names):
         style = "--" if name.startswith("all-single") else ("-" if name.startswith("comerge") else ":")
-        for axis, key in ((left, "retained_gain"), (right, "drift")):
+        for axis, key in zip(axes, TABLES, strict=True):
             means = [table[name][str(n)][key][0] for n in ns]
             errors = [table[name][str(n)][key][1] for n in ns]
-            axis.errorbar(ns, means, yerr=errors, label=name, linestyle=style, marker="o", capsize=3)
-    for axis, label in ((left, "retained gain (1 = single experts)"), (right, "drift on neutral captions")):
+            axis.errorbar(
+                ns,
+                means,
+                yerr=errors,
+                label=name,
+                linestyle=style,
+                marker="o",
+                capsize=3,
+                color=colours[position],
+            )
+    for axis, label in zip(axes, TABLES.values(), strict=True):
         axis.set_xscale("log")
+        axis.minorticks_off()
         axis.set_xticks(ns, [str(n) for n in ns])
         axis.set_xlabel("concepts N")
-        axis.set_ylabel(label)
+        axis.set_title(label, fontsize=9)
         axis.grid(alpha=0.3)
-    left.axhline(1.0, color="grey", linewidth=0.8)
-    left.legend(fontsize=7, ncol=2)
+    for axis in axes[:2]:
+        axis.axhline(1.0, color="grey", linewidth=0.8)
+    axes[0].legend(fontsize=7, ncol=2)
     figure.suptitle("Toy world: merged experts vs one LoRA trained on all N concepts (equal compute)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
