@@ -75,11 +75,17 @@ def comerge(experts: list[Expert], row_scores: dict[str, torch.Tensor], normaliz
 
 
 def truncated_lora(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The best rank-``rank`` factorisation ``B @ A`` of ``delta`` (Eckart-Young), split as sqrt(S) both sides."""
+    """The best rank-``rank`` factorisation ``B @ A`` of ``delta`` (Eckart-Young), split as sqrt(S) both sides.
+
+    Where ``rank`` exceeds the layer's own (``min(out, in)``), the factors are padded with zeros to
+    ``rank``: one LoRA file holds one rank for every layer, and the padding changes no output.
+    """
     U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)
-    rank = min(rank, S.shape[0])
-    root = S[:rank].sqrt()
-    return root[:, None] * Vh[:rank], U[:, :rank] * root[None, :]
+    kept = min(rank, S.shape[0])
+    root = S[:kept].sqrt()
+    A, B = root[:, None] * Vh[:kept], U[:, :kept] * root[None, :]
+    padding = rank - kept
+    return torch.nn.functional.pad(A, (0, 0, 0, padding)), torch.nn.functional.pad(B, (0, padding))
 
 
 def comerge_svd(

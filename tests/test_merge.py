@@ -171,6 +171,24 @@ def test_normalised_comerge_svd_is_blind_to_an_experts_scale():
         assert loud_wins > 0.9 > (winner == 1).float().mean(), "unnormalised, the loud one wins nearly all"
 
 
+@pytest.mark.parametrize("method", ["comerge_svd", "ties", "dare_ties"])
+def test_svd_merges_keep_one_rank_where_it_exceeds_a_layers_own(method):
+    """E*r = 6 is above a 3x4 layer's rank 3: that layer's factors are zero-padded to rank 6, so the
+    merged LoRA still has one rank (one file, one adapter config) and the padding changes nothing."""
+    g = torch.Generator().manual_seed(0)
+    shapes = {"down.attn1.to_q": (6, 5), "mid.attn1.to_k": (3, 4)}
+    experts = [
+        Expert(f"e{i}", {k: LoraLayer(torch.randn(2, i_, generator=g), torch.randn(o, 2, generator=g), 1.0)
+                         for k, (o, i_) in shapes.items()}, "base", ["to_q", "to_k"])
+        for i in range(3)
+    ]  # fmt: skip
+    _, inputs = _scores(experts)
+    merged = merge_experts(experts, method, input_scores=inputs, density=1.0)
+    assert {A.shape[0] for A, _ in merged.values()} == {6}
+    unpadded = merge_experts(experts, method, input_scores=inputs, density=1.0, rank=3)["mid.attn1.to_k"]
+    assert torch.allclose(_delta(merged, "mid.attn1.to_k"), unpadded[1] @ unpadded[0], atol=1e-5)
+
+
 def test_incompatible_experts_are_named():
     a, b = _expert("a", 0), _expert("b", 1)
     b.layers.pop("up.attn2.to_v")
