@@ -105,7 +105,7 @@ def dpo_config(
 
 
 def train(config: DPOConfig) -> float:
-    """Train unless the LoRA is there; seconds spent (0 when it was there)."""
+    """Train unless the LoRA is there; seconds spent (0 when it was there: not measured)."""
     if (Path(config.output_dir) / "pytorch_lora_weights.safetensors").exists():
         return 0.0
     start = time.perf_counter()
@@ -276,11 +276,13 @@ def report(root: Path, min_gain: float) -> None:
     lines += ["**Wall seconds** (mean over seeds; seeds ran side by side, which inflates all alike)", ""]
     lines += ["| cost | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for label, cost in COSTS.items():
-        row = [
-            statistics.fmean(cost(st["seconds"], n) for st in seeds.values() if f"N{n}" in st["seconds"])
-            for n in ns
-        ]
-        lines.append(f"| {label} | " + " | ".join(f"{value:.0f}" for value in row) + " |")
+        row = []
+        for n in ns:
+            # 0 s: the LoRA was already there when a run resumed, so its time was not measured.
+            measured = [cost(st["seconds"], n) for st in seeds.values() if f"N{n}" in st["seconds"]]
+            measured = [value for value in measured if value > 0]
+            row.append(f"{statistics.fmean(measured):.0f}" if measured else "n/a")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
     seeds_line = ", ".join(f"N={n}: {len(table['single'][str(n)]['seeds'])}" for n in ns)
     left = ", ".join(f"N={n}: {table['single'][str(n)]['concepts_left_out']}" for n in ns)
     lines += [

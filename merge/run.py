@@ -36,7 +36,13 @@ class MergeConfig:
         default="stable-diffusion-v1-5/stable-diffusion-v1-5",
         metadata={"help": "the base pipeline the experts were trained on (tiny:sd15 for the tiny one)"},
     )
-    method: str = field(default="comerge", metadata={"help": "merge method", "choices": METHODS})
+    method: str = field(
+        default="comerge_svd",
+        metadata={
+            "help": "merge method (default: what benchmarks/merge_scaling.py supports)",
+            "choices": METHODS,
+        },
+    )
     output_dir: str = field(default="merged", metadata={"help": "where the merged LoRA and its card go"})
     calibration: str | None = field(
         default=None,
@@ -51,7 +57,7 @@ class MergeConfig:
         },
     )
     normalize_scores: bool = field(
-        default=False,
+        default=True,
         metadata={"help": "Co-Merge: compare each expert's scores relative to its own mean in the layer"},
     )
     calibration_timesteps: list[int] = field(
@@ -197,6 +203,10 @@ _DEFINITIONS = {
 }
 
 
+#: What ``benchmarks/merge_scaling.py`` found (README, "Does merging scale?"); every merged card says it.
+SCALING_NOTE = SCALING_NOTE_TEXT
+
+
 def _calibration_text(config: MergeConfig) -> str:
     if config.method not in NEEDS_CALIBRATION:
         return ""
@@ -222,4 +232,5 @@ def _card(config: MergeConfig, summary: dict[str, Any]):
         measured=measured,
         tags=["merge", config.method],
         repo_or_folder=config.push_to_hub or config.output_dir,
+        expectations=SCALING_NOTE,
     )

@@ -324,7 +324,7 @@ def test_own_category_calibration_scores_each_expert_on_its_own_prompts(two_expe
     out = tmp_path / "own"
     common = ["--experts", *map(str, folders), "--base", "tiny:sd15", "--method", "comerge", "--cache_dir",
               str(root / "cache"), "--resolution", "8", "--no_progress", "--calibration_scope", "own"]  # fmt: skip
-    assert main([*common, "--calibration", str(data), "--normalize_scores", "--output_dir", str(out)]) == 0
+    assert main([*common, "--calibration", str(data), "--output_dir", str(out)]) == 0
     settings = json.loads((out / "merge_summary.json").read_text())["settings"]
     assert settings["calibration_scope"] == "own" and settings["normalize_scores"] is True
     assert "normalised per expert" in (out / "README.md").read_text()
