@@ -204,7 +204,12 @@ _DEFINITIONS = {
 
 
 #: What ``benchmarks/merge_scaling.py`` found (README, "Does merging scale?"); every merged card says it.
-SCALING_NOTE = SCALING_NOTE_TEXT
+SCALING_NOTE = (
+    "In our toy benchmark (3 seeds, `benchmarks/merge_scaling.py`), merged experts kept less of the "
+    "experts' own effect than one LoRA trained on all their categories at equal compute, which however "
+    "changed unrelated prompts more; where experts pull in opposite directions, every merge method kept "
+    "about none of it. Evaluate this merge on your own prompts (`python -m evaluation`) before relying on it."
+)
 
 
 def _calibration_text(config: MergeConfig) -> str:
