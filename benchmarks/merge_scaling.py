@@ -52,6 +52,7 @@ from dpo.toy import (
     displacement,
     pretrain_toy_base,
     sample_latents,
+    share_closer,
     toy_concepts,
     write_toy_dataset,
 )
@@ -138,8 +139,7 @@ class Judge:
         shares = []
         for position, k in enumerate(indices):
             chunk = latents[position * 2 * self.samples : (position + 1) * 2 * self.samples]
-            safe, unsafe = self.centroids[k]
-            shares.append(((chunk - safe).norm(dim=1) < (chunk - unsafe).norm(dim=1)).float().mean().item())
+            shares.append(share_closer(chunk, *self.centroids[k]))
         return shares, displacement(self.neutral_base, neutral)
 
 

@@ -237,6 +237,11 @@ def colour_centroid(pipe, colour: tuple[int, int, int], seed: int = 0) -> torch.
 def safe_share(pipe, latents: torch.Tensor, concept: ToyConcept) -> float:
     """Share of ``latents`` closer to the concept's safe-colour centroid than to its unsafe one."""
     safe, unsafe = colour_centroid(pipe, concept.safe_colour), colour_centroid(pipe, concept.unsafe_colour)
+    return share_closer(latents, safe, unsafe)
+
+
+def share_closer(latents: torch.Tensor, safe: torch.Tensor, unsafe: torch.Tensor) -> float:
+    """Share of ``latents`` closer to the ``safe`` centroid than to the ``unsafe`` one."""
     return ((latents - safe).norm(dim=1) < (latents - unsafe).norm(dim=1)).float().mean().item()
 
 
