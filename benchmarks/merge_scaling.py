@@ -56,7 +56,7 @@ from dpo.toy import (
     toy_concepts,
     write_toy_dataset,
 )
-from merge.calibrate import activation_scores, calibration_prompts_by_category
+from merge.calibrate import activation_scores, calibration_prompts_by_category, own_category_prompts
 from merge.experts import load_expert, save_merged
 from merge.methods import merge_experts
 
@@ -177,11 +177,7 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
             )
             cells[name] = judge.measure(out, list(range(n)))
         by_category = calibration_prompts_by_category(str(subset), args.calibration_per_category)
-        prompts = [p for k in range(n) for p in by_category[concepts[k].name]]
-        own = [
-            list(range(k * args.calibration_per_category, (k + 1) * args.calibration_per_category))
-            for k in range(n)
-        ]
+        prompts, own = own_category_prompts(by_category, [c.name for c in concepts[:n]])
         scores = {}
         for scope, expert_prompts in (("all", None), ("own", own)):
             tick = time.perf_counter()

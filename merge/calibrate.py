@@ -54,6 +54,20 @@ def calibration_prompts_by_category(
     return dict(by_category)
 
 
+def own_category_prompts(
+    by_category: dict[str, list[str]], categories: list[str]
+) -> tuple[list[str], list[list[int]]]:
+    """The prompts of ``categories`` in order, and for each one the indices of its own prompts
+    (``activation_scores``'s ``expert_prompts`` for experts trained on those categories)."""
+    prompts: list[str] = []
+    expert_prompts = []
+    for category in categories:
+        own = by_category[category]
+        expert_prompts.append(list(range(len(prompts), len(prompts) + len(own))))
+        prompts += own
+    return prompts, expert_prompts
+
+
 def _conditioning(pipe, prompts: list[str], device, resolution: int):
     embeds, pooled = encode_text(pipe, prompts, device)
     if pooled is None:

@@ -20,6 +20,7 @@ from merge.calibrate import (
     activation_scores,
     calibration_prompts,
     calibration_prompts_by_category,
+    own_category_prompts,
 )
 from merge.experts import Expert, check_compatible, load_expert, save_merged
 from merge.methods import METHODS, NEEDS_CALIBRATION, merge_experts
@@ -176,7 +177,6 @@ def _calibration(config: MergeConfig, experts: list[Expert]) -> tuple[list[str],
             "--calibration_scope own needs a dataset with categories as --calibration, not a .txt"
         )
     by_category = calibration_prompts_by_category(config.calibration, config.calibration_per_category)
-    prompts, expert_prompts = [], []
     for expert in experts:
         if expert.category not in by_category:
             raise UserError(
@@ -184,10 +184,7 @@ def _calibration(config: MergeConfig, experts: list[Expert]) -> tuple[list[str],
                 f"which {config.calibration} does not hold (it holds {', '.join(sorted(by_category))}); "
                 "use --calibration_scope all"
             )
-        own = by_category[expert.category]
-        expert_prompts.append(list(range(len(prompts), len(prompts) + len(own))))
-        prompts += own
-    return prompts, expert_prompts
+    return own_category_prompts(by_category, [expert.category for expert in experts])
 
 
 _DEFINITIONS = {
