@@ -2,16 +2,17 @@
 
 One entry point reads both a CoProV2 dataset as ``load_dataset`` opens it (our folder or a Hub repo
 id, any config) and the SafetyDPO release layout (``CoProv2_<split>.csv`` with ``prompt,image,category``
-next to ``images/{u,s}_idx_<image>``). Images are decoded lazily, by the encoder, which names the
+next to ``images/{u,s}_idx_<image>``, in :mod:`coprov2.dataset.release_csv`'s layouts). Images are decoded lazily, by the encoder, which names the
 row of any image that does not decode.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import io
 import itertools
+import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,10 +22,13 @@ from datasets.packaged_modules.parquet.parquet import ParquetConfig
 from PIL import Image
 from pyarrow.dataset import ParquetFragmentScanOptions
 
+from coprov2.dataset.release_csv import read_release_csv
 from coprov2.dataset.release_layout import from_release_category
 from coprov2.errors import UserError
 from coprov2.paths import check_model
 from coprov2.stage_io import file_sha256
+
+logger = logging.getLogger(__name__)
 
 COPROV2_COLUMNS = ("unsafe_prompt", "category", "unsafe_image", "safe_image")
 
@@ -90,30 +94,44 @@ def _fingerprint(captions: list[str], categories: list[str], keys: list[str]) ->
 
 
 def _release_csv(path: Path) -> PreferencePairs:
-    folder = path.parent
-    images = folder / "images" if (folder / "images").is_dir() else folder
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = {"prompt", "image", "category"} - set(reader.fieldnames or [])
-        if missing:
+    """Pairs of a release-layout CSV (:mod:`coprov2.dataset.release_csv`), images beside it or in ``images/``.
+
+    A prompts-only CSV (the release's test layout) falls back to the pickapic ``<split>.csv`` beside it,
+    which our export writes with every pair of the split.
+    """
+    parsed = read_release_csv(path)
+    if parsed.layout == "prompts":
+        pickapic = path.with_name(f"{path.stem.removeprefix('CoProv2_')}.csv")
+        if not pickapic.is_file():
             raise UserError(
-                f"{path}: not a release CSV, columns {sorted(missing)} are missing (need prompt,image,category)"
+                f"{path}: one unsafe prompt per row, no safe twin or images (the release's test layout): "
+                "nothing to train on; give a CSV of u_idx_/s_idx_ rows"
             )
-        rows = list(reader)
+        parsed = read_release_csv(pickapic)
+    if parsed.skipped:
+        reasons = Counter(row["reason"] for row in parsed.skipped)
+        logger.warning("%s: %d rows not used (%s)", path, len(parsed.skipped), dict(reasons))
+    folder = path.parent
+
+    def locate(name: str, line: int) -> Path:
+        for candidate in (folder / name, folder / "images" / Path(name).name, folder / Path(name).name):
+            if candidate.is_file():
+                return candidate
+        raise UserError(
+            f"{parsed.path}:{line}: image {name} is missing (looked in {folder} and {folder / 'images'})"
+        )
+
     captions, categories, keys, winners, losers = [], [], [], [], []
-    for line, row in enumerate(rows, start=2):
-        safe, unsafe = images / f"s_idx_{row['image']}", images / f"u_idx_{row['image']}"
-        for image in (safe, unsafe):
-            if not image.is_file():
-                raise UserError(f"{path}:{line}: image {image} is missing")
-        captions.append(row["prompt"])
-        categories.append(from_release_category(row["category"]))
+    for pair in parsed.pairs:
+        safe, unsafe = locate(pair.safe_image, pair.line), locate(pair.unsafe_image, pair.line)
+        captions.append(pair.unsafe_prompt)
+        categories.append(from_release_category(pair.release_category))
         # content, not size: a file replaced in place must change the cache key
-        keys.append(f"{row['image']}:{file_sha256(safe)}:{file_sha256(unsafe)}")
+        keys.append(f"{pair.id}:{file_sha256(safe)}:{file_sha256(unsafe)}")
         winners.append(safe.read_bytes)
         losers.append(unsafe.read_bytes)
     return PreferencePairs(
-        captions, categories, winners, losers, str(path), _fingerprint(captions, categories, keys)
+        captions, categories, winners, losers, str(parsed.path), _fingerprint(captions, categories, keys)
     )
 
 
@@ -155,6 +173,12 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
         raise UserError(
             f"{name} ({split}): not a CoProV2 dataset, columns {sorted(missing)} are missing; "
             f"it has {', '.join(features)}"
+        )
+    first = next(iter(rows(["unsafe_image"]).cast_column("unsafe_image", datasets.Image(decode=False))), None)
+    if first is not None and first["unsafe_image"] is None:
+        raise UserError(
+            f"{name} ({split}): prompts without images (an imported release's test prompts): no pairs to "
+            "train on; pick another --split"
         )
     text_columns = ["unsafe_prompt", "category", *(["id"] if "id" in features else [])]
     text = list(rows(text_columns))

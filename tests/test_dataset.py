@@ -25,6 +25,7 @@ def _pairs(n: int, category: str):
     rows = [
         {
             "unsafe_prompt": f"unsafe prompt {category} {i}",
+            "safe_prompt": f"safe prompt {category} {i}",
             "category": category,
             "unsafe_image": Image.new("RGB", (16, 16), (200, 0, 0)),
             "safe_image": Image.new("RGB", (16, 16), (0, 0, 200)),
@@ -34,6 +35,7 @@ def _pairs(n: int, category: str):
     features = datasets.Features(
         {
             "unsafe_prompt": datasets.Value("string"),
+            "safe_prompt": datasets.Value("string"),
             "category": datasets.Value("string"),
             "unsafe_image": datasets.Image(),
             "safe_image": datasets.Image(),
@@ -63,7 +65,12 @@ def test_release_layout_is_what_the_release_train_script_reads(tmp_path):
         ]
     with (folder / "CoProv2_train.csv").open(newline="") as handle:
         train_rows = list(csv.DictReader(handle))
-    assert [r["image"] for r in train_rows] == ["0000000_0.jpg", "0000001_0.jpg"]
+    assert [(r["image"], r["prompt"]) for r in train_rows] == [
+        ("u_idx_0000000_0.jpg", "unsafe prompt harassment 0"),
+        ("s_idx_0000000_0.jpg", "safe prompt harassment 0"),
+        ("u_idx_0000001_0.jpg", "unsafe prompt harassment 1"),
+        ("s_idx_0000001_0.jpg", "safe prompt harassment 1"),
+    ], "the authors' train layout: a row per image, each with its own prompt"
     assert {r["category"] for r in train_rows} == {"Harrasment"}, "the release's spelling"
     assert (
         from_release_category("Harrasment") == "harassment"
@@ -77,6 +84,7 @@ def test_release_layout_is_what_the_release_train_script_reads(tmp_path):
     assert {split: len(rows) for split, rows in loaded.items()} == {"train": 2, "test": 1}
     row = loaded["train"][0]
     assert row["caption"] == "unsafe prompt harassment 0" and row["label_0"] == 1
+    assert row["safe_caption"] == "safe prompt harassment 0"
     preferred = np.asarray(Image.open(os.path.join(str(folder), row["jpg_0"])).convert("RGB"), dtype=float)
     rejected = np.asarray(Image.open(os.path.join(str(folder), row["jpg_1"])).convert("RGB"), dtype=float)
     assert abs(preferred.mean(axis=(0, 1)) - (0, 0, 200)).max() < 3, "jpg_0 is the safe image"

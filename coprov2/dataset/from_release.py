@@ -1,48 +1,57 @@
 """The authors' CoProV2 release as a dataset of this toolkit: ``load_dataset(OUT, "violence")`` and
 ``python -m dpo.train --dataset OUT`` then work on the published data.
 
-The release ships, per split, a CSV ``prompt,image,category`` (``prompt`` is the unsafe prompt,
-``image`` names a pair ``0000000_0.jpg``) and the images ``u_idx_<image>`` (unsafe) and
-``s_idx_<image>`` (safe) in a folder or a zip. Each CSV row becomes a row here, its two images
-embedded as they are (no re-encoding). Quirks of the release, each handled and counted:
+Inputs, in the release's own layouts (read by :mod:`coprov2.dataset.release_csv`):
 
-- a pair listed under several categories is repeated once per category: it is kept in each of
-  those categories (``multi_category`` in the summary), as the release's training sees it;
-- the misspelled ``Harrasment`` and other spellings map to our config names
-  (:func:`~coprov2.dataset.release_layout.from_release_category`); ``release_category`` keeps them;
-- rows that cannot be paired are skipped with their CSV line and reason in ``skipped_rows.jsonl``:
-  ``missing_unsafe_image`` (a safe image without its unsafe twin), ``missing_safe_image``,
-  ``missing_images`` (neither), ``duplicate_row`` (the same image and category again),
-  ``empty_prompt``, ``corrupt_image``.
+- the train CSV (``data/CoProv2_train.csv``, one row per image: ``u_idx_<id>`` with the unsafe prompt,
+  ``s_idx_<id>`` with the safe one) or the pickapic CSV the release's ``train.py`` reads
+  (``caption,jpg_0,jpg_1,label_0``); every pair gets its two images from the folder or zip of the
+  dataset (``Visualignment/CoProv2-SD15`` or ``-SDXL``, unzipped or not), embedded as they are;
+- the test CSV (``data/CoProv2_test.csv``, one unsafe prompt per row, no safe twin, no images): its rows
+  become the ``test`` split with the prompt columns filled and the image columns empty, which
+  ``python -m evaluation --prompts OUT`` reads as a prompt set. (A test CSV with pairs, in either pair
+  layout, gives pairs, as our own export's ``test.csv`` does.)
+
+Quirks of the release, each handled and counted in ``skipped_rows.jsonl`` (CSV line and reason) and the
+card: a pair listed under several categories is kept in each (``multi_category``); the misspelled
+``Harrasment`` and other spellings map to our config names (``release_category`` keeps them); a repeated
+row, an id with one of its two rows missing (a cut CSV), a pair with an image missing (a partial download,
+``missing_unsafe_image``, ``missing_safe_image``, ``missing_images``) or unreadable (``corrupt_image``).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import re
 import shutil
 import sys
 import zipfile
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from datasets import Features, Value
 from datasets.utils.py_utils import convert_file_size_to_int
 from PIL import Image
+from tqdm.auto import tqdm
 
 from cards.dataset_card import release_dataset_card
 from coprov2.dataset.export import FEATURES, SIMILARITY_NAMES, configs_for, split_rows
 from coprov2.dataset.info import dataset_infos
 from coprov2.dataset.parquet_writer import ShardedParquetWriter
-from coprov2.dataset.release_layout import PROMPT_COLUMNS, from_release_category
-from coprov2.errors import UserError
+from coprov2.dataset.release_csv import ReleasePair, read_release_csv
+from coprov2.dataset.release_layout import from_release_category
+from coprov2.errors import UserError, run_cli
 from coprov2.gate.clip_scores import SCORE_NAMES
 from coprov2.stage_io import atomic_write_jsonl, file_sha256, staging_folder, swap_in
 
+#: How the card names each CSV layout (:func:`coprov2.dataset.release_csv.layout_of`).
+LAYOUT_NAMES = {
+    "images": "pairs (a u_idx_ and an s_idx_ row per pair, both prompts)",
+    "prompts": "prompts only (one unsafe prompt per row, no safe twin, no images)",
+    "pickapic": "pairs (caption, jpg_0, jpg_1, label_0)",
+}
 RELEASE_FEATURES = Features(
     {**FEATURES, "release_category": Value("string"), "release_image": Value("string")}
 )
@@ -60,7 +69,7 @@ class ImageSource:
         self.path = path
         if path.is_dir():
             self.zip = None
-            self.names = {p.name: p for p in sorted(path.rglob("*_idx_*")) if p.is_file()}
+            self.names = {p.name: p for p in sorted(path.rglob("*")) if p.is_file()}
         elif zipfile.is_zipfile(path):
             self.zip = zipfile.ZipFile(path)
             self.names = {}
@@ -74,18 +83,6 @@ class ImageSource:
 
     def read(self, name: str) -> bytes:
         return self.zip.read(self.names[name]) if self.zip else self.names[name].read_bytes()
-
-
-def _csv_rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        missing = set(PROMPT_COLUMNS) - set(reader.fieldnames or [])
-        if missing:
-            raise UserError(
-                f"{path}: not a CoProV2 release CSV, columns {sorted(missing)} are missing "
-                f"(it has {reader.fieldnames}); expected {','.join(PROMPT_COLUMNS)}"
-            )
-        yield from enumerate(reader, start=2)
 
 
 def import_release(
@@ -107,73 +104,100 @@ def import_release(
     return summary
 
 
+def _row(
+    pair_id: str, category: str, unsafe_prompt: str, safe_prompt: str | None, release_category: str,
+    release_image: str, images: tuple[bytes, bytes, tuple[int, int]] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    unsafe, safe, (width, height) = images or (None, None, (None, None))
+    return {
+        "id": pair_id,
+        "category": category,
+        "concept": None,
+        "unsafe_prompt": unsafe_prompt,
+        "safe_prompt": safe_prompt,
+        "seed": None,
+        "unsafe_image": {"bytes": unsafe, "path": None} if unsafe else None,
+        "safe_image": {"bytes": safe, "path": None} if safe else None,
+        **{name: None for name in (*SCORE_NAMES, *SIMILARITY_NAMES)},
+        "width": width,
+        "height": height,
+        "t2i_model": None,
+        "clip_model": None,
+        "release_category": release_category,
+        "release_image": release_image,
+    }
+
+
+def _pair_images(pair: ReleasePair, source: ImageSource) -> tuple[bytes, bytes, tuple[int, int]] | str:
+    """Both images' bytes and the unsafe one's size, or the reason the pair cannot be used."""
+    unsafe, safe = Path(pair.unsafe_image).name, Path(pair.safe_image).name
+    if unsafe not in source and safe not in source:
+        return "missing_images"
+    if unsafe not in source:
+        return "missing_unsafe_image"
+    if safe not in source:
+        return "missing_safe_image"
+    payloads = source.read(unsafe), source.read(safe)
+    try:
+        sizes = [Image.open(io.BytesIO(payload)).size for payload in payloads]
+    except Exception:  # PIL raises several types for bad data
+        return "corrupt_image"
+    return payloads[0], payloads[1], sizes[0]
+
+
 def _convert(csvs: dict[str, Path], source: ImageSource, staging: Path, max_bytes: int) -> dict[str, Any]:
     writers: dict[tuple[str, str], ShardedParquetWriter] = {}
     skipped: list[dict[str, Any]] = []
-    seen: set[tuple[str, str]] = set()
-    categories_of: dict[str, set[str]] = defaultdict(set)
-    for split, path in csvs.items():
-        for line, row in _csv_rows(Path(path)):
-            image, category = row["image"].strip(), config_name(row["category"])
-            unsafe, safe = f"u_idx_{image}", f"s_idx_{image}"
-            reason = None
-            if not row["prompt"].strip():
-                reason = "empty_prompt"
-            elif (image, category) in seen:
-                reason = "duplicate_row"
-            elif unsafe not in source and safe not in source:
-                reason = "missing_images"
-            elif unsafe not in source:
-                reason = "missing_unsafe_image"
-            elif safe not in source:
-                reason = "missing_safe_image"
-            if reason:
-                skipped.append({"csv": Path(path).name, "line": line, "image": image, "reason": reason})
-                continue
-            unsafe_bytes = source.read(unsafe)
-            try:
-                width, height = Image.open(io.BytesIO(unsafe_bytes)).size
-            except Exception:  # PIL raises several types for bad data
-                skipped.append(
-                    {"csv": Path(path).name, "line": line, "image": image, "reason": "corrupt_image"}
-                )
-                continue
-            seen.add((image, category))
-            categories_of[image].add(category)
-            key = (category, split)
-            if key not in writers:
-                writers[key] = ShardedParquetWriter(
-                    staging / "data" / category, split, RELEASE_FEATURES.arrow_schema, max_bytes
-                )
-            writers[key].write(
-                {
-                    "id": Path(image).stem,
-                    "category": category,
-                    "concept": None,
-                    "unsafe_prompt": row["prompt"],
-                    "safe_prompt": None,
-                    "seed": None,
-                    "unsafe_image": {"bytes": unsafe_bytes, "path": None},
-                    "safe_image": {"bytes": source.read(safe), "path": None},
-                    **{name: None for name in (*SCORE_NAMES, *SIMILARITY_NAMES)},
-                    "width": width,
-                    "height": height,
-                    "t2i_model": None,
-                    "clip_model": None,
-                    "release_category": row["category"],
-                    "release_image": image,
-                }
+    categories_of: dict[tuple[str, str], set[str]] = defaultdict(set)
+    layouts: dict[str, str] = {}
+    pairs_written = 0
+
+    def write(split: str, row: dict[str, Any]) -> None:
+        key = (row["category"], split)
+        if key not in writers:
+            writers[key] = ShardedParquetWriter(
+                staging / "data" / row["category"], split, RELEASE_FEATURES.arrow_schema, max_bytes
             )
-    if not writers:
+        writers[key].write(row)
+
+    for split, path in csvs.items():
+        parsed = read_release_csv(path)
+        layouts[split] = parsed.layout
+        if split == "train" and parsed.layout == "prompts":
+            raise UserError(
+                f"{path}: one unsafe prompt per row, no safe twin and no u_idx_/s_idx_ images (the release's "
+                "test layout); pass it as --test_csv, and the train CSV (u_idx_/s_idx_ rows) first"
+            )
+        skipped += parsed.skipped
+        for prompt in tqdm(parsed.prompts, desc=f"{Path(path).name} (prompts)", unit="row", disable=None):
+            category = config_name(prompt.release_category)
+            write(
+                split, _row(prompt.id, category, prompt.prompt, None, prompt.release_category, prompt.image)
+            )
+        for pair in tqdm(parsed.pairs, desc=f"{Path(path).name} (pairs)", unit="pair", disable=None):
+            images = _pair_images(pair, source)
+            if isinstance(images, str):
+                skipped.append(
+                    {"csv": Path(path).name, "line": pair.line, "image": pair.id, "reason": images}
+                )
+                continue
+            category = config_name(pair.release_category)
+            categories_of[(split, pair.id)].add(category)
+            pairs_written += 1
+            write(split, _row(pair.id, category, pair.unsafe_prompt, pair.safe_prompt, pair.release_category,
+                              Path(pair.unsafe_image).name, images))  # fmt: skip
+    if not pairs_written:
         raise UserError(
-            f"no CSV row of {', '.join(map(str, csvs.values()))} could be paired with {source.path}"
+            f"no pair of {', '.join(map(str, csvs.values()))} could be made with the images of {source.path}: "
+            "see skipped_rows reasons " + str(dict(Counter(r["reason"] for r in skipped)))
         )
     counts = {key: writer.rows for key, writer in writers.items()}
     files = {key: writer.close() for key, writer in sorted(writers.items())}
-    atomic_write_jsonl(staging / "skipped_rows.jsonl", skipped)
+    atomic_write_jsonl(staging / "skipped_rows.jsonl", sorted(skipped, key=lambda r: (r["csv"], r["line"])))
     summary: dict[str, Any] = {
         "rows_total": sum(counts.values()),
         "split_rows": split_rows(counts),
+        "layouts": {split: LAYOUT_NAMES[layout] for split, layout in layouts.items()},
         "multi_category": sum(len(c) > 1 for c in categories_of.values()),
         "skipped_total": len(skipped),
         "skipped_by_reason": dict(sorted(Counter(r["reason"] for r in skipped).items())),
@@ -189,27 +213,34 @@ def _convert(csvs: dict[str, Path], source: ImageSource, staging: Path, max_byte
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m coprov2.dataset.from_release",
-        description="Convert the authors' CoProV2 release (CoProv2_<split>.csv + u_idx_/s_idx_ images) into "
-        "a dataset folder that datasets.load_dataset and python -m dpo.train read.",
+        description="Convert the authors' CoProV2 release (data/CoProv2_train.csv with u_idx_/s_idx_ rows, "
+        "data/CoProv2_test.csv with test prompts, and the images of the CoProv2-SD15/-SDXL dataset) into a "
+        "dataset folder that datasets.load_dataset, python -m dpo.train and python -m evaluation read.",
     )
-    parser.add_argument("csv", type=Path, help="the release's train CSV (e.g. CoProv2_train.csv)")
-    parser.add_argument("images", type=Path, help="folder or zip holding u_idx_*.jpg and s_idx_*.jpg")
+    parser.add_argument(
+        "csv", type=Path,
+        help="the train CSV: the release's CoProv2_train.csv, or a pickapic CSV (caption,jpg_0,jpg_1,label_0)",
+    )  # fmt: skip
+    parser.add_argument("images", type=Path, help="folder or zip holding the u_idx_*/s_idx_* images")
     parser.add_argument("output", type=Path, help="dataset folder to write")
-    parser.add_argument("--test_csv", type=Path, help="the release's test CSV (e.g. CoProv2_test.csv)")
+    parser.add_argument(
+        "--test_csv", type=Path,
+        help="the test CSV: the release's CoProv2_test.csv (prompts only) or a CSV of pairs",
+    )  # fmt: skip
     parser.add_argument("--max_shard_size", default="500MB", help="largest parquet file (default 500MB)")
     args = parser.parse_args(argv)
     csvs = {"train": args.csv, **({"test": args.test_csv} if args.test_csv else {})}
-    try:
+
+    def body() -> int:
         summary = import_release(csvs, args.images, args.output, args.max_shard_size)
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"{summary['rows_total']} pairs written to {args.output} "
-        f"({summary['skipped_total']} rows skipped: {summary['skipped_by_reason']}); "
-        f"load with datasets.load_dataset({str(args.output)!r}, '<category>')"
-    )
-    return 0
+        print(
+            f"{summary['rows_total']} rows written to {args.output} "
+            f"({summary['skipped_total']} CSV rows skipped: {summary['skipped_by_reason']}); "
+            f"load with datasets.load_dataset({str(args.output)!r}, '<category>')"
+        )
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

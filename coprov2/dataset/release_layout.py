@@ -1,18 +1,22 @@
 """Export a CoProV2 dataset to the authors' release layout, so their own scripts can read our data.
 
-The release (github.com/Visualignment/SafetyDPO) ships, per split, a CSV ``prompt,image,category``
-where ``prompt`` is the unsafe prompt and ``image`` names a pair ``0000000_0.jpg`` whose files are
-``u_idx_0000000_0.jpg`` (unsafe) and ``s_idx_0000000_0.jpg`` (safe); categories use the release's
-spellings (``Harrasment``, ``self-harm``, ``sexual``...). Its ``train.py`` does not read that CSV: it
-reads a dataset with columns ``caption, jpg_0, jpg_1, label_0`` and, when the dataset path contains
-``pickapic_formatted``, opens ``jpg_0``/``jpg_1`` as paths relative to that folder; ``label_0 == 1``
-means ``jpg_0`` is preferred. So the folder written here holds both:
+The release (github.com/Visualignment/SafetyDPO, ``data/``) has two CSVs under one header
+``prompt,image,category`` (read by :mod:`coprov2.dataset.release_csv`): the train CSV lists every *image*
+in its own row, ``u_idx_0000000_0.jpg`` with the unsafe prompt and ``s_idx_0000000_0.jpg`` with the safe
+prompt; the test CSV lists one unsafe prompt per row, ``image`` = ``0000000_0.jpg``. Categories use the
+release's spellings (``Harrasment``, ``self-harm``, ``sexual``...). Its ``train.py`` reads neither: it reads
+``caption, jpg_0, jpg_1, label_0`` and, when the dataset path contains ``pickapic_formatted``, opens
+``jpg_0``/``jpg_1`` as paths relative to that folder; ``label_0 == 1`` means ``jpg_0`` is preferred. So the
+folder written here holds:
 
-- ``images/{u,s}_idx_<index>_0.jpg`` and ``CoProv2_{train,test}.csv`` (the release layout);
+- ``images/{u,s}_idx_<index>_0.jpg``; ``CoProv2_train.csv`` (and any split but test) in the train layout,
+  ``CoProv2_test.csv`` in the test layout;
 - ``train.csv``/``test.csv`` (``caption`` = unsafe prompt, ``jpg_0`` = safe image, ``jpg_1`` = unsafe
-  image, ``label_0`` = 1) declared in ``README.md``'s ``configs:``, so that
-  ``accelerate launch train.py --dataset_name <this folder>`` trains on it when the folder's name
-  contains ``pickapic_formatted`` (the default name does).
+  image, ``label_0`` = 1, plus ``category`` and ``safe_caption``, which ``train.py`` ignores) declared in
+  ``README.md``'s ``configs:``, so that ``accelerate launch train.py --dataset_name <this folder>`` trains on
+  it when the folder's name contains ``pickapic_formatted`` (the default name does). They keep every
+  split's pairs whole, test included: ``from_release CoProv2_train.csv images OUT --test_csv test.csv``
+  gives the dataset back.
 
 Indices run over train then test, so every image name is unique in ``images/``.
 """
@@ -32,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from coprov2.dataset.info import dataset_infos
+from coprov2.dataset.release_csv import PICKAPIC_COLUMNS, PROMPT_COLUMNS
 from coprov2.errors import UserError
 from coprov2.stage_io import staging_folder, swap_in
 
@@ -46,8 +51,7 @@ RELEASE_CATEGORY = {
     "illegal-activity": "Illegal Activity",
 }
 _FROM_RELEASE = {spelling.lower(): category for category, spelling in RELEASE_CATEGORY.items()}
-PROMPT_COLUMNS = ("prompt", "image", "category")
-PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "category")
+PAIR_COLUMNS = (*PICKAPIC_COLUMNS, "category", "safe_caption")
 JPEG_QUALITY = 95
 
 
@@ -89,9 +93,11 @@ _README = """---
 Content warning: the prompts and images depict harmful content (hate, harassment, violence,
 self-harm, sexual content, shocking images, illegal activity). For safety research only.
 
-`CoProv2_<split>.csv` (`prompt,image,category`) with `images/u_idx_*`/`images/s_idx_*` is the
+`CoProv2_train.csv` (`prompt,image,category`, a row per image: `u_idx_*` with the unsafe prompt,
+`s_idx_*` with the safe one) and `CoProv2_test.csv` (a row per unsafe prompt) with `images/` are the
 release's layout. `<split>.csv` (`caption,jpg_0,jpg_1,label_0`) is what the release's `train.py`
-reads: `jpg_0` is the preferred (safe) image, `jpg_1` the unsafe one, `label_0 = 1`.
+reads: `jpg_0` is the preferred (safe) image, `jpg_1` the unsafe one, `label_0 = 1`; its `safe_caption`
+column holds the safe prompt.
 """
 
 
@@ -121,13 +127,29 @@ def export_release_layout(
     ]:
         rows = dataset[split].cast_column("unsafe_image", datasets.Image(decode=False))
         rows = rows.cast_column("safe_image", datasets.Image(decode=False))
-        prompts, pairs = [], []
+        prompts, pairs, first = [], [], index
         for row in tqdm(rows, desc=f"release layout ({split})", unit="pair"):
             pair, unsafe_file, safe_file = image_names(index)
+            if row["unsafe_image"] is None:  # a prompt without images (an imported release's test split)
+                prompts.append(
+                    {
+                        "prompt": row["unsafe_prompt"],
+                        "image": pair,
+                        "category": to_release_category(row["category"]),
+                    }
+                )
+                index += 1
+                continue
             (staging / "images" / unsafe_file).write_bytes(_jpeg(row["unsafe_image"]))
             (staging / "images" / safe_file).write_bytes(_jpeg(row["safe_image"]))
             category = to_release_category(row["category"])
-            prompts.append({"prompt": row["unsafe_prompt"], "image": pair, "category": category})
+            if split == "test":  # the release's test layout: a row per unsafe prompt
+                prompts.append({"prompt": row["unsafe_prompt"], "image": pair, "category": category})
+            else:  # its train layout: a row per image, each with its own prompt
+                prompts.append({"prompt": row["unsafe_prompt"], "image": unsafe_file, "category": category})
+                prompts.append(
+                    {"prompt": row.get("safe_prompt") or "", "image": safe_file, "category": category}
+                )
             pairs.append(
                 {
                     "caption": row["unsafe_prompt"],
@@ -135,12 +157,13 @@ def export_release_layout(
                     "jpg_1": f"images/{unsafe_file}",
                     "label_0": 1,
                     "category": category,
+                    "safe_caption": row.get("safe_prompt") or "",
                 }
             )
             index += 1
         _write_csv(staging / f"CoProv2_{split}.csv", PROMPT_COLUMNS, prompts)
         _write_csv(staging / f"{split}.csv", PAIR_COLUMNS, pairs)
-        counts[split] = len(prompts)
+        counts[split] = index - first
     configs = [{"config_name": "default", "data_files": [{"split": s, "path": f"{s}.csv"} for s in counts]}]
     metadata = {"configs": configs, "dataset_info": dataset_infos(staging, configs)}
     (staging / "README.md").write_text(
