@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
@@ -295,9 +296,6 @@ class BuildConfig:
         return resolve_tiny_model(name, self.models_dir)
 
 
-FIELDS = {f.name for f in dataclasses.fields(BuildConfig)}
-
-
 def load_yaml_config(path: str | Path) -> dict[str, Any]:
     """Options from a YAML file: a mapping of known options, each value of its option's type."""
     data = load_yaml_file(path) or {}
@@ -305,19 +303,29 @@ def load_yaml_config(path: str | Path) -> dict[str, Any]:
         raise UserError(
             f"{path}: a config file must be a mapping of option: value, got a {type(data).__name__}"
         )
-    unknown = sorted(set(data) - FIELDS)
-    if unknown:
-        raise UserError(
-            f"{path}: unknown option(s) {', '.join(unknown)}; see `python -m coprov2.build --help`"
-        )
-    hints = typing.get_type_hints(BuildConfig)
-    for name, value in data.items():
-        declared = typing.get_args(hints[name]) or (hints[name],)
-        allowed = tuple(t for d in declared for t in ((int, float) if d is float else (d,)))
-        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
-            expected = " or ".join("None" if d is type(None) else d.__name__ for d in declared)
-            raise UserError(f"{path}: option {name} must be {expected}, got {value!r}")
+    check_options(BuildConfig, data, str(path), "python -m coprov2.build --help")
     return data
+
+
+def check_options(cls: type, data: dict[str, Any], where: str, help_command: str) -> None:
+    """``data`` (from a YAML file) holds only options of dataclass ``cls``, each of its declared type."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise UserError(f"{where}: unknown option(s) {', '.join(unknown)}; see `{help_command}`")
+    hints = typing.get_type_hints(cls)
+    for name, value in data.items():
+        hint = hints[name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        declared = typing.get_args(hint) if union else (hint,)
+        allowed = tuple(
+            t for d in declared for t in ((int, float) if d is float else (typing.get_origin(d) or d,))
+        )
+        if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+            expected = " or ".join(
+                "None" if d is type(None) else getattr(d, "__name__", str(d)) for d in declared
+            )
+            raise UserError(f"{where}: option {name} must be {expected}, got {value!r}")
 
 
 def make_parser() -> HfArgumentParser:

@@ -31,6 +31,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "shard_prompts": (1, None, False),
     "score_batch_size": (1, None, False),
     "nudenet_threshold": (0, 1, False),
+    "report_rows_per_page": (1, None, False),
+    "report_max_rows": (1, None, False),
 }
 
 
@@ -163,6 +165,13 @@ class EvalConfig(ScoringConfig):
         metadata={
             "help": "FID features: inception (pytorch-fid's InceptionV3, the eval-ref extra), tiny, or module:factory"
         },
+    )
+    blur: bool = field(
+        default=True, metadata={"help": "report.html blurs flagged images until clicked (--no_blur: never)"}
+    )
+    report_rows_per_page: int = field(default=24, metadata={"help": "report.html: prompts per page"})
+    report_max_rows: int | None = field(
+        default=96, metadata={"help": "report.html: the first N prompt images per category (none: all)"}
     )
     update_card: list[str] = field(
         default_factory=list,

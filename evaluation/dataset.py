@@ -26,13 +26,14 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
-from coprov2.errors import UserError, run_cli
+from coprov2.errors import UserError, check_finite, run_cli
 from coprov2.executor import Stage, run_stage
 from coprov2.paths import check_model, check_writable_dir
 from coprov2.prompts.similarity import distribution, token_jaccard, word_sequence_ratio
 from coprov2.stage_io import ShardWriter, StageDir, atomic_write_text, batched
 from coprov2.tiny import resolve_tiny_model
 from evaluation.config import ScoringConfig
+from evaluation.gallery import write_gallery
 from evaluation.metrics.clipscore import clip_scores, shared_embedder
 from evaluation.metrics.ip import categories_of, detect, flagged_by, load_detector
 
@@ -61,6 +62,16 @@ class DatasetEvalConfig(ScoringConfig):
         default_factory=lambda: ["train", "test"], metadata={"help": "splits to evaluate"}
     )
     output_dir: str = field(default="dataset-eval", metadata={"help": "where scores and the report go"})
+    blur: bool = field(
+        default=True, metadata={"help": "gallery.html blurs flagged images until clicked (--no_blur: never)"}
+    )
+    gallery_max_pairs: int = field(
+        default=96, metadata={"help": "gallery.html: pairs shown per category and split"}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_finite("gallery_max_pairs", self.gallery_max_pairs, 1)
 
 
 def _stream(config: DatasetEvalConfig, split: str) -> Any:
@@ -75,7 +86,7 @@ def _stream(config: DatasetEvalConfig, split: str) -> Any:
 class DatasetScoreStage(Stage):
     schema = DATASET_SCORE_SCHEMA
     #: Where the run goes and how it reports do not change a score; the split is in the stage's name.
-    OUTPUT_NEUTRAL = frozenset({"output_dir", "cache_dir", "progress", "splits"})
+    OUTPUT_NEUTRAL = frozenset({"output_dir", "cache_dir", "progress", "splits", "blur", "gallery_max_pairs"})
 
     def __init__(self, config: DatasetEvalConfig, split: str, detectors: list[Any], clip: Any) -> None:
         super().__init__(config)
@@ -164,7 +175,8 @@ def markdown_table(results: dict[str, Any]) -> str:
 
 
 def evaluate_dataset(config: DatasetEvalConfig) -> dict[str, Any]:
-    """Score every split of the dataset; writes ``dataset_results.json`` and ``dataset_results.md``."""
+    """Score every split of the dataset; writes ``dataset_results.json``, ``dataset_results.md`` and
+    ``gallery.html`` (its pairs, each image blurred when a detector flagged it)."""
     if not config.dataset:
         raise UserError("--dataset: no dataset given (a CoProV2 folder or Hub repo id)")
     check_writable_dir(config.output_dir, "--output_dir")
@@ -194,6 +206,15 @@ def evaluate_dataset(config: DatasetEvalConfig) -> dict[str, Any]:
         results["splits"][split] = manifest["by_category"]
     atomic_write_text(root / "dataset_results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")
     atomic_write_text(root / "dataset_results.md", markdown_table(results))
+    flags = {
+        (split, row["id"]): (row["unsafe_flagged_by"], row["safe_flagged_by"])
+        for split in config.splits
+        for row in StageDir.finished(root, f"dataset-{split}").iter_rows(
+            columns=["id", "unsafe_flagged_by", "safe_flagged_by"]
+        )
+    }
+    write_gallery(config.dataset, root, dataset_config=config.dataset_config, splits=tuple(config.splits),
+                  flags=flags, blur=config.blur, max_pairs=config.gallery_max_pairs)  # fmt: skip
     return results
 
 

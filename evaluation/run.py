@@ -152,7 +152,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         results["models"][label] = {"model": rendered["model"], "lora": rendered["lora"],
                                     "lora_scale": config.lora_scale if lora else None, **scored["metrics"]}  # fmt: skip
     if distributed_state().is_main_process:
-        paths = write_report(results, root)
+        paths = write_report(results, root, blur=config.blur, rows_per_page=config.report_rows_per_page,
+                             max_rows=config.report_max_rows)  # fmt: skip
         logger.info("evaluation: wrote %s", ", ".join(map(str, paths.values())))
         for folder in config.update_card:
             label = next(

@@ -1,0 +1,161 @@
+"""WorkflowConfig: one recipe for the paper's workflow, read from a YAML file (a leaf module, trl style).
+
+A recipe names where the dataset comes from (exactly one of ``dataset``, ``build``, ``release``), the base
+model, and one mapping per tool whose keys are that tool's own options (``DPOConfig``, ``MergeConfig``,
+``EvalConfig``): the same names as its CLI flags, checked against it before any work. What the workflow
+sets itself (dataset, category, base, output folders, the LoRAs to evaluate) cannot be set there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from coprov2.config import PRESETS, BuildConfig, check_options
+from coprov2.errors import UserError, load_yaml_file
+from dpo.config import DPOConfig
+from evaluation.config import EvalConfig
+from merge.run import MergeConfig
+
+#: Options of each tool the workflow sets itself: a recipe that sets them is refused.
+OWNED = {
+    "build": ("output_dir", "stage", "push_to_hub"),
+    "dpo": ("dataset", "category", "base", "output_dir", "cache_dir", "push_to_hub"),
+    "merge": ("experts", "base", "output_dir", "cache_dir", "push_to_hub", "calibration"),
+    "evaluation": ("prompts", "base", "loras", "output_dir", "update_card", "cache_dir", "no_base"),
+}
+SECTIONS = {"build": BuildConfig, "dpo": DPOConfig, "merge": MergeConfig, "evaluation": EvalConfig}
+RELEASE_KEYS = ("train_csv", "images", "test_csv")
+
+
+@dataclass
+class WorkflowConfig:
+    """Dataset -> an expert per category -> merge -> evaluation -> cards -> (push), under ``output_dir``."""
+
+    output_dir: str = "workflow-out"
+    base: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    #: A CoProV2 dataset already built or imported: a folder or a Hub id.
+    dataset: str | None = None
+    #: Build one: ``python -m coprov2.build`` options (``preset: smoke`` for the tiny one).
+    build: dict[str, Any] | None = None
+    #: Import the authors' release: ``train_csv``, ``images`` (folder or zip), ``test_csv``.
+    release: dict[str, str] | None = None
+    #: Categories to train an expert for; ``each`` = every category of the train split.
+    categories: list[str] | str = "each"
+    dpo: dict[str, Any] = field(default_factory=dict)
+    merge: dict[str, Any] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    #: More prompt sets to evaluate on, NAME: CSV or dataset (e.g. ``i2p: i2p_benchmark.csv``).
+    extra_prompt_sets: dict[str, str] = field(default_factory=dict)
+    #: Hub repo of each expert, ``{category}`` filled in (e.g. ``me/sd15-safety-{category}``); None: no push.
+    push_experts: str | None = None
+    push_merged: str | None = None
+    hub_public: bool = False
+    dry_run: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        """Every section checked now, so that a typo costs nothing: no step starts before the whole recipe is valid."""
+        sources = [name for name in ("dataset", "build", "release") if getattr(self, name) is not None]
+        if len(sources) != 1:
+            raise UserError(
+                f"recipe: give exactly one dataset source (dataset, build or release), got {sources or 'none'}"
+            )
+        if self.release is not None:
+            unknown = sorted(set(self.release) - set(RELEASE_KEYS))
+            if unknown or "train_csv" not in self.release or "images" not in self.release:
+                raise UserError(
+                    f"recipe: release takes train_csv, images and test_csv, got {sorted(self.release)}"
+                )
+        if self.categories != "each" and not (
+            isinstance(self.categories, list)
+            and self.categories
+            and all(isinstance(c, str) for c in self.categories)
+        ):
+            raise UserError(f"recipe: categories must be 'each' or a list of names, got {self.categories!r}")
+        for name in ("push_experts", "push_merged"):
+            repo = getattr(self, name)
+            if repo is not None and repo.count("/") != 1:
+                raise UserError(f"recipe: {name} {repo!r} is not a Hub repo id like user/name")
+        if self.push_experts and "{category}" not in self.push_experts:
+            raise UserError("recipe: push_experts must hold {category}, one repo per expert")
+        for section, cls in SECTIONS.items():
+            values = getattr(self, section) or {}
+            check_options(cls, values, f"recipe: {section}", f"python -m {_module(section)} --help")
+            owned = sorted(set(values) & set(OWNED[section]))
+            if owned:
+                raise UserError(
+                    f"recipe: {section}.{owned[0]} is set by the workflow; remove it from the recipe"
+                )
+        self.build_config()  # each tool's own checks (ranges, choices), before anything runs
+        self.dpo_config("violence")
+        self.merge_config([])
+        self.eval_config(self.dataset_path, [])
+
+    @property
+    def root(self) -> Path:
+        return Path(self.output_dir)
+
+    @property
+    def cache_dir(self) -> str:
+        """One cache for every tool: tiny models are written once, encoded latents are shared."""
+        return str(self.root / "cache")
+
+    def build_config(self) -> BuildConfig | None:
+        if self.build is None:
+            return None
+        preset = self.build.get("preset")
+        if preset is not None and preset not in PRESETS:
+            raise UserError(f"recipe: build.preset {preset!r} is unknown; choose from {', '.join(PRESETS)}")
+        values = {**PRESETS.get(preset, {}), **self.build}
+        return BuildConfig(**{**values, "output_dir": str(self.root / "coprov2"), "stage": "dataset",
+                              "progress": self.progress})  # fmt: skip
+
+    def dpo_config(self, category: str) -> DPOConfig:
+        return DPOConfig(**{**self.dpo, "dataset": self.dataset_path, "category": category, "base": self.base,
+                            "output_dir": str(self.root / "experts" / category), "cache_dir": self.cache_dir,
+                            "progress": self.progress})  # fmt: skip
+
+    def merge_config(self, experts: list[str]) -> MergeConfig:
+        return MergeConfig(**{**self.merge, "experts": experts, "base": self.base, "calibration": self.dataset_path,
+                              "output_dir": str(self.root / "merged"), "cache_dir": self.cache_dir,
+                              "progress": self.progress})  # fmt: skip
+
+    def eval_config(
+        self, prompts: str, loras: list[str], name: str = "test", cards: bool = True
+    ) -> EvalConfig:
+        return EvalConfig(**{**self.evaluation, "prompts": prompts, "base": self.base, "loras": loras,
+                             "output_dir": str(self.root / f"eval-{name}"), "cache_dir": self.cache_dir,
+                             "update_card": [spec.partition("=")[2] for spec in loras] if cards else [],
+                             "progress": self.progress})  # fmt: skip
+
+    @property
+    def dataset_path(self) -> str:
+        """Where the dataset is (or will be): the given one, the build's export or the imported release."""
+        if self.dataset is not None:
+            return self.dataset
+        return str(self.root / ("coprov2/dataset" if self.build is not None else "dataset"))
+
+
+def _module(section: str) -> str:
+    return {"build": "coprov2.build", "dpo": "dpo.train"}.get(section, section)
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> WorkflowConfig:
+    """The recipe at ``path`` (unknown keys and wrong types refused, naming the key), ``overrides`` on top."""
+    data = load_yaml_file(path) or {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a mapping, got a {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(WorkflowConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(
+            f"{path}: unknown recipe key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
+        )
+    for name in ("build", "release", "dpo", "merge", "evaluation", "extra_prompt_sets"):
+        if data.get(name) is not None and not isinstance(data[name], dict):
+            raise UserError(f"{path}: {name} must be a mapping of option: value, got {data[name]!r}")
+    data.update(overrides)
+    return WorkflowConfig(**data)

@@ -1,0 +1,181 @@
+"""``run_workflow(config)``: the paper's workflow as steps run in order by an executor that knows nothing of them.
+
+Each step is a name, the settings its output depends on (its tool's whole config, plus the fingerprints of
+the steps it reads) and a function that runs it. When a step finishes, ``<output_dir>/workflow/<name>.json``
+records its fingerprint; a rerun skips every step whose record matches and runs the others, which resume
+on their own (the builder's stages, DPO checkpoints, the evaluation's render and score shards). So a kill
+at any point loses at most the work in flight, and changing one option reruns only what depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cards.push import push_folder
+from coprov2.build import build
+from coprov2.dataset.from_release import import_release
+from coprov2.paths import check_writable_dir
+from coprov2.stage_io import atomic_write_text, file_sha256
+from dpo.data import load_preference_pairs
+from dpo.trainer import train_expert
+from evaluation.run import evaluate
+from merge.run import run_merge
+from workflow.config import WorkflowConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Step:
+    """One unit of the workflow: ``run`` returns a JSON-able summary, kept in the step's record."""
+
+    name: str
+    settings: dict[str, Any]
+    run: Callable[[], dict[str, Any]]
+    #: A step with outside effects only (a dry-run push) is never recorded as done.
+    record: bool = True
+
+    @property
+    def fingerprint(self) -> str:
+        text = json.dumps(self.settings, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _settings(config: Any, *inputs: Step) -> dict[str, Any]:
+    values = {k: v for k, v in dataclasses.asdict(config).items() if k != "progress"}
+    return {**values, "inputs": {step.name: step.fingerprint for step in inputs}}
+
+
+def run_steps(steps: Iterator[Step], root: Path) -> dict[str, Any]:
+    """Run or skip each step of ``steps`` (a generator: later steps may depend on earlier outputs)."""
+    records: dict[str, Any] = {}
+    for step in steps:
+        path = root / "workflow" / f"{step.name.replace('/', '--')}.json"
+        done = json.loads(path.read_text()) if path.is_file() else None
+        if done and done["fingerprint"] == step.fingerprint:
+            logger.info("workflow: %s already done (%s), skipped", step.name, path)
+            records[step.name] = {**done, "skipped": True}
+            continue
+        logger.info("workflow: %s ...", step.name)
+        start = time.monotonic()
+        summary = step.run()
+        record = {"step": step.name, "fingerprint": step.fingerprint, "seconds": round(time.monotonic() - start, 1),
+                  "summary": summary}  # fmt: skip
+        if step.record:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
+        records[step.name] = record
+        logger.info("workflow: %s done in %.1f s", step.name, record["seconds"])
+    return records
+
+
+def _dataset_step(config: WorkflowConfig) -> Step:
+    if config.build is not None:
+        build_config = config.build_config()
+        return Step(
+            "dataset", _settings(build_config), lambda: {"rows": build(build_config)["dataset"]["rows_total"]}
+        )
+    if config.release is not None:
+        release = config.release
+        csvs = {
+            "train": Path(release["train_csv"]),
+            **({"test": Path(release["test_csv"])} if release.get("test_csv") else {}),
+        }
+
+        def run() -> dict[str, Any]:
+            return {
+                "rows": import_release(csvs, Path(release["images"]), Path(config.dataset_path))["rows_total"]
+            }
+
+        digests = {split: file_sha256(path) for split, path in csvs.items() if path.is_file()}
+        return Step("dataset", {**release, "sha256": digests, "output": config.dataset_path}, run)
+    card = Path(config.dataset_path) / "README.md"  # a local folder rewritten in place changes its card
+    digest = file_sha256(card) if card.is_file() else None
+    return Step("dataset", {"dataset": config.dataset_path, "card_sha256": digest}, lambda: {}, record=False)
+
+
+def workflow_steps(config: WorkflowConfig) -> Iterator[Step]:
+    """The steps, in order; categories are known once the dataset exists."""
+    dataset = _dataset_step(config)
+    yield dataset
+    categories = config.categories
+    if categories == "each":
+        categories = sorted(set(load_preference_pairs(config.dataset_path, None, "train").categories))
+    experts: dict[str, Step] = {}
+    for category in categories:
+        dpo_config = config.dpo_config(category)
+        experts[category] = Step(
+            f"experts/{category}",
+            _settings(dpo_config, dataset),
+            lambda c=category, d=dpo_config: {"metrics": train_expert(d, c).metrics},
+        )
+        yield experts[category]
+    loras = [f"{category}={config.root / 'experts' / category}" for category in categories]
+    merged: list[Step] = []
+    if len(categories) > 1:
+        merge_config = config.merge_config([str(config.root / "experts" / c) for c in categories])
+        merged = [Step("merge", _settings(merge_config, *experts.values()), lambda: run_merge(merge_config))]
+        yield merged[0]
+        loras.append(f"merged={config.root / 'merged'}")
+    else:
+        logger.info("workflow: one category, nothing to merge")
+    evaluations = []
+    for name, prompts in {"test": config.dataset_path, **config.extra_prompt_sets}.items():
+        eval_config = config.eval_config(prompts, loras, name)
+        evaluations.append(
+            Step(
+                f"eval-{name}",
+                _settings(eval_config, dataset, *experts.values(), *merged),
+                lambda e=eval_config: {"models": evaluate(e)["models"]},
+            )
+        )
+        yield evaluations[-1]
+    pushes = []
+    if config.push_experts:
+        pushes = [(config.push_experts.format(category=c), config.root / "experts" / c) for c in categories]
+    if config.push_merged and merged:
+        pushes.append((config.push_merged, config.root / "merged"))
+    if pushes:
+
+        def push() -> dict[str, Any]:
+            for repo, folder in pushes:
+                push_folder(
+                    folder,
+                    repo,
+                    repo_type="model",
+                    gated=None,
+                    public=config.hub_public,
+                    dry_run=config.dry_run,
+                )
+            return {"repos": [repo for repo, _ in pushes]}
+
+        settings = {
+            "repos": [repo for repo, _ in pushes],
+            "public": config.hub_public,
+            "dry_run": config.dry_run,
+        }
+        yield Step(
+            "push",
+            {**settings, "inputs": {s.name: s.fingerprint for s in evaluations}},
+            push,
+            record=not config.dry_run,
+        )
+
+
+def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
+    """Run (or resume) every step of ``config``; returns each step's record, and writes it to ``workflow/summary.json``."""
+    check_writable_dir(config.output_dir, "output_dir")
+    records = run_steps(workflow_steps(config), config.root)
+    (config.root / "workflow").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        config.root / "workflow" / "summary.json", json.dumps(records, indent=2, default=str) + "\n"
+    )
+    return records
