@@ -85,6 +85,8 @@ class MergeConfig:
 
     def __post_init__(self) -> None:
         check_ranges(self, RANGES)
+        if self.method not in METHODS:  # the CLI's choices do not guard the library or a recipe
+            raise UserError(f"--method {self.method!r} is unknown; choose from {', '.join(METHODS)}")
         for step in self.calibration_timesteps:
             check_finite("calibration_timesteps", step, 0, 999)
         check_model(self.base, "--base")

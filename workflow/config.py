@@ -61,38 +61,40 @@ class WorkflowConfig:
         sources = [name for name in ("dataset", "build", "release") if getattr(self, name) is not None]
         if len(sources) != 1:
             raise UserError(
-                f"recipe: give exactly one dataset source (dataset, build or release), got {sources or 'none'}"
+                f"give exactly one dataset source (dataset, build or release), got {sources or 'none'}"
             )
         if self.release is not None:
             unknown = sorted(set(self.release) - set(RELEASE_KEYS))
             if unknown or "train_csv" not in self.release or "images" not in self.release:
-                raise UserError(
-                    f"recipe: release takes train_csv, images and test_csv, got {sorted(self.release)}"
-                )
+                raise UserError(f"release takes train_csv, images and test_csv, got {sorted(self.release)}")
         if self.categories != "each" and not (
             isinstance(self.categories, list)
             and self.categories
             and all(isinstance(c, str) for c in self.categories)
         ):
-            raise UserError(f"recipe: categories must be 'each' or a list of names, got {self.categories!r}")
+            raise UserError(f"categories must be 'each' or a list of names, got {self.categories!r}")
         for name in ("push_experts", "push_merged"):
             repo = getattr(self, name)
             if repo is not None and repo.count("/") != 1:
-                raise UserError(f"recipe: {name} {repo!r} is not a Hub repo id like user/name")
+                raise UserError(f"{name} {repo!r} is not a Hub repo id like user/name")
         if self.push_experts and "{category}" not in self.push_experts:
-            raise UserError("recipe: push_experts must hold {category}, one repo per expert")
+            raise UserError("push_experts must hold {category}, one repo per expert")
         for section, cls in SECTIONS.items():
             values = getattr(self, section) or {}
-            check_options(cls, values, f"recipe: {section}", f"python -m {_module(section)} --help")
+            check_options(cls, values, section, f"python -m {_module(section)} --help")
             owned = sorted(set(values) & set(OWNED[section]))
             if owned:
-                raise UserError(
-                    f"recipe: {section}.{owned[0]} is set by the workflow; remove it from the recipe"
-                )
-        self.build_config()  # each tool's own checks (ranges, choices), before anything runs
-        self.dpo_config("violence")
-        self.merge_config([])
-        self.eval_config(self.dataset_path, [])
+                raise UserError(f"{section}.{owned[0]} is set by the workflow; remove it from the recipe")
+        checks = {"build": self.build_config, "dpo": lambda: self.dpo_config("violence"),
+                  "merge": lambda: self.merge_config([]), "evaluation": lambda: self.eval_config(self.dataset_path, [])}  # fmt: skip
+        for (
+            section,
+            check,
+        ) in checks.items():  # each tool's own checks (ranges, choices), before anything runs
+            try:
+                check()
+            except UserError as error:
+                raise UserError(f"{section}: {error}") from None
 
     @property
     def root(self) -> Path:
@@ -108,7 +110,7 @@ class WorkflowConfig:
             return None
         preset = self.build.get("preset")
         if preset is not None and preset not in PRESETS:
-            raise UserError(f"recipe: build.preset {preset!r} is unknown; choose from {', '.join(PRESETS)}")
+            raise UserError(f"build.preset {preset!r} is unknown; choose from {', '.join(PRESETS)}")
         values = {**PRESETS.get(preset, {}), **self.build}
         return BuildConfig(**{**values, "output_dir": str(self.root / "coprov2"), "stage": "dataset",
                               "progress": self.progress})  # fmt: skip
@@ -158,4 +160,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> WorkflowConfig:
         if data.get(name) is not None and not isinstance(data[name], dict):
             raise UserError(f"{path}: {name} must be a mapping of option: value, got {data[name]!r}")
     data.update(overrides)
-    return WorkflowConfig(**data)
+    try:
+        return WorkflowConfig(**data)
+    except UserError as error:
+        raise UserError(f"{path}: {error}") from None
