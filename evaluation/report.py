@@ -56,8 +56,8 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ip_chart(results: dict[str, Any], path: Path) -> None:
-    """Grouped bars: IP per category (and overall) per model, the figure a paper shows."""
+def ip_chart(results: dict[str, Any], path: Path) -> tuple[float, float]:
+    """Grouped bars: IP per category (and overall) per model, the figure a paper shows; returns its y range."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +75,7 @@ def ip_chart(results: dict[str, Any], path: Path) -> None:
     axis.set_xticks(
         [i + width * (len(models) - 1) / 2 for i in range(len(cats))], cats, rotation=30, ha="right"
     )
-    axis.set_ylim(0, max(1.0, axis.get_ylim()[1]))  # from 0, even when every IP is 0
+    limits = axis.set_ylim(0, max(1.0, axis.get_ylim()[1]))  # from 0, even when every IP is 0
     axis.set_ylabel("inappropriate probability (%)")
     axis.set_title(f"IP per category on {results['prompt_set']['source']}")
     axis.legend()
@@ -84,6 +84,7 @@ def ip_chart(results: dict[str, Any], path: Path) -> None:
     figure.savefig(tmp, dpi=150)
     plt.close(figure)
     tmp.replace(path)
+    return limits
 
 
 def _verdict_lines(score: dict[str, Any] | None) -> list[tuple[str, str]]:

@@ -25,6 +25,7 @@ from evaluation.metrics.q16 import (
     shipped_prompts_path,
 )
 from evaluation.prompt_sets import read_prompt_set
+from tests.browser import check_report
 
 
 def _noise_images(n: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
@@ -493,3 +494,6 @@ def test_toy_world_end_to_end_expert_and_merge_lower_ip_and_the_card_carries_it(
         assert values["IP (dpo.toy:ToyColourDetector)"] == results["models"][label]["ip"]["overall"]
         assert values[f"IP {concept.name}"] == ip[label]
         assert "python -m evaluation" in card.text
+    # report.html in a browser: every page, every image, the base's flagged images blurred until clicked
+    counts = check_report(out / "report.html")
+    assert counts["pages"] == 1 + 4 and counts["images"] == 1 + 3 * 96 and counts["flagged"] >= 1, counts
