@@ -23,6 +23,7 @@ from coprov2.expand import TaxonomyStage
 from coprov2.gate.stage import GateStage
 from coprov2.images.stage import ImagesStage
 from coprov2.llm import LLMBackend, make_backend
+from coprov2.locking import folder_lock
 from coprov2.paths import check_model, check_writable_dir
 from coprov2.prompts.stage import PromptsStage
 
@@ -77,21 +78,22 @@ def build(config: BuildConfig) -> dict[str, Any]:
             config.resolve_model(getattr(config, name))
     manifest: dict[str, Any] = {}
     for stage in make_stages(config):
-        manifest = run_stage(stage, config.output_dir, config.progress)
+        manifest = run_stage(stage, config.output_dir, config.progress, config.wait_for_lock)
         logger.info("%s: done, stats %s", stage.name, manifest["stats"])
     if config.stage == "dataset":
         state = distributed_state()
         if state.is_main_process:
             dataset_config = config.stage_config("dataset")
-            manifest = {**manifest, "dataset": export_dataset(dataset_config, config.output_dir)}
-            if dataset_config.push_to_hub:
-                push_folder(
-                    Path(config.output_dir) / "dataset",
-                    dataset_config.push_to_hub,
-                    gated=dataset_config.hub_gated,
-                    public=dataset_config.hub_public,
-                    dry_run=dataset_config.dry_run,
-                )
+            with folder_lock(Path(config.output_dir) / "dataset", config.wait_for_lock):
+                manifest = {**manifest, "dataset": export_dataset(dataset_config, config.output_dir)}
+                if dataset_config.push_to_hub:
+                    push_folder(
+                        Path(config.output_dir) / "dataset",
+                        dataset_config.push_to_hub,
+                        gated=dataset_config.hub_gated,
+                        public=dataset_config.hub_public,
+                        dry_run=dataset_config.dry_run,
+                    )
         state.wait_for_everyone()
     return manifest
 

@@ -196,6 +196,12 @@ class BuildConfig:
         default=None, metadata={"help": "named defaults: 'smoke' (tiny models, offline)"}
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    wait_for_lock: bool = field(
+        default=False,
+        metadata={
+            "help": "when another run is writing the same --output_dir: wait for it (default: stop, exit 2)"
+        },
+    )
     log_level: str = field(
         default="info",
         metadata={

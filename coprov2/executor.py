@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +21,7 @@ import torch
 from accelerate import PartialState
 from tqdm.auto import tqdm
 
+from coprov2.locking import folder_lock
 from coprov2.sharding import shards_for_rank
 from coprov2.stage_io import ShardWriter, StageDir
 
@@ -87,34 +89,44 @@ class Stage:
         return {}
 
 
-def run_stage(stage: Stage, root: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run ``stage`` on this process's unfinished shards; every process returns the manifest."""
+def run_stage(
+    stage: Stage, root: str | Path, progress: bool = True, wait_for_lock: bool = False
+) -> dict[str, Any]:
+    """Run ``stage`` on this process's unfinished shards; every process returns the manifest.
+
+    The main process holds the stage folder's lock (:mod:`coprov2.locking`) from before it removes the
+    leftovers of killed runs until the manifest is written: another launch on the same folder waits
+    (``wait_for_lock``) or stops with a :class:`~coprov2.locking.FolderBusy` naming the holder.
+    """
     root = Path(root)
     state = distributed_state()
     num_shards = stage.num_shards(root)
     stage_dir = StageDir(root, stage.name, num_shards)
     fingerprint = {**stage.fingerprint(root), "num_shards": num_shards}
-    if state.is_main_process:
-        stage_dir.bind_config(fingerprint)
-        stage_dir.remove_partial_files()
-        stage_dir.discard_corrupt_shards()
-    state.wait_for_everyone()
-    mine = stage_dir.pending(shards_for_rank(num_shards, state.process_index, state.num_processes))
-    logger.info(
-        "%s: rank %d of %d takes shards %s", stage.name, state.process_index, state.num_processes, mine
-    )
-    for index in tqdm(mine, desc=f"{stage.name} shards (rank {state.process_index})", disable=not progress):
-        writer = stage_dir.writer(index, stage.schema)
-        if writer.committed:
-            logger.info(
-                "%s: shard %d resumes after %d committed batches", stage.name, index, writer.committed
-            )
-        stage.run_shard(root, index, writer)
-        writer.finish()
-    state.wait_for_everyone()
-    if state.is_main_process:
-        summary = stage.summarize(stage_dir)
-        stage_dir.write_manifest({"config": fingerprint, **stage.manifest_extra(root), **summary})
-    # the next stage (on every rank) starts from this manifest
-    state.wait_for_everyone()
+    with folder_lock(stage_dir.dir, wait_for_lock) if state.is_main_process else nullcontext():
+        if state.is_main_process:
+            stage_dir.bind_config(fingerprint)
+            stage_dir.remove_partial_files()
+            stage_dir.discard_corrupt_shards()
+        state.wait_for_everyone()
+        mine = stage_dir.pending(shards_for_rank(num_shards, state.process_index, state.num_processes))
+        logger.info(
+            "%s: rank %d of %d takes shards %s", stage.name, state.process_index, state.num_processes, mine
+        )
+        for index in tqdm(
+            mine, desc=f"{stage.name} shards (rank {state.process_index})", disable=not progress
+        ):
+            writer = stage_dir.writer(index, stage.schema)
+            if writer.committed:
+                logger.info(
+                    "%s: shard %d resumes after %d committed batches", stage.name, index, writer.committed
+                )
+            stage.run_shard(root, index, writer)
+            writer.finish()
+        state.wait_for_everyone()
+        if state.is_main_process:
+            summary = stage.summarize(stage_dir)
+            stage_dir.write_manifest({"config": fingerprint, **stage.manifest_extra(root), **summary})
+        # the next stage (on every rank) starts from this manifest
+        state.wait_for_everyone()
     return stage_dir.read_manifest()

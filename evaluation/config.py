@@ -78,6 +78,12 @@ class ScoringConfig:
         metadata={"help": "where tiny models are written"},
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    wait_for_lock: bool = field(
+        default=False,
+        metadata={
+            "help": "when another run is writing the same --output_dir: wait for it (default: stop, exit 2)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_ranges(self, {k: v for k, v in RANGES.items() if k in SCORING_FIELDS})

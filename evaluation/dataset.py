@@ -86,7 +86,9 @@ def _stream(config: DatasetEvalConfig, split: str) -> Any:
 class DatasetScoreStage(Stage):
     schema = DATASET_SCORE_SCHEMA
     #: Where the run goes and how it reports do not change a score; the split is in the stage's name.
-    OUTPUT_NEUTRAL = frozenset({"output_dir", "cache_dir", "progress", "splits", "blur", "gallery_max_pairs"})
+    OUTPUT_NEUTRAL = frozenset(
+        {"output_dir", "cache_dir", "progress", "splits", "blur", "gallery_max_pairs", "wait_for_lock"}
+    )
 
     def __init__(self, config: DatasetEvalConfig, split: str, detectors: list[Any], clip: Any) -> None:
         super().__init__(config)
@@ -201,7 +203,7 @@ def evaluate_dataset(config: DatasetEvalConfig) -> dict[str, Any]:
     }
     for split in config.splits:
         manifest = run_stage(
-            DatasetScoreStage(config, split, detectors, clip), root, progress=config.progress
+            DatasetScoreStage(config, split, detectors, clip), root, config.progress, config.wait_for_lock
         )
         results["splits"][split] = manifest["by_category"]
     atomic_write_text(root / "dataset_results.json", json.dumps(results, indent=2, sort_keys=True) + "\n")

@@ -122,7 +122,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
     prompt_set = PromptSetConfig(
         config.prompts, config.prompts_config, config.prompts_split, config.max_prompts
     )
-    prompts_manifest = run_stage(PromptSetStage(prompt_set), root, progress=config.progress)
+    prompts_manifest = run_stage(PromptSetStage(prompt_set), root, config.progress, config.wait_for_lock)
     score_settings = {
         f.name: getattr(config, f.name) for f in dataclasses.fields(ScoreSettings) if f.name != "label"
     }
@@ -145,9 +145,12 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             render = RenderStage(
                 RenderSettings(label=label, model=config.base, lora=lora, **settings), resolve
             )
-        rendered = run_stage(render, root, progress=config.progress)
+        rendered = run_stage(render, root, config.progress, config.wait_for_lock)
         scored = run_stage(
-            ScoreStage(ScoreSettings(label=label, **score_settings), scorers), root, progress=config.progress
+            ScoreStage(ScoreSettings(label=label, **score_settings), scorers),
+            root,
+            config.progress,
+            config.wait_for_lock,
         )
         results["models"][label] = {"model": rendered["model"], "lora": rendered["lora"],
                                     "lora_scale": config.lora_scale if lora else None, **scored["metrics"]}  # fmt: skip

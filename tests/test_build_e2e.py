@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -275,3 +276,113 @@ def test_sigkill_while_the_dataset_folder_is_written_then_resume_is_byte_identic
     _build(output_dir)
     assert _content(output_dir) == _content(smoke_run)
     assert not (output_dir / "dataset.partial").exists()
+
+
+def _leftovers(output_dir: Path) -> list[str]:
+    """Temp files, part folders and staging folders a run must not leave behind."""
+    return sorted(
+        str(p.relative_to(output_dir))
+        for p in output_dir.rglob("*")
+        if ".tmp-" in p.name or p.name.endswith((".parts", ".partial"))
+    )
+
+
+def _launch(output_dir: Path, *extra: str) -> tuple[subprocess.Popen, list[str]]:
+    """Start a build; its stderr lines are collected, as they come, in the returned list."""
+    command = [sys.executable, "-m", "coprov2.build", *ARGS, *extra, "--output_dir", str(output_dir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    lines: list[str] = []
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    return process, lines
+
+
+def _when(ready, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 300
+    while not ready():
+        assert process.poll() is None, "the run ended before the awaited point"
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_two_concurrent_builds_on_one_folder_wait_or_stop_and_leave_one_whole_dataset(smoke_run, tmp_path):
+    """A second launch on a folder another run is writing: with --wait_for_lock it queues behind it stage by
+    stage; without, it stops with exit code 2 naming the holder. Either way: no traceback, nothing left
+    behind, and the folder is byte-identical to a clean build. The first run is paused (SIGSTOP) once it
+    has committed a render batch, so the second one surely meets it mid-stage; then it goes on (SIGCONT)."""
+    for mode in ("wait", "stop"):
+        _collide(smoke_run, tmp_path / mode, mode)
+
+
+def _collide(smoke_run: Path, output_dir: Path, mode: str) -> None:
+    _copy_stages(smoke_run, output_dir)
+    first, first_lines = _launch(output_dir)
+    _when(lambda: any((output_dir / "images").glob("*.parts/*.parquet")), first)
+    os.kill(first.pid, signal.SIGSTOP)
+    second, second_lines = _launch(output_dir, *(["--wait_for_lock"] if mode == "wait" else []))
+    holder = rf"another run is writing it \(pid {first.pid} on \S+ since \S+\)"
+    if mode == "wait":
+        _when(lambda: any(re.search(holder + "; waiting for it", line) for line in second_lines), second)
+    else:
+        assert second.wait(timeout=300) == 2
+    os.kill(first.pid, signal.SIGCONT)
+    for process in (first, second):
+        process.wait(timeout=600)
+    time.sleep(0.1)  # the reader threads take the last lines
+    errors = "".join(first_lines), "".join(second_lines)
+    assert first.returncode == 0, errors[0][-2000:]
+    if mode == "wait":
+        assert second.returncode == 0, errors[1][-2000:]
+    else:
+        expected = rf"error: \S+/images: {holder}; let it finish, or add --wait_for_lock to queue behind it\n"
+        assert re.fullmatch(expected, second_lines[-1]), errors[1][-2000:]
+    assert not any("Traceback" in text for text in errors), errors
+    assert _leftovers(output_dir) == [], mode
+    assert _content(output_dir) == _content(smoke_run), mode
+
+
+def test_a_rerun_leaves_no_export_that_disagrees_with_the_dataset(smoke_run, tmp_path):
+    import datasets
+
+    output_dir = tmp_path / "out"
+    shutil.copytree(smoke_run, output_dir)
+    release = output_dir / "release_pickapic_formatted"
+    before = sum(len(rows) for rows in datasets.load_dataset(str(smoke_run / "dataset")).values())
+    result = _build(output_dir, extra=("--gate_percentile", "50", "--no_release_layout"))
+    kept = datasets.load_dataset(str(output_dir / "dataset"))
+    assert sum(len(rows) for rows in kept.values()) < before, "the stricter gate keeps fewer pairs"
+    assert not release.exists(), "the release layout of the previous dataset is gone"
+    assert "removed" in result.stderr and "--no_release_layout" in result.stderr
+    _build(output_dir, extra=("--gate_percentile", "50"))
+    layout = datasets.load_dataset(str(release))
+    assert {split: len(rows) for split, rows in layout.items()} == {
+        split: len(rows) for split, rows in kept.items()
+    }
+    assert sorted(layout["train"]["caption"]) == sorted(kept["train"]["unsafe_prompt"]), (
+        "made from the new dataset"
+    )
+
+
+def test_two_nodes_build_the_same_bytes_as_one_process(smoke_run, tmp_path):
+    """Two launches as two nodes of one job (torchrun, rendezvous on 127.0.0.1), one process each."""
+    import socket
+
+    output_dir = tmp_path / "out"
+    _copy_stages(smoke_run, output_dir)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = []
+    for node_rank in (0, 1):
+        command = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node_rank),
+                   "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+                   "-m", "coprov2.build", *ARGS, "--output_dir", str(output_dir)]  # fmt: skip
+        nodes.append(
+            subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        )
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+    shards = StageDir.finished(smoke_run, "images").num_shards
+    for stage in ("images", "gate"):
+        for rank, (_, err) in enumerate(outputs):
+            assert f"{stage}: rank {rank} of 2 takes shards {shards_for_rank(shards, rank, 2)}" in err
+    assert _content(output_dir) == _content(smoke_run)

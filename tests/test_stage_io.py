@@ -106,3 +106,33 @@ def test_a_changed_finished_shard_is_discarded_with_a_warning_and_made_again(tmp
     assert stage.pending(range(2)) == [1] and not stage.manifest_path.exists()
     _write(stage, 1, [["c"]], {"n": {"x": 1}})
     assert stage.records_path(1).read_bytes() == good
+
+
+def test_a_folder_lock_names_its_holder_and_is_taken_over_when_the_holder_dies(tmp_path, caplog):
+    import logging
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from coprov2.locking import FolderBusy, folder_lock
+
+    folder = tmp_path / "images"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from coprov2.locking import folder_lock\n"
+         f"with folder_lock(Path({str(folder)!r})):\n    print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert holder.stdout.readline() == "held\n"
+    with pytest.raises(
+        FolderBusy, match=rf"images: another run is writing it \(pid {holder.pid} on \S+ since "
+    ), folder_lock(folder):
+        pass
+    os.kill(holder.pid, signal.SIGKILL)  # dies holding it: the OS releases the lock, its owner file stays
+    holder.wait()
+    with caplog.at_level(logging.INFO, logger="coprov2.locking"), folder_lock(folder):
+        assert f"pid {os.getpid()}" in (tmp_path / ".images.lock.owner").read_text().replace(
+            '"pid": ', "pid "
+        )
+    assert f"taking over the lock of a run that ended without releasing it (pid {holder.pid}" in caplog.text
+    assert not (tmp_path / ".images.lock.owner").exists(), "released: no owner left"

@@ -9,7 +9,9 @@ written beside the target and swapped in whole, so an interrupted export leaves 
 
 from __future__ import annotations
 
+import logging
 import math
+import shutil
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,8 @@ from coprov2.gate.clip_scores import SCORE_NAMES
 from coprov2.prompts.similarity import distribution, token_jaccard, word_sequence_ratio
 from coprov2.seeds import derive_seed
 from coprov2.stage_io import StageDir, read_jsonl, staging_folder, swap_in
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
 #: Per pair, how close the safe twin stays to the unsafe prompt (``coprov2.prompts.similarity``).
@@ -154,9 +158,16 @@ def export_dataset(config: DatasetConfig, root: str | Path) -> dict[str, Any]:
     summary["configs"] = configs_for(files)
     summary["dataset_info"] = dataset_infos(staging, summary["configs"])
     coprov2_dataset_card(summary, config.license).save(staging / "README.md")
+    release = root / RELEASE_FOLDER_NAME
+    if release.exists():
+        # made from the previous dataset/: removed before the new one is swapped in, so that no run, killed
+        # or finished, leaves a release layout that disagrees with dataset/ (it is written again when asked)
+        shutil.rmtree(release)
+        if not config.release_layout:
+            logger.warning("removed %s: it held the previous dataset's pairs (--no_release_layout)", release)
     swap_in(staging, target)
     if config.release_layout:
-        export_release_layout(target, root / RELEASE_FOLDER_NAME)
+        export_release_layout(target, release)
     return summary
 
 
