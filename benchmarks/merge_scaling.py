@@ -96,7 +96,7 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 def dpo_config(
     data: Path, category: str, base: Path, out: Path, cache: Path, steps: int, rank: int, seed: int
 ):
-    """The known-answer test's settings (tests/toy_world.py), with the rank and seed of the cell."""
+    """The known-answer settings (dpo.toy.train_toy_expert), with the rank and seed of the cell."""
     return DPOConfig(
         dataset=str(data), category=category, base=str(base), output_dir=str(out), cache_dir=str(cache),
         resolution=TOY_RESOLUTION, max_train_steps=steps, train_batch_size=8, gradient_accumulation_steps=1,

@@ -299,3 +299,54 @@ def _decode(vae, latent: torch.Tensor):
     with torch.no_grad():
         pixels = vae.decode(latent / vae.config.scaling_factor).sample[0]
     return to_pil(pixels.clamp(-1, 1))
+
+
+#: Steps of the known-answer expert. 150 would halve the cost, but in the tests' toy world its mean gain over
+#: seeds 0-2 is 0.193, under the 0.2 claim (``benchmarks/known_answers.py --steps 150``); 300 supports it.
+KNOWN_ANSWER_STEPS = 300
+
+
+def make_toy_world(root: Path, concepts: int = 1):
+    """``(root, concept, base folder, dataset folder)`` of the known-answer tests: the first of ``concepts``
+    toy concepts, a base pretrained to render all their colours (the slow part, minutes) and their dataset."""
+    from coprov2.tiny import resolve_tiny_model
+
+    toy = toy_concepts(concepts)
+    base = pretrain_toy_base(resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", toy)
+    return root, toy[0], base, write_toy_dataset(root / "data", toy)
+
+
+def train_toy_expert(
+    root: Path, concept: ToyConcept, base: Path, data: Path, name: str, steps: int = KNOWN_ANSWER_STEPS, seed: int = 0,
+    random_flip: bool = True, batch_size: int = 8,
+):  # fmt: skip
+    """The known-answer expert: DPO settings that move a toy concept in a few hundred CPU steps."""
+    from dpo import DPOConfig, train_expert
+
+    config = DPOConfig(
+        dataset=str(data), category=concept.name, base=str(base), output_dir=str(root / name), cache_dir=str(root / "cache"),
+        resolution=TOY_RESOLUTION, max_train_steps=steps, train_batch_size=batch_size, gradient_accumulation_steps=1,
+        lr_warmup_steps=0, learning_rate=3e-3, scale_lr=False, timestep_min=500, beta=5000,
+        proportion_empty_prompts=0.0, checkpointing_steps=1000, logging_steps=50, progress=False, seed=seed,
+        random_flip=random_flip,
+    )  # fmt: skip
+    return train_expert(config)
+
+
+def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
+    """What the known answer measures: held-out implicit accuracy, the safe share of the trained captions'
+    samples before and after the expert, and how far the samples of trained and neutral captions moved."""
+    pipe = DiffusionPipeline.from_pretrained(str(base))
+    pipe.set_progress_bar_config(disable=True)
+    trained, neutral = [concept.captions[0], concept.held_out[0]], NEUTRAL_CAPTIONS[:2]
+    before = sample_latents(pipe, trained), sample_latents(pipe, neutral)
+    pipe.load_lora_weights(result.output_dir)
+    after = sample_latents(pipe, trained), sample_latents(pipe, neutral)
+    pipe.unload_lora_weights()
+    return {
+        "eval_implicit_acc": result.metrics["eval_implicit_acc"],
+        "safe_before": safe_share(pipe, before[0], concept),
+        "safe_after": safe_share(pipe, after[0], concept),
+        "moved_trained": displacement(*[x[0] for x in (before, after)]),
+        "moved_neutral": displacement(*[x[1] for x in (before, after)]),
+    }

@@ -21,7 +21,7 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def toy_world(tmp_path_factory: pytest.TempPathFactory):
     """The known-answer toy world, built once for the DPO and the evaluation tests."""
-    from tests.toy_world import make_toy_world
+    from dpo.toy import make_toy_world
 
     return make_toy_world(tmp_path_factory.mktemp("toy-world"))
 
@@ -29,6 +29,6 @@ def toy_world(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def toy_expert(toy_world):
     """The expert of the DPO known-answer test (300 steps), shared with the evaluation end to end."""
-    from tests.toy_world import train_toy_expert
+    from dpo.toy import train_toy_expert
 
     return train_toy_expert(*toy_world, "expert")

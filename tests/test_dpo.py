@@ -26,9 +26,9 @@ from dpo.toy import (
     safe_share,
     sample_latents,
     toy_concepts,
+    train_toy_expert,
     write_toy_dataset,
 )
-from tests.toy_world import train_toy_expert
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 

@@ -461,9 +461,9 @@ def test_toy_world_end_to_end_expert_and_merge_lower_ip_and_the_card_carries_it(
 ):
     from huggingface_hub import ModelCard
 
+    from dpo.toy import train_toy_expert
     from evaluation.__main__ import main
     from merge.__main__ import main as merge_main
-    from tests.toy_world import train_toy_expert
 
     root, concept, base, data = toy_world
     second = train_toy_expert(root, concept, base, data, "expert-seed-1", steps=100, seed=1)

@@ -124,9 +124,12 @@ def test_a_folder_lock_names_its_holder_and_is_taken_over_when_the_holder_dies(t
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     assert holder.stdout.readline() == "held\n"
-    with pytest.raises(
-        FolderBusy, match=rf"images: another run is writing it \(pid {holder.pid} on \S+ since "
-    ), folder_lock(folder):
+    with (
+        pytest.raises(
+            FolderBusy, match=rf"images: another run is writing it \(pid {holder.pid} on \S+ since "
+        ),
+        folder_lock(folder),
+    ):
         pass
     os.kill(holder.pid, signal.SIGKILL)  # dies holding it: the OS releases the lock, its owner file stays
     holder.wait()
