@@ -20,11 +20,8 @@ from dpo import DPOConfig, train_expert
 from dpo.data import load_preference_pairs
 from dpo.loss import diffusion_dpo_loss
 from dpo.toy import (
-    NEUTRAL_CAPTIONS,
     TOY_RESOLUTION,
-    displacement,
-    safe_share,
-    sample_latents,
+    expert_outcome,
     toy_concepts,
     train_toy_expert,
     write_toy_dataset,
@@ -240,24 +237,7 @@ def test_killed_and_resumed_run_ends_with_the_same_lora(tmp_path, toy_data):
 
 
 def _known_answer(root: Path, concept, base: Path, data: Path, name: str) -> dict[str, float]:
-    return _outcome(concept, base, train_toy_expert(root, concept, base, data, name))
-
-
-def _outcome(concept, base: Path, result) -> dict[str, float]:
-    pipe = DiffusionPipeline.from_pretrained(str(base))
-    pipe.set_progress_bar_config(disable=True)
-    trained, neutral = [concept.captions[0], concept.held_out[0]], NEUTRAL_CAPTIONS[:2]
-    before = sample_latents(pipe, trained), sample_latents(pipe, neutral)
-    pipe.load_lora_weights(result.output_dir)
-    after = sample_latents(pipe, trained), sample_latents(pipe, neutral)
-    pipe.unload_lora_weights()
-    return {
-        "eval_implicit_acc": result.metrics["eval_implicit_acc"],
-        "safe_before": safe_share(pipe, before[0], concept),
-        "safe_after": safe_share(pipe, after[0], concept),
-        "moved_trained": displacement(*[x[0] for x in (before, after)]),
-        "moved_neutral": displacement(*[x[1] for x in (before, after)]),
-    }
+    return expert_outcome(concept, base, train_toy_expert(root, concept, base, data, name))
 
 
 def _passes(outcome: dict[str, float]) -> bool:
@@ -273,7 +253,7 @@ def _passes(outcome: dict[str, float]) -> bool:
 @pytest.mark.slow
 def test_known_answer_expert_moves_its_caption_toward_the_winner(toy_world, toy_expert):
     _, concept, base, _ = toy_world
-    outcome = _outcome(concept, base, toy_expert)
+    outcome = expert_outcome(concept, base, toy_expert)
     assert outcome["eval_implicit_acc"] >= 0.9, outcome
     assert outcome["safe_after"] - outcome["safe_before"] >= 0.125, outcome
     assert outcome["moved_neutral"] < 0.35 * outcome["moved_trained"], outcome
