@@ -154,6 +154,7 @@ def workflow_steps(config: WorkflowConfig) -> Iterator[Step]:
                     gated=None,
                     public=config.hub_public,
                     dry_run=config.dry_run,
+                    ignore=("checkpoints",),  # as dpo.train's own push: training state stays local
                 )
             return {"repos": [repo for repo, _ in pushes]}
 
