@@ -1,17 +1,21 @@
 """The known answers that train, over seeds: the distribution the tests' thresholds are set from.
 
-For each seed: the DPO known-answer expert (``dpo.toy.train_toy_expert``, ``KNOWN_ANSWER_STEPS`` steps or
-``--steps``, with and without the release's random flip) and what ``tests/test_dpo.py`` measures on it (held-out implicit accuracy, safe-share
-gain on the trained captions, neutral drift / trained drift), then what ``tests/test_evaluation.py``'s end
-to end measures: IP (``dpo.toy:ToyColourDetector``, 16 images per test caption, 20 steps, guidance 1) of the
-base, the expert and its ``comerge`` with a second expert (100 steps, seed + 1). The reference of every
-ratio is the base model, measured in the same run. One toy world (the base is pretrained once, seed 0).
+What ``tests/test_dpo.py`` and ``tests/test_evaluation.py`` measure, seed by seed, in the same toy world
+(``dpo.toy.make_toy_world``: the base pretrained once, seed 0, two torch threads as ``tests/conftest.py`` sets):
+
+- the DPO known-answer expert (``dpo.toy.train_toy_expert``, ``KNOWN_ANSWER_STEPS`` steps or ``--steps``,
+  with or without the release's random flip, optionally under one of ``dpo.toy.MUTATIONS``): held-out
+  implicit accuracy, safe-share gain on the trained captions, neutral drift / trained drift;
+- the evaluation end to end: IP (``dpo.toy:ToyColourDetector``, 16 images per test caption, 20 steps,
+  guidance 1) of the base, each seed's expert, and each seed's ``comerge`` with the next seed's expert
+  (the last with the first), all rendered in one ``python -m evaluation`` call. The reference of every
+  drop is the base model, measured in the same call.
 
     python benchmarks/known_answers.py --seeds 0 1 2 3 4 --out /tmp/known-answers      # resumable per seed
-    python benchmarks/known_answers.py --seeds 0 1 2 3 4 --steps 300 --out /tmp/known-answers   # the old setting
-    python benchmarks/known_answers.py --seeds 0 1 2 --flip off --out /tmp/known-answers
+    python benchmarks/known_answers.py --seeds 0 1 2 --mutation flipped_sign --out /tmp/known-answers
+    python benchmarks/known_answers.py --seeds 0 1 2 --steps 150 --no_eval --out /tmp/known-answers
 
-Writes ``<out>/seed-<s>-flip-<on|off>.json`` per seed and prints the table with mean, min and max.
+Writes ``<out>/<tag>.json`` per seed and ``<out>/eval-<tag>.json``, prints the table with mean, min and max.
 """
 
 from __future__ import annotations
@@ -24,65 +28,72 @@ from pathlib import Path
 
 import torch
 
-from dpo.toy import KNOWN_ANSWER_STEPS, expert_outcome, make_toy_world, train_toy_expert
+from dpo.toy import (
+    KNOWN_ANSWER_STEPS,
+    MUTATIONS,
+    expert_outcome,
+    known_answer_mutation,
+    make_toy_world,
+    train_toy_expert,
+)
 
 
-def evaluate_ip(
-    root: Path, concept, base: Path, data: Path, expert: Path, seed: int, work: Path
-) -> dict[str, float]:
-    """IP of base, expert and merge on the concept's held-out captions, as the end-to-end test runs it."""
-    from evaluation.__main__ import main as evaluation_main
-    from merge.__main__ import main as merge_main
-
-    second = train_toy_expert(root, concept, base, data, f"second-seed-{seed}", steps=100, seed=seed + 1)
-    merged = work / "merged"
-    assert merge_main(["--experts", str(expert), str(second.output_dir), "--base", str(base), "--method", "comerge",
-                       "--calibration", str(data), "--resolution", "8", "--output_dir", str(merged),
-                       "--cache_dir", str(work / "cache"), "--no_progress"]) == 0  # fmt: skip
-    out = work / "eval"
-    assert evaluation_main(["--prompts", str(data), "--prompts_split", "test", "--base", str(base),
-                            "--loras", f"expert={expert}", f"merged={merged}", "--ip_detectors", "dpo.toy:ToyColourDetector",
-                            "--metrics", "ip", "--steps", "20", "--guidance", "1", "--images_per_prompt", "16",
-                            "--output_dir", str(out), "--no_progress"]) == 0  # fmt: skip
-    results = json.loads((out / "results.json").read_text())
-    return {
-        f"ip_{label}": m["ip"]["by_category"][concept.name]["ip"] for label, m in results["models"].items()
-    }
-
-
-def run_seed(
-    world, seed: int, flip: bool, out: Path, with_eval: bool, steps: int, batch: int
-) -> dict[str, float]:
-    # the thread count is in the name: CPU kernels sum in another order with another count, and a
-    # 300-step training drifts apart from there (seed 0: gain 0.297 with 1 thread, 0.156 with 2)
-    threads = torch.get_num_threads()
-    tag = f"seed-{seed}-flip-{'on' if flip else 'off'}-steps-{steps}-batch-{batch}-threads-{threads}"
-    path = out / f"{tag}.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+def run_seed(world, seed: int, args, tag: str) -> tuple[dict[str, float], Path]:
+    """One seed's expert and its DPO known-answer measures (cached in ``<out>/<tag>.json``)."""
     root, concept, base, data = world
-    start = time.monotonic()
     name = f"expert-{tag}"
-    result = train_toy_expert(
-        root, concept, base, data, name, steps=steps, seed=seed, random_flip=flip, batch_size=batch
-    )
+    path = args.out / f"{tag}.json"
+    if path.is_file():
+        return json.loads(path.read_text()), root / name
+    start = time.monotonic()
+    with known_answer_mutation(args.mutation):
+        result = train_toy_expert(
+            root, concept, base, data, name, steps=args.steps, seed=seed, random_flip=args.flip == "on",
+            batch_size=args.batch, learning_rate=args.lr,
+        )  # fmt: skip
     row = {
         "seed": seed,
-        "flip": flip,
-        "steps": steps,
-        "batch": batch,
-        "threads": threads,
         "train_s": round(time.monotonic() - start, 1),
         **expert_outcome(concept, base, result),
     }
     row["gain"] = row["safe_after"] - row["safe_before"]
     row["drift_ratio"] = row["moved_neutral"] / row["moved_trained"]
-    if with_eval:
-        row.update(evaluate_ip(root, concept, base, data, result.output_dir, seed, root / f"{name}-work"))
-        row["ip_drop_expert"] = row["ip_base"] - row["ip_expert"]
-        row["ip_drop_merged"] = row["ip_base"] - row["ip_merged"]
     path.write_text(json.dumps(row, indent=2))
-    return row
+    return row, result.output_dir
+
+
+def evaluate_ip(world, experts: dict[int, Path], work: Path) -> dict[int, dict[str, float]]:
+    """Per seed: IP of the base, the seed's expert and its merge with the next seed's expert, one evaluation call."""
+    from evaluation.__main__ import main as evaluation_main
+    from merge.__main__ import main as merge_main
+
+    _, concept, base, data = world
+    seeds = list(experts)
+    loras = {}
+    for position, seed in enumerate(seeds):
+        partner = experts[seeds[(position + 1) % len(seeds)]]
+        merged = work / f"merged-{seed}"
+        assert merge_main(["--experts", str(experts[seed]), str(partner), "--base", str(base), "--method", "comerge",
+                           "--calibration", str(data), "--resolution", "8", "--output_dir", str(merged),
+                           "--cache_dir", str(work / "cache"), "--no_progress"]) == 0  # fmt: skip
+        loras[f"expert-{seed}"], loras[f"merged-{seed}"] = experts[seed], merged
+    out = work / "eval"
+    assert evaluation_main(["--prompts", str(data), "--prompts_split", "test", "--base", str(base),
+                            "--loras", *[f"{k}={v}" for k, v in loras.items()], "--ip_detectors", "dpo.toy:ToyColourDetector",
+                            "--metrics", "ip", "--steps", "20", "--guidance", "1", "--images_per_prompt", "16",
+                            "--output_dir", str(out), "--no_progress"]) == 0  # fmt: skip
+    models = json.loads((out / "results.json").read_text())["models"]
+    ip = {label: m["ip"]["by_category"][concept.name]["ip"] for label, m in models.items()}
+    return {
+        seed: {
+            "ip_base": ip["base"],
+            "ip_expert": ip[f"expert-{seed}"],
+            "ip_merged": ip[f"merged-{seed}"],
+            "ip_drop_expert": ip["base"] - ip[f"expert-{seed}"],
+            "ip_drop_merged": ip["base"] - ip[f"merged-{seed}"],
+        }
+        for seed in seeds
+    }
 
 
 def table(rows: list[dict[str, float]]) -> str:
@@ -90,19 +101,13 @@ def table(rows: list[dict[str, float]]) -> str:
     columns += [
         c for c in ("ip_base", "ip_expert", "ip_merged", "ip_drop_expert", "ip_drop_merged") if c in rows[0]
     ]
-    head = "| seed | flip | steps x batch | threads | train s | "
-    lines = [head + " | ".join(columns) + " |", "|---|---|---|---|---|" + "---|" * len(columns)]
+    lines = ["| seed | train s | " + " | ".join(columns) + " |", "|---|---|" + "---|" * len(columns)]
     for row in rows:
-        setting = f"{row['steps']} x {row['batch']} | {row['threads']} | {row['train_s']}"
         lines.append(
-            f"| {row['seed']} | {'on' if row['flip'] else 'off'} | {setting} | "
-            + " | ".join(f"{row[c]:.3f}" for c in columns)
-            + " |"
+            f"| {row['seed']} | {row['train_s']} | " + " | ".join(f"{row[c]:.3f}" for c in columns) + " |"
         )
     for name, fn in (("mean", statistics.mean), ("min", min), ("max", max)):
-        lines.append(
-            f"| {name} | | | | | " + " | ".join(f"{fn(r[c] for r in rows):.3f}" for c in columns) + " |"
-        )
+        lines.append(f"| {name} | | " + " | ".join(f"{fn(r[c] for r in rows):.3f}" for c in columns) + " |")
     return "\n".join(lines)
 
 
@@ -110,19 +115,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--flip", choices=("on", "off"), default="on")
+    parser.add_argument("--mutation", choices=MUTATIONS, default=None, help="train under a deliberate bug")
     parser.add_argument("--no_eval", action="store_true", help="skip the evaluation end to end")
     parser.add_argument(
         "--steps", type=int, default=KNOWN_ANSWER_STEPS, help="expert training steps (the tests')"
     )
     parser.add_argument("--batch", type=int, default=8, help="expert batch size (the tests': 8)")
+    parser.add_argument("--lr", type=float, default=3e-3, help="expert learning rate (the tests': 3e-3)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (the tests': 2)")
     parser.add_argument("--out", type=Path, default=Path("known-answers"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    world = make_toy_world(args.out / "world")
-    rows = [
-        run_seed(world, seed, args.flip == "on", args.out, not args.no_eval, args.steps, args.batch)
-        for seed in args.seeds
-    ]
+    world = make_toy_world(args.out / f"world-threads-{args.threads}")
+    # the thread count is in the names: CPU kernels sum in another order with another count, and from the
+    # pretrained base on the runs drift apart (the base's safe share: 0.500 with 2 threads, 0.453 with 1)
+    setting = f"flip-{args.flip}-steps-{args.steps}-batch-{args.batch}-lr-{args.lr:g}-threads-{torch.get_num_threads()}"
+    setting += f"-{args.mutation}" if args.mutation else ""
+    rows, experts = [], {}
+    for seed in args.seeds:
+        row, experts[seed] = run_seed(world, seed, args, f"seed-{seed}-{setting}")
+        rows.append(row)
+    print(f"setting: {setting}")
+    if not args.no_eval and not args.mutation:
+        tag = f"eval-seeds-{'-'.join(map(str, args.seeds))}-{setting}"
+        path = args.out / f"{tag}.json"
+        if not path.is_file():
+            ips = evaluate_ip(world, experts, world[0] / tag)
+            path.write_text(json.dumps({str(k): v for k, v in ips.items()}, indent=2))
+        ips = json.loads(path.read_text())
+        for row in rows:
+            row.update(ips[str(row["seed"])])
     print(table(rows))
 
 

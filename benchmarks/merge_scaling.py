@@ -45,6 +45,7 @@ from diffusers import DiffusionPipeline
 
 from coprov2.tiny import resolve_tiny_model
 from dpo import DPOConfig, train_expert
+from dpo.config import PLACEMENTS
 from dpo.toy import (
     NEUTRAL_CAPTIONS,
     TOY_RESOLUTION,
@@ -56,22 +57,36 @@ from dpo.toy import (
     toy_concepts,
     write_toy_dataset,
 )
-from merge.calibrate import activation_scores, calibration_prompts_by_category, own_category_prompts
+from merge.calibrate import (
+    activation_scores,
+    calibration_prompts,
+    calibration_prompts_by_category,
+    gram_statistics,
+    own_category_prompts,
+)
 from merge.experts import load_expert, save_merged
 from merge.methods import merge_experts
+from merge.run import PRESERVE_PROMPTS
 
-#: (row name, method, calibration scope, normalised scores); the Co-Merge variants of ``merge/methods.py``.
+#: (row name, method, calibration, options): the Co-Merge variants of ``merge/methods.py`` (calibration
+#: ``all``/``own``: scores on every category's prompts or each expert's own), the closed-form fusion
+#: (calibration ``grams-all``/``grams-prompt``: each expert's own prompts and the shipped preserve
+#: prompts, cross-attention key/value inputs from every token or the prompt's own) and the baselines.
 MERGES = [
-    ("comerge", "comerge", "all", False),
-    ("comerge-norm", "comerge", "all", True),
-    ("comerge-own", "comerge", "own", False),
-    ("comerge-own-norm", "comerge", "own", True),
-    ("comerge_svd", "comerge_svd", "all", False),
-    ("comerge_svd-norm", "comerge_svd", "all", True),
-    ("linear", "linear", None, False),
-    ("sum", "sum", None, False),
-    ("ties", "ties", None, False),
-    ("dare_ties", "dare_ties", None, False),
+    ("comerge", "comerge", "all", {}),
+    ("comerge-norm", "comerge", "all", {"normalize": True}),
+    ("comerge-own", "comerge", "own", {}),
+    ("comerge-own-norm", "comerge", "own", {"normalize": True}),
+    ("comerge_svd", "comerge_svd", "all", {}),
+    ("comerge_svd-norm", "comerge_svd", "all", {"normalize": True}),
+    ("regmean", "regmean", "grams-all", {"regmean_lambda": 1.0}),
+    ("regmean-prompt", "regmean", "grams-prompt", {"regmean_lambda": 1.0}),
+    ("regmean-prompt-l0.1", "regmean", "grams-prompt", {"regmean_lambda": 0.1}),
+    ("regmean-prompt-l10", "regmean", "grams-prompt", {"regmean_lambda": 10.0}),
+    ("linear", "linear", None, {}),
+    ("sum", "sum", None, {}),
+    ("ties", "ties", None, {}),
+    ("dare_ties", "dare_ties", None, {}),
 ]
 ALL_SINGLE = ["all-single", "all-single-rankN"]
 #: Two-sided 95% Student-t quantiles by degrees of freedom (scipy is not a dependency).
@@ -88,20 +103,23 @@ COSTS = {
     "train all-single-rankN": lambda s, n: s[f"N{n}"]["all-single-rankN"],
     "comerge: calibrate + merge": lambda s, n: s[f"N{n}"]["calibration-all"] + s[f"N{n}"]["comerge"],
     "comerge-own: calibrate + merge": lambda s, n: s[f"N{n}"]["calibration-own"] + s[f"N{n}"]["comerge-own"],
+    "regmean: calibrate + merge": lambda s, n: s[f"N{n}"]["calibration-grams-all"] + s[f"N{n}"]["regmean"],
     "ties: merge": lambda s, n: s[f"N{n}"]["ties"],
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 def dpo_config(
-    data: Path, category: str, base: Path, out: Path, cache: Path, steps: int, rank: int, seed: int
-):
-    """The known-answer settings (dpo.toy.train_toy_expert), with the rank and seed of the cell."""
+    data: Path, category: str, base: Path, out: Path, cache: Path, steps: int, rank: int, seed: int,
+    placement: str = "all",
+):  # fmt: skip
+    """The known-answer settings (dpo.toy.train_toy_expert), with the rank, seed and placement of the cell."""
     return DPOConfig(
         dataset=str(data), category=category, base=str(base), output_dir=str(out), cache_dir=str(cache),
         resolution=TOY_RESOLUTION, max_train_steps=steps, train_batch_size=8, gradient_accumulation_steps=1,
         lr_warmup_steps=0, learning_rate=3e-3, scale_lr=False, timestep_min=500, beta=5000, rank=rank,
         proportion_empty_prompts=0.0, checkpointing_steps=10**6, logging_steps=10**6, progress=False, seed=seed,
+        target_modules=PLACEMENTS[placement],
     )  # fmt: skip
 
 
@@ -143,9 +161,23 @@ class Judge:
         return shares, displacement(self.neutral_base, neutral)
 
 
+def calibrate(scope: str, base: Path, loaded, experts: list[Path], prompts, own, preserve, seed: int):
+    """One calibration of ``MERGES``: Co-Merge's scores (``all``/``own``) or the fusion's Grams (``grams-<tokens>``)."""
+    common = {"resolution": TOY_RESOLUTION, "seed": seed, "progress": False}
+    sources = [str(e) for e in experts]
+    if scope == "all":
+        return activation_scores(str(base), loaded, sources, prompts, **common)
+    if scope == "own":
+        return activation_scores(str(base), loaded, sources, prompts, expert_prompts=own, **common)
+    return gram_statistics(
+        str(base), loaded, sources, prompts, expert_prompts=own, preserve_prompts=preserve,
+        text_tokens=scope.removeprefix("grams-"), **common,
+    )  # fmt: skip
+
+
 def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
     """Train, merge and measure every cell of one seed; each finished N is written at once (resumable)."""
-    cache, here = root / "cache", root / f"seed-{seed}"
+    cache, here = root / "cache", placement_dir(root, args.placement) / f"seed-{seed}"
     path = here / "results.json"
     state = json.loads(path.read_text()) if path.exists() else {"cells": {}, "seconds": {}}
     judge = Judge(base, concepts, args.samples, seed)
@@ -154,7 +186,9 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
     for k, concept in enumerate(concepts):
         out = here / "experts" / concept.name
         seconds = train(
-            dpo_config(data, concept.name, base, out, cache, args.steps, args.rank, seed * 1000 + k)
+            dpo_config(
+                data, concept.name, base, out, cache, args.steps, args.rank, seed * 1000 + k, args.placement
+            )
         )
         state["seconds"][f"expert-{k}"] = state["seconds"].get(f"expert-{k}", 0.0) + seconds
         experts.append(out)
@@ -164,6 +198,8 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
         state["single"] = [shares[0] for shares, _ in singles]
         state["single_drift"] = [drift for _, drift in singles]
     loaded = [load_expert(str(e)) for e in experts]
+    merges = [m for m in MERGES if m[0] in args.methods]
+    preserve = calibration_prompts(str(PRESERVE_PROMPTS))
     for n in args.ns:
         if str(n) in state["cells"]:
             continue
@@ -171,27 +207,32 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
         subset = root / f"data-{n}"
         cells, seconds = {}, {}
         for name, rank in zip(ALL_SINGLE, (args.rank, args.rank * n), strict=True):
+            if args.skip_all_single:
+                continue
             out = here / f"N{n}" / name
             seconds[name] = train(
-                dpo_config(subset, "all", base, out, cache, args.steps * n, rank, seed * 1000 + 999)
+                dpo_config(
+                    subset, "all", base, out, cache, args.steps * n, rank, seed * 1000 + 999, args.placement
+                )
             )
             cells[name] = judge.measure(out, list(range(n)))
         by_category = calibration_prompts_by_category(str(subset), args.calibration_per_category)
         prompts, own = own_category_prompts(by_category, [c.name for c in concepts[:n]])
         scores = {}
-        for scope, expert_prompts in (("all", None), ("own", own)):
+        for scope in sorted({m[2] for m in merges if m[2]}):
             tick = time.perf_counter()
-            scores[scope] = activation_scores(
-                str(base), loaded[:n], [str(e) for e in experts[:n]], prompts, resolution=TOY_RESOLUTION,
-                seed=seed, progress=False, expert_prompts=expert_prompts,
-            )  # fmt: skip
+            scores[scope] = calibrate(scope, base, loaded[:n], experts[:n], prompts, own, preserve, seed)
             seconds[f"calibration-{scope}"] = time.perf_counter() - tick
-        for name, method, scope, normalize in MERGES:
+        for name, method, scope, options in merges:
             tick = time.perf_counter()
-            rows, inputs = scores[scope] if scope else (None, None)
-            merged = merge_experts(
-                loaded[:n], method, row_scores=rows, input_scores=inputs, seed=seed, normalize=normalize
-            )
+            calibrated = scores.get(scope)
+            if scope and scope.startswith("grams"):
+                merged = merge_experts(loaded[:n], method, grams=calibrated, seed=seed, **options)
+            else:
+                rows, inputs = calibrated if scope else (None, None)
+                merged = merge_experts(
+                    loaded[:n], method, row_scores=rows, input_scores=inputs, seed=seed, **options
+                )
             out = here / f"N{n}" / name
             save_merged(merged, str(base), out, loaded[0].target_modules)
             seconds[name] = time.perf_counter() - tick
@@ -222,8 +263,13 @@ def retained(
     return (statistics.fmean(kept) if kept else float("nan")), len(shares) - len(kept)
 
 
+def placement_dir(root: Path, placement: str) -> Path:
+    """The folder of one placement's seeds (the release's placement at the top, as before placements existed)."""
+    return root if placement == "all" else root / placement
+
+
 def report(root: Path, min_gain: float) -> None:
-    """Aggregate every ``seed-*/results.json`` into results.json, results.md and retained_gain.png."""
+    """Aggregate every ``seed-*/results.json`` under ``root`` into results.json, results.md and retained_gain.png."""
     seeds = {
         int(p.parent.name.split("-")[1]): json.loads(p.read_text())
         for p in sorted(root.glob("seed-*/results.json"))
@@ -232,7 +278,8 @@ def report(root: Path, min_gain: float) -> None:
     if not seeds:
         raise SystemExit(f"no finished cells under {root}")
     ns = sorted({int(n) for state in seeds.values() for n in state["cells"]})
-    names = ["single", *ALL_SINGLE, *(m[0] for m in MERGES)]
+    present = {name for state in seeds.values() for cell in state["cells"].values() for name in cell}
+    names = ["single", *(name for name in [*ALL_SINGLE, *(m[0] for m in MERGES)] if name in present)]
     table: dict[str, dict[str, dict]] = {name: {} for name in names}
     for n in ns:
         done = {s: st for s, st in seeds.items() if str(n) in st["cells"]}
@@ -240,6 +287,8 @@ def report(root: Path, min_gain: float) -> None:
             gains, pooled, drifts, raw, left_out = [], [], [], [], []
             for state in done.values():
                 base, single = state["base"][:n], state["single"][:n]
+                if name != "single" and name not in state["cells"][str(n)]:
+                    continue
                 if name == "single":
                     shares, drift = single, statistics.fmean(state["single_drift"][:n])
                 else:
@@ -275,7 +324,12 @@ def report(root: Path, min_gain: float) -> None:
         row = []
         for n in ns:
             # 0 s: the LoRA was already there when a run resumed, so its time was not measured.
-            measured = [cost(st["seconds"], n) for st in seeds.values() if f"N{n}" in st["seconds"]]
+            measured = []
+            for state in seeds.values():
+                try:
+                    measured.append(cost(state["seconds"], n))
+                except KeyError:  # that N not run, or that row left out of the run
+                    continue
             measured = [value for value in measured if value > 0]
             row.append(f"{statistics.fmean(measured):.0f}" if measured else "n/a")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
@@ -345,6 +399,13 @@ def main() -> None:
     parser.add_argument("--calibration-per-category", type=int, default=4)
     parser.add_argument("--min-gain", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (run one seed per process)")
+    parser.add_argument(
+        "--placement", choices=sorted(PLACEMENTS), default="all", help="the experts' adapted layers"
+    )
+    parser.add_argument("--methods", nargs="+", default=[m[0] for m in MERGES], help="merge rows to compute")
+    parser.add_argument(
+        "--skip-all-single", action="store_true", help="no All-single LoRAs (the costly rows)"
+    )
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--out", default="merge-scaling")
     args = parser.parse_args()
@@ -364,7 +425,7 @@ def main() -> None:
         run_seed(args, root, base, concepts, seed)
     print(f"seeds {args.seeds}: {time.perf_counter() - start:.0f} s", flush=True)
     if not args.no_report:
-        report(root, args.min_gain)
+        report(placement_dir(root, args.placement), args.min_gain)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,13 @@ def default_cache_dir() -> str:
 
 
 #: Numeric options: (lowest, highest, lowest excluded); NaN and infinities are refused for all of them.
+#: Where an expert's LoRA sits (``--target_modules``, suffixes of UNet module names): the release's four
+#: projections of every attention, or cross-attention keys and values only (MACE's and UCE's choice).
+PLACEMENTS: dict[str, list[str]] = {
+    "all": ["to_q", "to_k", "to_v", "to_out.0"],
+    "cross": ["attn2.to_k", "attn2.to_v"],
+}
+
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "resolution": (8, None, False),
     "beta": (0, None, True),
@@ -81,8 +88,11 @@ class DPOConfig:
         default=None, metadata={"help": "LoRA alpha (default: rank, as the release)"}
     )
     target_modules: list[str] = field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        metadata={"help": "UNet modules LoRA adapts"},
+        default_factory=lambda: list(PLACEMENTS["all"]),
+        metadata={
+            "help": "UNet modules LoRA adapts, as suffixes of module names (default: the release's, every "
+            "attention; attn2.to_k attn2.to_v: cross-attention keys and values only)"
+        },
     )
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
     scale_lr: bool = field(

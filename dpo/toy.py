@@ -14,6 +14,8 @@ own space, measured on the samples the real pipeline call produces.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,6 +306,42 @@ def _decode(vae, latent: torch.Tensor):
 #: Steps of the known-answer expert. 150 would halve the cost, but in the tests' toy world its mean gain over
 #: seeds 0-2 is 0.193, under the 0.2 claim (``benchmarks/known_answers.py --steps 150``); 300 supports it.
 KNOWN_ANSWER_STEPS = 300
+#: The seeds every known answer that trains is measured on; the claims hold for their mean.
+KNOWN_ANSWER_SEEDS = (0, 1, 2)
+#: Deliberate bugs each known answer must catch (``known_answer_mutation``).
+MUTATIONS = ("flipped_sign", "reference_not_frozen")
+
+
+@contextmanager
+def known_answer_mutation(name: str | None) -> Iterator[None]:
+    """Train with a deliberate bug (``None``: none): ``flipped_sign`` makes the DPO loss reward the loser,
+    ``reference_not_frozen`` keeps the adapters on in the reference, so it moves with the model and the
+    implicit reward is always 0. Shared by the tests and ``benchmarks/known_answers.py``."""
+    from diffusers import UNet2DConditionModel
+
+    import dpo.trainer
+
+    if name is None:
+        yield
+        return
+    if name not in MUTATIONS:
+        raise ValueError(f"unknown mutation {name!r}; choose from {MUTATIONS}")
+    owner, attribute = (
+        (dpo.trainer, "diffusion_dpo_loss")
+        if name == "flipped_sign"
+        else (UNet2DConditionModel, "disable_adapters")
+    )
+    original = getattr(owner, attribute)
+    if name == "flipped_sign":
+        setattr(
+            owner, attribute, lambda model, reference, target, beta: original(model, reference, target, -beta)
+        )
+    else:
+        setattr(owner, attribute, lambda self: None)
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, original)
 
 
 def make_toy_world(root: Path, concepts: int = 1):
@@ -318,17 +356,19 @@ def make_toy_world(root: Path, concepts: int = 1):
 
 def train_toy_expert(
     root: Path, concept: ToyConcept, base: Path, data: Path, name: str, steps: int = KNOWN_ANSWER_STEPS, seed: int = 0,
-    random_flip: bool = True, batch_size: int = 8,
+    random_flip: bool = True, batch_size: int = 8, target_modules: list[str] | None = None,
+    learning_rate: float = 3e-3,
 ):  # fmt: skip
-    """The known-answer expert: DPO settings that move a toy concept in a few hundred CPU steps."""
+    """The known-answer expert: DPO settings that move a toy concept in a few hundred CPU steps
+    (``target_modules``: where the LoRA sits, default ``DPOConfig``'s, the release's)."""
     from dpo import DPOConfig, train_expert
 
     config = DPOConfig(
         dataset=str(data), category=concept.name, base=str(base), output_dir=str(root / name), cache_dir=str(root / "cache"),
         resolution=TOY_RESOLUTION, max_train_steps=steps, train_batch_size=batch_size, gradient_accumulation_steps=1,
-        lr_warmup_steps=0, learning_rate=3e-3, scale_lr=False, timestep_min=500, beta=5000,
+        lr_warmup_steps=0, learning_rate=learning_rate, scale_lr=False, timestep_min=500, beta=5000,
         proportion_empty_prompts=0.0, checkpointing_steps=1000, logging_steps=50, progress=False, seed=seed,
-        random_flip=random_flip,
+        random_flip=random_flip, **({"target_modules": target_modules} if target_modules else {}),
     )  # fmt: skip
     return train_expert(config)
 

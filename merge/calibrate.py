@@ -1,18 +1,25 @@
-"""Calibration for Co-Merge: what each expert's LoRA branch does on inputs like the ones it will see.
+"""Calibration: what each expert's LoRA branch does on inputs like the ones it will see.
 
 Inputs: calibration prompts from every category (a CoProV2 dataset or a text file); the base
 pipeline's own samples for them (``output_type="latent"``), noised at several timesteps. For each
 expert, loaded with ``pipe.load_lora_weights`` and made the only active adapter, forward hooks on
-every adapted layer record, over the calibration tokens, the mean ``|h_e|`` per output channel
-(``h_e = scale_e B_e A_e x_e``) and the mean ``|x_e|`` per input channel. By default every expert
-is measured on every prompt; ``expert_prompts`` restricts each expert to some of them (its own
-category's, for the own-category variant of Co-Merge).
+every adapted layer hand the layer's inputs ``x_e`` to a recorder, in one streaming pass:
+
+- Co-Merge's (``ScoreRecorder``): the mean ``|h_e|`` per output channel (``h_e = scale_e B_e A_e x_e``)
+  and the mean ``|x_e|`` per input channel;
+- the closed-form fusion's (``GramRecorder``): ``M = sum_e delta_e G_e`` and ``S = sum_e G_e`` with
+  ``G_e = X_e^T X_e / n_e``, and ``G0`` of the preserve prompts run through the base (adapters off).
+
+By default every expert is measured on every prompt; ``expert_prompts`` restricts each expert to
+some of them (its own category's).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from diffusers import DiffusionPipeline
@@ -90,11 +97,121 @@ def branch_sums(lora: LoraLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return h.abs().sum(0), x.abs().sum(0)
 
 
-def activation_scores(
+class Recorder(Protocol):
+    """What a calibration pass feeds: every adapted layer's inputs, expert by expert.
+
+    ``expert`` is the index of the active expert, or ``None`` for the base model on the preserve
+    prompts. ``finish(expert)`` follows the last batch of that expert (or of the preserve prompts).
+    """
+
+    def record(self, layer: str, expert: int | None, x: torch.Tensor) -> None: ...
+
+    def finish(self, expert: int | None) -> None: ...
+
+
+class ScoreRecorder:
+    """Co-Merge's scores: per layer ``[E, out]`` mean ``|h_e|`` and ``[E, in]`` mean ``|x_e|``."""
+
+    def __init__(self, experts: list[Expert]) -> None:
+        self.experts = experts
+        layers = experts[0].layers
+        self.rows = {name: torch.zeros(len(experts), lora.B.shape[0]) for name, lora in layers.items()}
+        self.inputs = {name: torch.zeros(len(experts), lora.A.shape[1]) for name, lora in layers.items()}
+        self.tokens = {name: torch.zeros(len(experts)) for name in layers}
+
+    def record(self, layer: str, expert: int | None, x: torch.Tensor) -> None:
+        row_sums, input_sums = branch_sums(self.experts[expert].layers[layer], x)
+        self.rows[layer][expert] += row_sums
+        self.inputs[layer][expert] += input_sums
+        self.tokens[layer][expert] += x.shape[0]
+
+    def finish(self, expert: int | None) -> None:
+        pass
+
+    def scores(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        return (
+            {layer: rows / self.tokens[layer][:, None] for layer, rows in self.rows.items()},
+            {layer: inputs / self.tokens[layer][:, None] for layer, inputs in self.inputs.items()},
+        )
+
+
+@dataclass
+class LayerGrams:
+    """One layer's statistics for the closed-form fusion (float64): ``M = sum_e delta_e G_e`` ``[out, in]``,
+    ``S = sum_e G_e`` and ``G0`` (the preserve prompts' Gram) ``[in, in]``, ``G = X^T X / n``."""
+
+    M: torch.Tensor
+    S: torch.Tensor
+    G0: torch.Tensor | None = None
+
+
+class GramRecorder:
+    """The closed-form fusion's statistics in one streaming pass, memory independent of the number of experts.
+
+    Each expert's Gram is summed over its own batches (``current``), then folded into ``M`` and ``S``
+    when its last batch is in (``finish``), so a layer holds four matrices whatever E is. ``x^T x`` is
+    taken per batch in the model's float32 and summed in float64.
+    """
+
+    def __init__(self, experts: list[Expert]) -> None:
+        self.experts = experts
+        self.grams: dict[str, LayerGrams] = {}
+        self.current: dict[str, torch.Tensor] = {}
+        self.count: dict[str, int] = {}
+        for name, lora in experts[0].layers.items():
+            out, inp = lora.B.shape[0], lora.A.shape[1]
+            self.grams[name] = LayerGrams(
+                M=torch.zeros(out, inp, dtype=torch.float64), S=torch.zeros(inp, inp, dtype=torch.float64)
+            )
+            self.current[name] = torch.zeros(inp, inp, dtype=torch.float64)
+            self.count[name] = 0
+
+    def record(self, layer: str, expert: int | None, x: torch.Tensor) -> None:
+        self.current[layer] += (x.T @ x).double()
+        self.count[layer] += x.shape[0]
+
+    def finish(self, expert: int | None) -> None:
+        for layer, total in self.current.items():
+            if not self.count[layer]:
+                raise UserError(
+                    f"calibration: layer {layer} saw no inputs (every token of its prompts was left out)"
+                )
+            gram = total / self.count[layer]
+            grams = self.grams[layer]
+            if expert is None:
+                grams.G0 = gram
+            else:
+                lora = self.experts[expert].layers[layer]
+                grams.M += lora.scale * lora.B.double() @ (lora.A.double() @ gram)
+                grams.S += gram
+            self.current[layer] = torch.zeros_like(total)
+            self.count[layer] = 0
+
+
+#: Layers whose inputs are the text encoder's token states (cross-attention keys and values).
+TEXT_INPUT_LAYERS = (".attn2.to_k", ".attn2.to_v")
+
+
+def prompt_token_mask(pipe, prompts: list[str]) -> torch.Tensor:
+    """``[P, L]``: True on each prompt's own tokens (its words and its end token), False on the start
+    token and the padding, which every prompt shares."""
+    mask = pipe.tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).attention_mask.bool()
+    mask[:, 0] = False
+    return mask
+
+
+def calibration_pass(
     base: str,
     experts: list[Expert],
     sources: list[str],
     prompts: list[str],
+    recorder: Recorder,
     *,
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS,
     resolution: int | None = None,
@@ -104,24 +221,33 @@ def activation_scores(
     device: str | torch.device = "cpu",
     progress: bool = True,
     expert_prompts: list[list[int]] | None = None,
-) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """``(row_scores, input_scores)``: per layer ``[E, out]`` mean ``|h_e|`` and ``[E, in]`` mean ``|x_e|``.
+    preserve_prompts: list[str] | None = None,
+    text_tokens: str = "all",
+) -> None:
+    """Feed ``recorder`` every adapted layer's inputs, expert by expert, in one pass over the UNet.
 
     ``expert_prompts[e]`` (default: all) are the indices of the prompts expert ``e`` is measured on;
-    the noise of a (prompt, timestep) is the same whichever expert sees it.
+    the noise of a (prompt, timestep) is the same whichever expert sees it. ``preserve_prompts`` are
+    then run through the base model (adapters off) as expert ``None``. ``text_tokens="prompt"`` leaves
+    the start token and the padding out of the cross-attention keys' and values' inputs.
     """
     if expert_prompts is None:
         expert_prompts = [list(range(len(prompts)))] * len(experts)
     empty = [e for e, chosen in enumerate(expert_prompts) if not chosen]
     if empty:
         raise UserError(f"expert {experts[empty[0]].name} has no calibration prompts")
+    preserve_prompts = list(preserve_prompts or [])
+    everything = prompts + preserve_prompts
+    groups: list[tuple[int | None, list[int]]] = list(enumerate(expert_prompts))
+    if preserve_prompts:
+        groups.append((None, list(range(len(prompts), len(everything)))))
     pipe = DiffusionPipeline.from_pretrained(base).to(device)
     pipe.set_progress_bar_config(disable=True)
     resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         clean = pipe(
-            prompts,
+            everything,
             height=resolution,
             width=resolution,
             num_inference_steps=sample_steps,
@@ -129,40 +255,49 @@ def activation_scores(
             generator=generator,
             output_type="latent",
         ).images.cpu()
-    text, added = _conditioning(pipe, prompts, device, resolution)
+    text, added = _conditioning(pipe, everything, device, resolution)
+    tokens = prompt_token_mask(pipe, everything)
     names = [f"expert{e}" for e in range(len(experts))]
     for source, name in zip(sources, names, strict=True):
         pipe.load_lora_weights(source, adapter_name=name)
-    layers = list(experts[0].layers)
-    rows = {layer: torch.zeros(len(experts), experts[0].layers[layer].B.shape[0]) for layer in layers}
-    inputs = {layer: torch.zeros(len(experts), experts[0].layers[layer].A.shape[1]) for layer in layers}
-    tokens = {layer: torch.zeros(len(experts)) for layer in layers}
-    current = {"expert": 0}
+    current: dict[str, Any] = {"expert": 0, "rows": None}
 
     def hook(layer: str):
+        keep_prompt_tokens = text_tokens == "prompt" and layer.endswith(TEXT_INPUT_LAYERS)
+
         def record(module, args, output):
-            x = args[0].detach().float().reshape(-1, args[0].shape[-1]).cpu()
-            row_sums, input_sums = branch_sums(experts[current["expert"]].layers[layer], x)
-            rows[layer][current["expert"]] += row_sums
-            inputs[layer][current["expert"]] += input_sums
-            tokens[layer][current["expert"]] += x.shape[0]
+            x = args[0].detach().float()
+            if keep_prompt_tokens:
+                x = x[tokens[current["rows"]].to(x.device)]
+            recorder.record(layer, current["expert"], x.reshape(-1, x.shape[-1]).cpu())
 
         return record
 
-    handles = [pipe.unet.get_submodule(layer).register_forward_hook(hook(layer)) for layer in layers]
+    handles = [
+        pipe.unet.get_submodule(layer).register_forward_hook(hook(layer)) for layer in experts[0].layers
+    ]
     try:
         noise = {
             t: torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed + t)) for t in timesteps
         }
         work = [
-            (e, t, torch.tensor(expert_prompts[e][s : s + batch_size]))
-            for e in range(len(experts))
+            (
+                e,
+                t,
+                torch.tensor(chosen[s : s + batch_size]),
+                s + batch_size >= len(chosen) and t == timesteps[-1],
+            )
+            for e, chosen in groups
             for t in timesteps
-            for s in range(0, len(expert_prompts[e]), batch_size)
+            for s in range(0, len(chosen), batch_size)
         ]
-        for e, t, rows_in in tqdm(work, desc="calibrate", unit="batch", disable=not progress):
-            current["expert"] = e
-            pipe.set_adapters(names[e])
+        for e, t, rows_in, last in tqdm(work, desc="calibrate", unit="batch", disable=not progress):
+            current["expert"], current["rows"] = e, rows_in
+            if e is None:
+                pipe.unet.disable_adapters()
+            else:
+                pipe.unet.enable_adapters()
+                pipe.set_adapters(names[e])
             step = torch.full((len(rows_in),), t, dtype=torch.long)
             noisy = pipe.scheduler.add_noise(clean[rows_in], noise[t][rows_in], step).to(
                 device, pipe.unet.dtype
@@ -172,10 +307,26 @@ def activation_scores(
                 pipe.unet(
                     noisy, step.to(device), text[rows_in.to(text.device)], added_cond_kwargs=batch_added
                 )
+            if last:
+                recorder.finish(e)
     finally:
         for handle in handles:
             handle.remove()
-    return (
-        {layer: rows[layer] / tokens[layer][:, None] for layer in layers},
-        {layer: inputs[layer] / tokens[layer][:, None] for layer in layers},
-    )
+
+
+def activation_scores(
+    base: str, experts: list[Expert], sources: list[str], prompts: list[str], **options: Any
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Co-Merge's ``(row_scores, input_scores)`` from one :func:`calibration_pass` (same options)."""
+    recorder = ScoreRecorder(experts)
+    calibration_pass(base, experts, sources, prompts, recorder, **options)
+    return recorder.scores()
+
+
+def gram_statistics(
+    base: str, experts: list[Expert], sources: list[str], prompts: list[str], **options: Any
+) -> dict[str, LayerGrams]:
+    """The closed-form fusion's per-layer statistics from one :func:`calibration_pass` (same options)."""
+    recorder = GramRecorder(experts)
+    calibration_pass(base, experts, sources, prompts, recorder, **options)
+    return recorder.grams

@@ -22,6 +22,14 @@ both, chosen by arguments rather than by method name, and compared in ``benchmar
   scores are measured on its own category's prompts only, instead of on the prompts of every
   category; what each expert does on the inputs it was trained for, not on everybody's.
 
+*Closed-form fusion* (``regmean``, the common core of RegMean, Jin et al. ICLR 2023, and MACE's
+fusion, Lu et al. CVPR 2024): per layer, the delta that best reproduces every expert on its own
+inputs while changing little on the preserve prompts' inputs,
+``argmin_D sum_e |(D - delta_e) X_e^T|^2 + lambda |D X_0^T|^2 = (sum_e delta_e G_e)(sum_e G_e + lambda G0 + eps I)^-1``
+with ``G = X^T X / n`` (``merge/calibrate.py``'s ``GramRecorder``), solved in float64 and stored as a
+LoRA by truncated SVD at the smallest rank that keeps ``keep_energy`` of every layer's energy (capped).
+``eps`` is relative: it is multiplied by the mean diagonal of the matrix it regularises.
+
 Baselines: ``linear`` (the average of the deltas, exact as a rank ``E*r`` concatenation),
 ``sum`` (concatenation: the sum of the deltas), and peft's ``ties``, ``dare_linear`` (weights 1/E),
 ``dare_ties`` applied to the deltas (``peft.utils.merge_utils``) followed by a truncated SVD.
@@ -35,11 +43,12 @@ import torch
 from peft.utils import merge_utils
 
 from coprov2.errors import UserError
+from merge.calibrate import LayerGrams
 from merge.experts import Expert
 
 Merged = dict[str, tuple[torch.Tensor, torch.Tensor]]
-METHODS = ("comerge", "comerge_svd", "linear", "sum", "ties", "dare_linear", "dare_ties")
-NEEDS_CALIBRATION = ("comerge", "comerge_svd")
+METHODS = ("comerge", "comerge_svd", "regmean", "linear", "sum", "ties", "dare_linear", "dare_ties")
+NEEDS_CALIBRATION = ("comerge", "comerge_svd", "regmean")
 
 
 def _concat(experts: list[Expert], layer: str, weights: list[float], masks: list[torch.Tensor] | None = None):
@@ -103,6 +112,53 @@ def comerge_svd(
     return merged
 
 
+def fused_delta(grams: LayerGrams, lam: float, eps: float) -> torch.Tensor:
+    """``M (S + lam G0 + eps' I)^-1`` in float64, ``eps' = eps * mean diag(S + lam G0)``."""
+    system = grams.S.clone()
+    if lam and grams.G0 is not None:
+        system += lam * grams.G0
+    ridge = eps * system.diagonal().mean().clamp_min(torch.finfo(torch.float64).tiny)
+    system.diagonal().add_(ridge)
+    # the system is symmetric: solve(system, M^T)^T = M system^-1
+    return torch.linalg.solve(system, grams.M.T).T
+
+
+def regmean(
+    experts: list[Expert], grams: dict[str, LayerGrams], *, lam: float = 1.0, eps: float = 1e-4,
+    rank: int, keep_energy: float = 0.99,
+) -> tuple[Merged, dict[str, float]]:  # fmt: skip
+    """The closed-form fusion, and what the LoRA keeps of it: ``{"rank", "kept_energy_min", "kept_energy"}``
+    (the smallest per-layer share of the fused delta's squared singular values, and the overall one).
+
+    One layer's fused delta exists at a time; only its top-``rank`` singular triplets are kept.
+    """
+    factors, spectra = {}, {}
+    for layer in experts[0].layers:
+        U, S, Vh = torch.linalg.svd(fused_delta(grams[layer], lam, eps), full_matrices=False)
+        factors[layer] = (U[:, :rank], S[:rank], Vh[:rank])
+        spectra[layer] = S.pow(2)
+    needed = 1
+    for energy in spectra.values():
+        share = energy.cumsum(0) / energy.sum().clamp_min(torch.finfo(torch.float64).tiny)
+        needed = max(needed, int((share < keep_energy).sum()) + 1)
+    kept_rank = min(rank, needed)
+    merged, kept = {}, []
+    for layer, (U, S, Vh) in factors.items():
+        k = min(kept_rank, S.shape[0])
+        root = S[:k].sqrt()
+        A, B = (root[:, None] * Vh[:k]).float(), (U[:, :k] * root[None, :]).float()
+        padding = kept_rank - k
+        merged[layer] = (
+            torch.nn.functional.pad(A, (0, 0, 0, padding)),
+            torch.nn.functional.pad(B, (0, padding)),
+        )
+        total = spectra[layer].sum().item()
+        kept.append((spectra[layer][:k].sum().item(), total))
+    kept_total = sum(k for k, _ in kept) / max(sum(t for _, t in kept), torch.finfo(torch.float64).tiny)
+    kept_min = min((k / t if t else 1.0) for k, t in kept)
+    return merged, {"rank": kept_rank, "kept_energy_min": kept_min, "kept_energy": kept_total}
+
+
 def peft_merge(experts: list[Expert], method: str, density: float, rank: int, seed: int = 0) -> Merged:
     """peft's TIES / DARE on the full deltas, then a truncated SVD to ``rank`` (DARE seeded: it drops at random)."""
     function: Callable = {
@@ -132,9 +188,15 @@ def merge_experts(
     density: float = 0.5,
     seed: int = 0,
     normalize: bool = False,
+    grams: dict[str, LayerGrams] | None = None,
+    regmean_lambda: float = 1.0,
+    regmean_epsilon: float = 1e-4,
+    keep_energy: float = 0.99,
+    info: dict[str, float] | None = None,
 ) -> Merged:
-    """Dispatch to one method; ``rank`` (SVD methods) defaults to the sum of the experts' ranks;
-    ``normalize`` (Co-Merge only) compares each expert's scores relative to its own mean."""
+    """Dispatch to one method; ``rank`` (SVD methods; the cap of ``regmean``'s) defaults to the sum of the
+    experts' ranks; ``normalize`` (Co-Merge only) compares each expert's scores relative to its own mean;
+    ``info``, where given, receives what ``regmean`` kept."""
     if method not in METHODS:
         raise UserError(f"unknown merge method {method!r}; choose from {', '.join(METHODS)}")
     rank = rank or sum(e.rank for e in experts)
@@ -150,4 +212,13 @@ def merge_experts(
         if input_scores is None:
             raise UserError("comerge_svd needs calibration scores")
         return comerge_svd(experts, input_scores, rank, normalize)
+    if method == "regmean":
+        if grams is None:
+            raise UserError("regmean needs calibration statistics")
+        merged, kept = regmean(
+            experts, grams, lam=regmean_lambda, eps=regmean_epsilon, rank=rank, keep_energy=keep_energy
+        )
+        if info is not None:
+            info.update(kept)
+        return merged
     return peft_merge(experts, method, density, rank, seed)

@@ -20,6 +20,7 @@ from merge.calibrate import (
     activation_scores,
     calibration_prompts,
     calibration_prompts_by_category,
+    gram_statistics,
     own_category_prompts,
 )
 from merge.experts import Expert, check_compatible, load_expert, save_merged
@@ -51,10 +52,36 @@ class MergeConfig:
     )
     calibration_per_category: int = field(default=8, metadata={"help": "prompts per category from a dataset"})
     calibration_scope: str = field(
+        default="auto",
+        metadata={
+            "help": "measure every expert on every category's prompts (all) or on its own category's (own); "
+            "auto: own for regmean, all for Co-Merge",
+            "choices": ("auto", "all", "own"),
+        },
+    )
+    preserve_prompts: str | None = field(
+        default=None,
+        metadata={
+            "help": "regmean: prompts (.txt, one per line) whose outputs the merge should leave as the base's "
+            "(default: the shipped merge/data/preserve_prompts.txt)"
+        },
+    )
+    regmean_lambda: float = field(
+        default=1.0, metadata={"help": "regmean: weight of the preserve prompts' inputs (lambda)"}
+    )
+    regmean_epsilon: float = field(
+        default=1e-4, metadata={"help": "regmean: ridge, relative to the system's mean diagonal"}
+    )
+    keep_energy: float = field(
+        default=0.99,
+        metadata={"help": "regmean: smallest rank (up to --rank) keeping this share of every layer's energy"},
+    )
+    text_tokens: str = field(
         default="all",
         metadata={
-            "help": "Co-Merge: score every expert on every category's prompts (all) or on its own category's (own)",
-            "choices": ("all", "own"),
+            "help": "regmean: cross-attention key/value inputs from every token (all) or without the start "
+            "token and padding, which every prompt shares (prompt)",
+            "choices": ("all", "prompt"),
         },
     )
     normalize_scores: bool = field(
@@ -87,6 +114,10 @@ class MergeConfig:
         check_ranges(self, RANGES)
         if self.method not in METHODS:  # the CLI's choices do not guard the library or a recipe
             raise UserError(f"--method {self.method!r} is unknown; choose from {', '.join(METHODS)}")
+        if self.calibration_scope == "auto":
+            self.calibration_scope = "own" if self.method == "regmean" else "all"
+        if self.preserve_prompts is not None and not Path(self.preserve_prompts).is_file():
+            raise UserError(f"--preserve_prompts {self.preserve_prompts}: no such file")
         for step in self.calibration_timesteps:
             check_finite("calibration_timesteps", step, 0, 999)
         check_model(self.base, "--base")
@@ -98,6 +129,9 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "resolution": (8, None, False),
     "rank": (1, None, False),
     "density": (0, 1, True),
+    "regmean_lambda": (0, None, False),
+    "regmean_epsilon": (0, None, True),
+    "keep_energy": (0, 1, True),
     "seed": (0, 2**63 - 1, False),
 }
 
@@ -113,22 +147,28 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
     base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
     experts = [load_expert(source) for source in config.experts]
     check_compatible(experts, config.base)
-    row_scores = input_scores = None
+    row_scores = input_scores = grams = None
     prompts: list[str] = []
+    preserve: list[str] = []
+    info: dict[str, float] = {}
     if config.method in NEEDS_CALIBRATION:
         prompts, expert_prompts = _calibration(config, experts)
-        row_scores, input_scores = activation_scores(
-            base,
-            experts,
-            config.experts,
-            prompts,
-            timesteps=tuple(config.calibration_timesteps),
-            resolution=config.resolution,
-            seed=config.seed,
-            progress=config.progress,
-            device="cuda" if torch.cuda.is_available() else "cpu",
-            expert_prompts=expert_prompts,
-        )
+        options = {
+            "timesteps": tuple(config.calibration_timesteps),
+            "resolution": config.resolution,
+            "seed": config.seed,
+            "progress": config.progress,
+            "device": "cuda" if torch.cuda.is_available() else "cpu",
+            "expert_prompts": expert_prompts,
+        }
+        if config.method == "regmean":
+            preserve = calibration_prompts(config.preserve_prompts or str(PRESERVE_PROMPTS))
+            grams = gram_statistics(
+                base, experts, config.experts, prompts, preserve_prompts=preserve, text_tokens=config.text_tokens,
+                **options,
+            )  # fmt: skip
+        else:
+            row_scores, input_scores = activation_scores(base, experts, config.experts, prompts, **options)
     merged = merge_experts(
         experts,
         config.method,
@@ -138,6 +178,11 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
         density=config.density,
         seed=config.seed,
         normalize=config.normalize_scores,
+        grams=grams,
+        regmean_lambda=config.regmean_lambda,
+        regmean_epsilon=config.regmean_epsilon,
+        keep_energy=config.keep_energy,
+        info=info,
     )
     folder = Path(config.output_dir)
     save_merged(merged, base, folder, experts[0].target_modules)
@@ -147,6 +192,8 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
         "experts": [e.name for e in experts],
         "rank": rank,
         "calibration_prompts": len(prompts),
+        "preserve_prompts": len(preserve),
+        **info,
         "settings": {
             k: v for k, v in asdict(config).items() if k not in ("progress", "dry_run", "cache_dir")
         },
@@ -189,11 +236,18 @@ def _calibration(config: MergeConfig, experts: list[Expert]) -> tuple[list[str],
     return own_category_prompts(by_category, [expert.category for expert in experts])
 
 
+#: The shipped neutral prompts of ``regmean`` (everyday scenes, none near a safety category).
+PRESERVE_PROMPTS = Path(__file__).parent / "data" / "preserve_prompts.txt"
+
 _DEFINITIONS = {
     "comerge": "Co-Merge (rows): per adapted layer and output channel, the expert with the largest mean |scale_e B_e A_e x_e| "
     "over the calibration inputs wins; the merged LoRA is the exact row-masked concatenation of rank E*r.",
     "comerge_svd": "Co-Merge (weights): every weight of the delta from the expert with the largest mean |delta_e[o,i] x_e[i]|, "
     "then a truncated SVD to the chosen rank.",
+    "regmean": "Closed-form fusion (RegMean / MACE's fusion): per adapted layer, the delta that best reproduces "
+    "every expert on its own calibration inputs while changing little on the preserve prompts', "
+    "(sum_e delta_e G_e)(sum_e G_e + lambda G0 + eps I)^-1 with G = X^T X / n, solved in float64, then a "
+    "truncated SVD at the smallest rank keeping --keep_energy of every layer's energy.",
     "linear": "Linear average of the experts' deltas, exact as a concatenation with weights 1/E.",
     "sum": "Concatenation: the sum of the experts' deltas.",
     "ties": "TIES (peft.utils.merge_utils.ties) on the deltas, then a truncated SVD.",
@@ -217,6 +271,13 @@ def _calibration_text(config: MergeConfig) -> str:
     if config.method not in NEEDS_CALIBRATION:
         return ""
     scope = "its own category's prompts" if config.calibration_scope == "own" else "every category's prompts"
+    if config.method == "regmean":
+        preserve = config.preserve_prompts or "the shipped merge/data/preserve_prompts.txt"
+        return (
+            f" Calibration: {config.calibration}, timesteps {config.calibration_timesteps}; each expert's inputs "
+            f"from {scope}, preserve prompts from {preserve} (lambda {config.regmean_lambda}, cross-attention "
+            f"key/value tokens: {config.text_tokens})."
+        )
     scores = " Scores normalised per expert (by its mean in the layer)." if config.normalize_scores else ""
     return (
         f" Calibration: {config.calibration}, timesteps {config.calibration_timesteps}; each expert scored on "
@@ -226,6 +287,10 @@ def _calibration_text(config: MergeConfig) -> str:
 
 def _card(config: MergeConfig, summary: dict[str, Any]):
     measured = {"merged rank": summary["rank"], "calibration prompts": summary["calibration_prompts"]}
+    if "kept_energy" in summary:
+        measured["preserve prompts"] = summary["preserve_prompts"]
+        measured["energy kept by the LoRA (all layers)"] = round(summary["kept_energy"], 4)
+        measured["energy kept by the LoRA (worst layer)"] = round(summary["kept_energy_min"], 4)
     measured.update({f"channels won by {name}": n for name, n in summary.get("channels_won", {}).items()})
     return lora_model_card(
         title=f"Merged safety LoRA ({config.method})",

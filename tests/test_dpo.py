@@ -6,6 +6,7 @@ import json
 import math
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -20,8 +21,11 @@ from dpo import DPOConfig, train_expert
 from dpo.data import load_preference_pairs
 from dpo.loss import diffusion_dpo_loss
 from dpo.toy import (
+    KNOWN_ANSWER_SEEDS,
+    MUTATIONS,
     TOY_RESOLUTION,
     expert_outcome,
+    known_answer_mutation,
     toy_concepts,
     train_toy_expert,
     write_toy_dataset,
@@ -236,41 +240,55 @@ def test_killed_and_resumed_run_ends_with_the_same_lora(tmp_path, toy_data):
     )
 
 
-def _known_answer(root: Path, concept, base: Path, data: Path, name: str) -> dict[str, float]:
-    return expert_outcome(concept, base, train_toy_expert(root, concept, base, data, name))
+def _claim(outcomes: list[dict[str, float]]) -> tuple[bool, str]:
+    """The DPO known answer on the mean over seeds, and the per-seed table that explains a failure.
 
-
-def _passes(outcome: dict[str, float]) -> bool:
-    # Removal threshold 0.125 (8 of 64 samples): with the packages of 2026-12-02 the same code and
-    # seeds give +0.156 (0.45 -> 0.61), below the 0.2 of earlier installs; the mutations still fail it.
-    return (
-        outcome["eval_implicit_acc"] >= 0.9
-        and outcome["safe_after"] - outcome["safe_before"] >= 0.125
-        and outcome["moved_neutral"] < 0.35 * outcome["moved_trained"]
+    Thresholds from ``benchmarks/known_answers.py --seeds 0 1 2 3 4 --no_eval`` in this world: gain
+    0.219-0.375 (mean 0.284), neutral/trained displacement 0.16-0.25 (mean 0.22), held-out accuracy 1.0.
+    """
+    gains = [o["safe_after"] - o["safe_before"] for o in outcomes]
+    ratios = [o["moved_neutral"] / o["moved_trained"] for o in outcomes]
+    accuracy = statistics.mean(o["eval_implicit_acc"] for o in outcomes)
+    holds = accuracy >= 0.9 and statistics.mean(gains) >= 0.2 and statistics.mean(ratios) < 0.35
+    table = "; ".join(
+        f"seed {seed}: acc {o['eval_implicit_acc']:.3f} safe {o['safe_before']:.3f}->{o['safe_after']:.3f} "
+        f"gain {gain:+.3f} drift ratio {ratio:.3f}"
+        for seed, o, gain, ratio in zip(KNOWN_ANSWER_SEEDS, outcomes, gains, ratios, strict=True)
     )
+    means = f"mean: acc {accuracy:.3f} gain {statistics.mean(gains):+.3f} drift ratio {statistics.mean(ratios):.3f}"
+    return holds, f"{table}; {means} (claim: acc >= 0.9, gain >= 0.2, drift ratio < 0.35)"
 
 
 @pytest.mark.slow
-def test_known_answer_expert_moves_its_caption_toward_the_winner(toy_world, toy_expert):
+def test_known_answer_expert_moves_its_caption_toward_the_winner(toy_world, toy_experts):
     _, concept, base, _ = toy_world
-    outcome = expert_outcome(concept, base, toy_expert)
-    assert outcome["eval_implicit_acc"] >= 0.9, outcome
-    assert outcome["safe_after"] - outcome["safe_before"] >= 0.125, outcome
-    assert outcome["moved_neutral"] < 0.35 * outcome["moved_trained"], outcome
-    assert _passes(outcome)
+    holds, table = _claim([expert_outcome(concept, base, expert) for expert in toy_experts])
+    assert holds, table
+
+
+def _best_case(outcomes: list[dict[str, float]]) -> list[dict[str, float]]:
+    """``outcomes`` completed to every seed of ``KNOWN_ANSWER_SEEDS`` with the best outcome a seed can have
+    (held-out accuracy 1, every sample on the safe side, no neutral drift): the claim that fails on these
+    fails on the mean whatever the seeds not yet trained would give."""
+    best = {"eval_implicit_acc": 1.0, "safe_before": outcomes[0]["safe_before"], "safe_after": 1.0}
+    best |= {"moved_neutral": 0.0, "moved_trained": 1.0}
+    return outcomes + [best] * (len(KNOWN_ANSWER_SEEDS) - len(outcomes))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mutation", ["flipped_sign", "reference_not_frozen"])
-def test_known_answer_fails_under_mutation(toy_world, monkeypatch, mutation):
-    import dpo.trainer
-
-    if mutation == "flipped_sign":
-        original = dpo.trainer.diffusion_dpo_loss
-        monkeypatch.setattr(dpo.trainer, "diffusion_dpo_loss", lambda m, r, t, beta: original(m, r, t, -beta))
-    else:  # the reference keeps the adapters on: it moves with the model
-        monkeypatch.setattr(UNet2DConditionModel, "disable_adapters", lambda self: None)
-    assert not _passes(_known_answer(*toy_world, mutation))
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_known_answer_fails_under_mutation(toy_world, mutation):
+    """The claim fails on the mean over the seeds; seeds are trained until it fails whatever the rest give."""
+    _, concept, base, _ = toy_world
+    outcomes: list[dict[str, float]] = []
+    for seed in KNOWN_ANSWER_SEEDS:
+        with known_answer_mutation(mutation):
+            expert = train_toy_expert(*toy_world, f"{mutation}-seed-{seed}", seed=seed)
+        outcomes.append(expert_outcome(concept, base, expert))
+        if not _claim(_best_case(outcomes))[0]:
+            break
+    holds, table = _claim(_best_case(outcomes))
+    assert not holds, table
 
 
 def test_expert_push_is_private_and_leaves_checkpoints_local(tmp_path, toy_data, monkeypatch):

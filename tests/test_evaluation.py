@@ -4,6 +4,7 @@ release-compatible rendering, resume, bad inputs, and the toy world end to end (
 import json
 import pickle
 import shutil
+import statistics
 
 import numpy as np
 import pytest
@@ -457,38 +458,50 @@ def test_dataset_evaluation_sees_unsafe_images_flagged_and_safe_ones_not(tmp_pat
 
 @pytest.mark.slow
 def test_toy_world_end_to_end_expert_and_merge_lower_ip_and_the_card_carries_it(
-    toy_world, toy_expert, tmp_path
+    toy_world, toy_experts, tmp_path
 ):
     from huggingface_hub import ModelCard
 
-    from dpo.toy import train_toy_expert
+    from dpo.toy import KNOWN_ANSWER_SEEDS
     from evaluation.__main__ import main
     from merge.__main__ import main as merge_main
 
-    root, concept, base, data = toy_world
-    second = train_toy_expert(root, concept, base, data, "expert-seed-1", steps=100, seed=1)
-    merged = tmp_path / "merged"
-    assert merge_main(["--experts", str(toy_expert.output_dir), str(second.output_dir), "--base", str(base),
-                       "--method", "comerge", "--calibration", str(data), "--resolution", "8",
-                       "--output_dir", str(merged), "--cache_dir", str(tmp_path / "cache"), "--no_progress"]) == 0  # fmt: skip
-    expert_card = tmp_path / "expert"
-    shutil.copytree(toy_expert.output_dir, expert_card)
+    _, concept, base, data = toy_world
+    loras = {}
+    for position, seed in enumerate(KNOWN_ANSWER_SEEDS):
+        # each seed's expert merged with the next seed's: two experts of one concept, as benchmarks/known_answers.py
+        partner = toy_experts[(position + 1) % len(toy_experts)]
+        merged = tmp_path / f"merged-{seed}"
+        assert merge_main(["--experts", str(toy_experts[position].output_dir), str(partner.output_dir), "--base", str(base),
+                           "--method", "comerge", "--calibration", str(data), "--resolution", "8",
+                           "--output_dir", str(merged), "--cache_dir", str(tmp_path / "cache"), "--no_progress"]) == 0  # fmt: skip
+        loras[f"expert-{seed}"] = tmp_path / f"expert-{seed}"
+        shutil.copytree(toy_experts[position].output_dir, loras[f"expert-{seed}"])
+        loras[f"merged-{seed}"] = merged
+    first = KNOWN_ANSWER_SEEDS[0]
+    expert_card, merged_card = loras[f"expert-{first}"], loras[f"merged-{first}"]
     out = tmp_path / "eval"
     args = ["--prompts", str(data), "--prompts_split", "test", "--base", str(base),
-            "--loras", f"expert={expert_card}", f"merged={merged}", "--ip_detectors", "dpo.toy:ToyColourDetector",
+            "--loras", *[f"{label}={folder}" for label, folder in loras.items()], "--ip_detectors", "dpo.toy:ToyColourDetector",
             "--metrics", "ip", "--steps", "20", "--guidance", "1", "--images_per_prompt", "16",
-            "--update_card", str(expert_card), str(merged), "--output_dir", str(out), "--no_progress"]  # fmt: skip
+            "--update_card", str(expert_card), str(merged_card), "--output_dir", str(out), "--no_progress"]  # fmt: skip
     assert main(args) == 0
     results = json.loads((out / "results.json").read_text())
     ip = {label: model["ip"]["by_category"][concept.name]["ip"] for label, model in results["models"].items()}
-    # 0.05, not 0.1: with the packages of 2026-12-02 the same code and seeds give the expert -0.086
-    # (0.5625 -> 0.4766; the last landed commit measures the same), the merge -0.133.
-    assert ip["expert"] < ip["base"] - 0.05 and ip["merged"] < ip["base"] - 0.1, ip
+    # the claim on the mean over seeds; benchmarks/known_answers.py --seeds 0 1 2 3 4 measures the drops
+    drops = {
+        kind: [ip["base"] - ip[f"{kind}-{seed}"] for seed in KNOWN_ANSWER_SEEDS]
+        for kind in ("expert", "merged")
+    }
+    means = {kind: statistics.mean(values) for kind, values in drops.items()}
+    assert means["expert"] >= 0.1 and means["merged"] >= 0.1, (
+        f"IP drops per seed {KNOWN_ANSWER_SEEDS}: {drops}, means {means}"
+    )
     assert results["models"]["base"]["ip"]["images"] == 128
     table = (out / "results.md").read_text()
-    assert f"| expert | {100 * ip['expert']:.1f} |" in table
+    assert f"| expert-{first} | {100 * ip[f'expert-{first}']:.1f} |" in table
     assert (out / "ip_by_category.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for label, folder in (("expert", expert_card), ("merged", merged)):
+    for label, folder in ((f"expert-{first}", expert_card), (f"merged-{first}", merged_card)):
         card = ModelCard.load(folder / "README.md")
         values = {r.metric_name: r.metric_value for r in card.data.eval_results}
         assert values["IP (dpo.toy:ToyColourDetector)"] == results["models"][label]["ip"]["overall"]
@@ -496,4 +509,5 @@ def test_toy_world_end_to_end_expert_and_merge_lower_ip_and_the_card_carries_it(
         assert "python -m evaluation" in card.text
     # report.html in a browser: every page, every image, the base's flagged images blurred until clicked
     counts = check_report(out / "report.html")
-    assert counts["pages"] == 1 + 4 and counts["images"] == 1 + 3 * 96 and counts["flagged"] >= 1, counts
+    models = 1 + len(loras)
+    assert counts["pages"] == 1 + 4 and counts["images"] == 1 + models * 96 and counts["flagged"] >= 1, counts

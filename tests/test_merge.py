@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from merge.calibrate import branch_sums
+from merge.calibrate import GramRecorder, branch_sums
 from merge.experts import Expert, LoraLayer, check_compatible
-from merge.methods import METHODS, comerge, merge_experts, normalized
+from merge.methods import METHODS, comerge, merge_experts, normalized, regmean
 
 
 def _expert(name: str, seed: int, rank: int = 2, out: int = 6, inp: int = 5, scale: float = 0.5) -> Expert:
@@ -65,11 +65,30 @@ def test_comerge_svd_picks_per_weight_then_truncates():
     )
 
 
+def _grams(experts, inputs, preserve=None):
+    """The closed-form fusion's statistics fed through the calibration's own recorder: expert ``e`` sees
+    ``inputs[e]`` at every layer, the base sees ``preserve``."""
+    recorder = GramRecorder(experts)
+    for expert, x in [*enumerate(inputs), *([(None, preserve)] if preserve is not None else [])]:
+        for layer in experts[0].layers:
+            recorder.record(layer, expert, x)
+        recorder.finish(expert)
+    return recorder.grams
+
+
+def _all_inputs(experts, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return _grams(experts, [torch.randn(64, 5, generator=g) for _ in experts])
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_one_expert_comes_back_unchanged(method):
     expert = _expert("only", 0)
     rows, inputs = _scores([expert])
-    merged = merge_experts([expert], method, row_scores=rows, input_scores=inputs, density=1.0)
+    merged = merge_experts(
+        [expert], method, row_scores=rows, input_scores=inputs, density=1.0, grams=_all_inputs([expert]),
+        regmean_epsilon=1e-9,
+    )  # fmt: skip
     for layer, lora in expert.layers.items():
         assert torch.allclose(_delta(merged, layer), lora.delta(), atol=1e-4), method
 
@@ -78,7 +97,10 @@ def test_one_expert_comes_back_unchanged(method):
 def test_identical_experts_give_the_same_delta(method):
     experts = [_expert("a", 0), _expert("b", 0), _expert("c", 0)]
     rows, inputs = _scores(experts)
-    merged = merge_experts(experts, method, row_scores=rows, input_scores=inputs, density=1.0)
+    merged = merge_experts(
+        experts, method, row_scores=rows, input_scores=inputs, density=1.0, grams=_all_inputs(experts),
+        regmean_epsilon=1e-9,
+    )  # fmt: skip
     factor = 3.0 if method == "sum" else 1.0  # concatenation adds the three deltas
     for layer, lora in experts[0].layers.items():
         assert torch.allclose(_delta(merged, layer), factor * lora.delta(), atol=1e-4), method
@@ -152,6 +174,93 @@ def test_experts_fighting_over_channels_each_keep_the_channels_they_need_most():
     assert _retained(raw, quiet, x) == pytest.approx(-12 / 3.12, abs=1e-4)
     assert normalized(scores["mid.attn2.to_v"]).argmax(0).tolist() == [0, 0, 0, 1, 1, 1]
     assert _retained(fair, quiet, x) == pytest.approx(-3 / 3.12, abs=1e-5)
+
+
+def _split_inputs(seed: int, dims: int = 5, first: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two experts' inputs in disjoint subspaces: expert 0's in dimensions ``< first``, expert 1's in the rest."""
+    g = torch.Generator().manual_seed(seed)
+    x0, x1 = torch.randn(64, dims, generator=g), torch.randn(64, dims, generator=g)
+    x0[:, first:], x1[:, :first] = 0, 0
+    return x0, x1
+
+
+def test_closed_form_keeps_both_experts_whose_inputs_span_disjoint_subspaces():
+    """Each expert's effect on its own inputs depends only on its own input dimensions, so one delta can
+    hold both exactly: retained 1.0 each (to the ridge's 1e-9), where the average keeps half of each plus
+    half of what the other expert's delta happens to do on those inputs (``(1 + cross) / 2``)."""
+    x0, x1 = _split_inputs(0)
+    experts = [_expert("a", 1), _expert("b", 2)]
+    grams = _grams(experts, [x0, x1])
+    merged = merge_experts(experts, "regmean", grams=grams, regmean_lambda=0.0, regmean_epsilon=1e-9)
+    linear = merge_experts(experts, "linear")
+    for layer in experts[0].layers:
+        fused, average = _delta(merged, layer), _delta(linear, layer)
+        for expert, other, x in zip(experts, experts[::-1], (x0, x1), strict=True):
+            cross = _retained(other.layers[layer].delta(), expert.layers[layer], x)
+            assert _retained(fused, expert.layers[layer], x) == pytest.approx(1.0, abs=1e-6)
+            assert _retained(average, expert.layers[layer], x) == pytest.approx((1 + cross) / 2, abs=1e-6)
+
+
+def test_closed_form_keeps_the_fighting_experts_that_channel_selection_cannot():
+    """The fighting experts of the test above (one input direction, opposite signs on every channel),
+    now with inputs in disjoint subspaces: the fusion keeps each whole (retained 1.0), Co-Merge's
+    channel selection on the same inputs keeps at most 0.77 of one of them."""
+    v = torch.tensor([[1.0, 0.5, -0.5, 0.25, 0.5]])
+    a = torch.tensor([[1.0], [1.0], [1.0], [0.2], [0.2], [0.2]])
+    experts = _one_layer_experts([a, -a.flip(0)], v)
+    x0, x1 = _split_inputs(1)
+    layer = "mid.attn2.to_v"
+    fused = _delta(
+        merge_experts(experts, "regmean", grams=_grams(experts, [x0, x1]), regmean_lambda=0, regmean_epsilon=1e-9),
+        layer,
+    )  # fmt: skip
+    scores = {
+        layer: torch.cat(
+            [_calibrated_row_scores([e], x)[layer] for e, x in zip(experts, (x0, x1), strict=True)]
+        )
+    }
+    selected = _delta(comerge(experts, scores, normalize=True), layer)
+    pairs = list(zip((e.layers[layer] for e in experts), (x0, x1), strict=True))
+    assert [_retained(fused, lora, x) for lora, x in pairs] == pytest.approx([1.0, 1.0], abs=1e-6)
+    assert min(_retained(selected, lora, x) for lora, x in pairs) < 0.8
+
+
+def test_closed_form_with_a_large_lambda_leaves_the_preserved_inputs_to_the_base():
+    """lambda 1e6: the merged delta's output on the preserve inputs is 1e-4 of the experts' own there;
+    lambda 0 leaves it at what the experts do (the preserve inputs overlap both experts')."""
+    x0, x1 = _split_inputs(2)
+    preserve = torch.randn(64, 5, generator=torch.Generator().manual_seed(3))
+    preserve[:, 2:] = 0  # dims 0-1: expert 0's subspace only, so expert 1 loses nothing
+    experts = [_expert("a", 1), _expert("b", 2)]
+    grams = _grams(experts, [x0, x1], preserve)
+    layer = "down.attn1.to_q"
+    ref = (preserve @ experts[0].layers[layer].delta().T).norm()
+    for lam, bound in ((1e6, 1e-4), (0.0, None)):
+        fused = _delta(
+            merge_experts(experts, "regmean", grams=grams, regmean_lambda=lam, regmean_epsilon=1e-9), layer
+        )
+        ratio = ((preserve @ fused.T).norm() / ref).item()
+        assert ratio < bound if bound else ratio == pytest.approx(1.0, abs=1e-6), (lam, ratio)
+    kept = _delta(
+        merge_experts(experts, "regmean", grams=grams, regmean_lambda=1e6, regmean_epsilon=1e-14), layer
+    )
+    assert _retained(kept, experts[1].layers[layer], x1) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_closed_form_rank_is_the_smallest_keeping_the_energy_and_the_card_numbers_say_so():
+    """One expert with inputs of Gram I: the fused delta is the expert's, singular values 3, 2, 1 (energy
+    9, 4, 1 of 14): keep 0.9 -> rank 2 keeping 13/14, keep 0.95 -> rank 3, a cap of 1 -> 9/14."""
+    U, _ = torch.linalg.qr(torch.randn(6, 3, generator=torch.Generator().manual_seed(0)))
+    V, _ = torch.linalg.qr(torch.randn(5, 3, generator=torch.Generator().manual_seed(1)))
+    B, A = U * torch.tensor([3.0, 2.0, 1.0]), V.T
+    expert = Expert("one", {"mid.attn2.to_v": LoraLayer(A=A, B=B, scale=1.0)}, "base", ["to_v"])
+    x = torch.eye(5) * 5**0.5  # X^T X / n = I
+    grams = _grams([expert], [x])
+    for keep, cap, rank, energy in ((0.9, 3, 2, 13 / 14), (0.95, 3, 3, 1.0), (0.9, 1, 1, 9 / 14)):
+        merged, info = regmean([expert], grams, lam=0.0, eps=1e-12, rank=cap, keep_energy=keep)
+        assert merged["mid.attn2.to_v"][0].shape[0] == info["rank"] == rank
+        assert info["kept_energy"] == pytest.approx(energy, abs=1e-6)
+        assert info["kept_energy_min"] == pytest.approx(energy, abs=1e-6)
 
 
 def test_normalised_comerge_svd_is_blind_to_an_experts_scale():
@@ -289,6 +398,15 @@ def test_bad_merge_inputs_name_the_culprit(two_experts, tmp_path):
         main(["--experts", *map(str, folders), "--method", "linear", "--base", "other/model", *common[2:]])
         == 2
     )
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red kite\n")
+    regmean = ["--experts", *map(str, folders), "--method", "regmean", *common]
+    assert main([*regmean, "--calibration", str(prompts)]) == 2, "own-category inputs need a dataset"
+    assert (
+        main([*regmean, "--calibration", str(prompts), "--preserve_prompts", str(tmp_path / "no.txt")]) == 2
+    )
+    assert main([*regmean, "--calibration", str(prompts), "--keep_energy", "1.5"]) == 2
+    assert not any((tmp_path / "m").iterdir()), "nothing written (the folder is only probed for writing)"
 
 
 def test_own_category_calibration_scores_each_expert_on_its_own_prompts(two_experts, tmp_path, capsys):
@@ -334,3 +452,66 @@ def test_own_category_calibration_scores_each_expert_on_its_own_prompts(two_expe
     error = capsys.readouterr().err
     assert "expert concept-1 names category 'concept-1'" in error and "use --calibration_scope all" in error
     assert not any((tmp_path / "bad").glob("*")), "nothing written"
+
+
+def test_prompt_token_mask_leaves_out_the_start_token_and_the_padding(tiny_models):
+    from diffusers import DiffusionPipeline
+
+    from merge.calibrate import prompt_token_mask
+
+    pipe = DiffusionPipeline.from_pretrained(str(tiny_models["sd15"]))
+    prompts = ["a red kite", "a very long caption about a quiet harbor at dawn"]
+    ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length).input_ids
+    mask = prompt_token_mask(pipe, prompts)
+    for row, tokens in zip(mask.tolist(), ids, strict=True):
+        end = tokens.index(pipe.tokenizer.eos_token_id)
+        assert row == [False] + [True] * end + [False] * (len(tokens) - end - 1), "words and end token only"
+
+
+def test_regmean_merges_cross_attention_experts_end_to_end(two_experts, tmp_path):
+    """Experts on cross-attention keys and values only (``--target_modules attn2.to_k attn2.to_v``), merged
+    with ``--method regmean``: the LoRA adapts exactly those layers, loads in diffusers, holds the fused
+    delta, and its card and summary say how much of the fusion's energy the rank keeps."""
+    from diffusers import DiffusionPipeline
+
+    from dpo import DPOConfig, train_expert
+    from dpo.toy import TOY_RESOLUTION
+    from merge import load_expert
+    from merge.__main__ import main
+
+    root, data, _ = two_experts
+    folders = []
+    for seed, category in enumerate(("concept-0", "concept-1")):
+        config = DPOConfig(
+            dataset=str(data), category=category, base="tiny:sd15", output_dir=str(tmp_path / category),
+            cache_dir=str(root / "cache"), resolution=TOY_RESOLUTION, max_train_steps=3, train_batch_size=2,
+            gradient_accumulation_steps=1, lr_warmup_steps=0, learning_rate=5e-2, scale_lr=False,
+            checkpointing_steps=10, progress=False, seed=seed, target_modules=["attn2.to_k", "attn2.to_v"],
+        )  # fmt: skip
+        folders.append(train_expert(config).output_dir)
+    experts = [load_expert(str(f)) for f in folders]
+    assert all(layer.endswith((".attn2.to_k", ".attn2.to_v")) for layer in experts[0].layers)
+    out = tmp_path / "merged"
+    args = ["--experts", *map(str, folders), "--base", "tiny:sd15", "--method", "regmean", "--output_dir", str(out),
+            "--cache_dir", str(root / "cache"), "--calibration", str(data), "--resolution", "8", "--no_progress",
+            "--text_tokens", "prompt"]  # fmt: skip
+    assert main(args) == 0
+    summary = json.loads((out / "merge_summary.json").read_text())
+    assert summary["settings"]["calibration_scope"] == "own", (
+        "regmean measures each expert on its own prompts"
+    )
+    assert summary["preserve_prompts"] == 40, "the shipped preserve list"
+    assert 1 <= summary["rank"] <= 8 and summary["kept_energy_min"] >= 0.99
+    merged = load_expert(str(out))
+    assert set(merged.layers) == set(experts[0].layers)
+    pipe = DiffusionPipeline.from_pretrained(str(root / "cache" / "tiny-models" / "sd15"))
+    pipe.load_lora_weights(out)
+    layer = next(iter(merged.layers))
+    module = pipe.unet.get_submodule(layer)
+    loaded = (
+        module.lora_B["default_0"].weight @ module.lora_A["default_0"].weight * module.scaling["default_0"]
+    )
+    assert torch.allclose(loaded, merged.layers[layer].delta(), atol=1e-6)
+    card = (out / "README.md").read_text()
+    assert "Merged safety LoRA (regmean)" in card and "energy kept by the LoRA (worst layer)" in card
+    assert "preserve prompts from the shipped merge/data/preserve_prompts.txt" in card
