@@ -3,7 +3,7 @@
 What ``tests/test_dpo.py`` and ``tests/test_evaluation.py`` measure, seed by seed, in the same toy world
 (``dpo.toy.make_toy_world``: the base pretrained once, seed 0, two torch threads as ``tests/conftest.py`` sets):
 
-- the DPO known-answer expert (``dpo.toy.train_toy_expert``, ``KNOWN_ANSWER_STEPS`` steps or ``--steps``,
+- the DPO known-answer expert (``dpo.toy.train_toy_expert``, ``KNOWN_ANSWER_STEPS`` steps at ``KNOWN_ANSWER_LR`` or ``--steps``/``--lr``,
   with or without the release's random flip, optionally under one of ``dpo.toy.MUTATIONS``): held-out
   implicit accuracy, safe-share gain on the trained captions, neutral drift / trained drift;
 - the evaluation end to end: IP (``dpo.toy:ToyColourDetector``, 16 images per test caption, 20 steps,
@@ -13,7 +13,7 @@ What ``tests/test_dpo.py`` and ``tests/test_evaluation.py`` measure, seed by see
 
     python benchmarks/known_answers.py --seeds 0 1 2 3 4 --out /tmp/known-answers      # resumable per seed
     python benchmarks/known_answers.py --seeds 0 1 2 --mutation flipped_sign --out /tmp/known-answers
-    python benchmarks/known_answers.py --seeds 0 1 2 --steps 150 --no_eval --out /tmp/known-answers
+    python benchmarks/known_answers.py --seeds 0 1 2 --steps 300 --lr 3e-3 --no_eval --out /tmp/known-answers
 
 Writes ``<out>/<tag>.json`` per seed and ``<out>/eval-<tag>.json``, prints the table with mean, min and max.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from dpo.toy import (
+    KNOWN_ANSWER_LR,
     KNOWN_ANSWER_STEPS,
     MUTATIONS,
     expert_outcome,
@@ -121,7 +122,7 @@ def main() -> None:
         "--steps", type=int, default=KNOWN_ANSWER_STEPS, help="expert training steps (the tests')"
     )
     parser.add_argument("--batch", type=int, default=8, help="expert batch size (the tests': 8)")
-    parser.add_argument("--lr", type=float, default=3e-3, help="expert learning rate (the tests': 3e-3)")
+    parser.add_argument("--lr", type=float, default=KNOWN_ANSWER_LR, help="expert learning rate (the tests')")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the tests': 2)")
     parser.add_argument("--out", type=Path, default=Path("known-answers"))
     args = parser.parse_args()

@@ -13,7 +13,7 @@ import torch
 from coprov2.tiny import write_tiny_models
 
 # Two CPU threads (CI's cores) whatever the machine: CPU kernels sum in another order with another thread
-# count, and the toy world's known answers (a pretrained base, then 300 DPO steps) drift apart from there
+# count, and the toy world's known answers (a pretrained base, then a few hundred DPO steps) drift apart from there
 # (the base's safe share is 0.500 with 2 threads, 0.453 with 1). Their thresholds were measured with 2.
 torch.set_num_threads(2)
 
@@ -34,7 +34,7 @@ def toy_world(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def toy_experts(toy_world):
-    """The DPO known-answer experts, one per seed of ``KNOWN_ANSWER_SEEDS`` (300 steps each), shared with
+    """The DPO known-answer experts, one per seed of ``KNOWN_ANSWER_SEEDS``, shared with
     the evaluation end to end: every known answer that trains is claimed on their mean."""
     from dpo.toy import KNOWN_ANSWER_SEEDS, train_toy_expert
 

@@ -243,8 +243,10 @@ def test_killed_and_resumed_run_ends_with_the_same_lora(tmp_path, toy_data):
 def _claim(outcomes: list[dict[str, float]]) -> tuple[bool, str]:
     """The DPO known answer on the mean over seeds, and the per-seed table that explains a failure.
 
-    Thresholds from ``benchmarks/known_answers.py --seeds 0 1 2 3 4 --no_eval`` in this world: gain
-    0.219-0.375 (mean 0.284), neutral/trained displacement 0.16-0.25 (mean 0.22), held-out accuracy 1.0.
+    Thresholds from ``benchmarks/known_answers.py --seeds 0 1 2 3 4`` in this world (150 steps at 6e-3):
+    gain 0.234-0.422 (mean 0.344; 0.360 over seeds 0-2), neutral/trained displacement 0.18-0.44 (mean
+    0.27), held-out accuracy 1.0 for every seed. Under either mutation the mean fails (the same benchmark
+    with ``--mutation``).
     """
     gains = [o["safe_after"] - o["safe_before"] for o in outcomes]
     ratios = [o["moved_neutral"] / o["moved_trained"] for o in outcomes]
