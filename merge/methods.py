@@ -84,15 +84,21 @@ def comerge(experts: list[Expert], row_scores: dict[str, torch.Tensor], normaliz
 
 
 def truncated_lora(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The best rank-``rank`` factorisation ``B @ A`` of ``delta`` (Eckart-Young), split as sqrt(S) both sides.
+    """The best rank-``rank`` factorisation ``B @ A`` of ``delta`` (Eckart-Young), split as sqrt(S) both sides."""
+    return svd_lora(*torch.linalg.svd(delta.float(), full_matrices=False), rank)
 
-    Where ``rank`` exceeds the layer's own (``min(out, in)``), the factors are padded with zeros to
-    ``rank``: one LoRA file holds one rank for every layer, and the padding changes no output.
+
+def svd_lora(
+    U: torch.Tensor, S: torch.Tensor, Vh: torch.Tensor, rank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """LoRA factors ``(A, B)`` (float32) of the top-``rank`` singular triplets, split as sqrt(S) both sides.
+
+    Where ``rank`` exceeds the triplets there are (a layer's own rank, ``min(out, in)``), the factors are
+    padded with zeros to ``rank``: one LoRA file holds one rank for every layer, and the padding changes no output.
     """
-    U, S, Vh = torch.linalg.svd(delta.float(), full_matrices=False)
     kept = min(rank, S.shape[0])
     root = S[:kept].sqrt()
-    A, B = root[:, None] * Vh[:kept], U[:, :kept] * root[None, :]
+    A, B = (root[:, None] * Vh[:kept]).float(), (U[:, :kept] * root[None, :]).float()
     padding = rank - kept
     return torch.nn.functional.pad(A, (0, 0, 0, padding)), torch.nn.functional.pad(B, (0, padding))
 
@@ -144,16 +150,8 @@ def regmean(
     kept_rank = min(rank, needed)
     merged, kept = {}, []
     for layer, (U, S, Vh) in factors.items():
-        k = min(kept_rank, S.shape[0])
-        root = S[:k].sqrt()
-        A, B = (root[:, None] * Vh[:k]).float(), (U[:, :k] * root[None, :]).float()
-        padding = kept_rank - k
-        merged[layer] = (
-            torch.nn.functional.pad(A, (0, 0, 0, padding)),
-            torch.nn.functional.pad(B, (0, padding)),
-        )
-        total = spectra[layer].sum().item()
-        kept.append((spectra[layer][:k].sum().item(), total))
+        merged[layer] = svd_lora(U, S, Vh, kept_rank)
+        kept.append((spectra[layer][:kept_rank].sum().item(), spectra[layer].sum().item()))
     kept_total = sum(k for k, _ in kept) / max(sum(t for _, t in kept), torch.finfo(torch.float64).tiny)
     kept_min = min((k / t if t else 1.0) for k, t in kept)
     return merged, {"rank": kept_rank, "kept_energy_min": kept_min, "kept_energy": kept_total}

@@ -1,6 +1,7 @@
 """merge/: known answers of every method on synthetic experts, then experts from dpo/ merged end to end."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -332,9 +333,22 @@ def two_experts(tmp_path_factory):
     return root, data, folders
 
 
+def _assert_loads_in_diffusers(base: Path, folder: Path, merged: Expert) -> None:
+    """``pipe.load_lora_weights(folder)`` puts the merged delta into the UNet (first layer checked)."""
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(str(base))
+    pipe.load_lora_weights(folder)
+    layer = next(iter(merged.layers))
+    module = pipe.unet.get_submodule(layer)
+    loaded = (
+        module.lora_B["default_0"].weight @ module.lora_A["default_0"].weight * module.scaling["default_0"]
+    )
+    assert torch.allclose(loaded, merged.layers[layer].delta(), atol=1e-6)
+
+
 @pytest.mark.parametrize("method", ["comerge", "ties"])
 def test_merged_lora_loads_in_diffusers_and_has_a_card(two_experts, method):
-    from diffusers import DiffusionPipeline
 
     from merge import load_expert
     from merge.__main__ import main
@@ -359,14 +373,7 @@ def test_merged_lora_loads_in_diffusers_and_has_a_card(two_experts, method):
                 for e in experts
             ]
             assert sum(rows) >= delta.shape[0], "every merged row is some expert's row"
-    pipe = DiffusionPipeline.from_pretrained(str(root / "cache" / "tiny-models" / "sd15"))
-    pipe.load_lora_weights(out)
-    layer = next(iter(merged.layers))
-    module = pipe.unet.get_submodule(layer)
-    loaded = (
-        module.lora_B["default_0"].weight @ module.lora_A["default_0"].weight * module.scaling["default_0"]
-    )
-    assert torch.allclose(loaded, merged.layers[layer].delta(), atol=1e-6)
+    _assert_loads_in_diffusers(root / "cache" / "tiny-models" / "sd15", out, merged)
     card = (out / "README.md").read_text()
     assert f"Merged safety LoRA ({method})" in card and "base_model: tiny:sd15" in card
 
@@ -472,7 +479,6 @@ def test_regmean_merges_cross_attention_experts_end_to_end(two_experts, tmp_path
     """Experts on cross-attention keys and values only (``--target_modules attn2.to_k attn2.to_v``), merged
     with ``--method regmean``: the LoRA adapts exactly those layers, loads in diffusers, holds the fused
     delta, and its card and summary say how much of the fusion's energy the rank keeps."""
-    from diffusers import DiffusionPipeline
 
     from dpo import DPOConfig, train_expert
     from dpo.toy import TOY_RESOLUTION
@@ -504,14 +510,7 @@ def test_regmean_merges_cross_attention_experts_end_to_end(two_experts, tmp_path
     assert 1 <= summary["rank"] <= 8 and summary["kept_energy_min"] >= 0.99
     merged = load_expert(str(out))
     assert set(merged.layers) == set(experts[0].layers)
-    pipe = DiffusionPipeline.from_pretrained(str(root / "cache" / "tiny-models" / "sd15"))
-    pipe.load_lora_weights(out)
-    layer = next(iter(merged.layers))
-    module = pipe.unet.get_submodule(layer)
-    loaded = (
-        module.lora_B["default_0"].weight @ module.lora_A["default_0"].weight * module.scaling["default_0"]
-    )
-    assert torch.allclose(loaded, merged.layers[layer].delta(), atol=1e-6)
+    _assert_loads_in_diffusers(root / "cache" / "tiny-models" / "sd15", out, merged)
     card = (out / "README.md").read_text()
     assert "Merged safety LoRA (regmean)" in card and "energy kept by the LoRA (worst layer)" in card
     assert "preserve prompts from the shipped merge/data/preserve_prompts.txt" in card
