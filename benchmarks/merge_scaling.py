@@ -47,6 +47,8 @@ from coprov2.tiny import resolve_tiny_model
 from dpo import DPOConfig, train_expert
 from dpo.config import PLACEMENTS
 from dpo.toy import (
+    KNOWN_ANSWER_LR,
+    KNOWN_ANSWER_STEPS,
     NEUTRAL_CAPTIONS,
     TOY_RESOLUTION,
     colour_centroid,
@@ -113,11 +115,11 @@ def dpo_config(
     data: Path, category: str, base: Path, out: Path, cache: Path, steps: int, rank: int, seed: int,
     placement: str = "all",
 ):  # fmt: skip
-    """The known-answer settings (dpo.toy.train_toy_expert), with the rank, seed and placement of the cell."""
+    """The known-answer settings (``dpo.toy.train_toy_expert``), with the steps, rank, seed and placement of the cell."""
     return DPOConfig(
         dataset=str(data), category=category, base=str(base), output_dir=str(out), cache_dir=str(cache),
         resolution=TOY_RESOLUTION, max_train_steps=steps, train_batch_size=8, gradient_accumulation_steps=1,
-        lr_warmup_steps=0, learning_rate=3e-3, scale_lr=False, timestep_min=500, beta=5000, rank=rank,
+        lr_warmup_steps=0, learning_rate=KNOWN_ANSWER_LR, scale_lr=False, timestep_min=500, beta=5000, rank=rank,
         proportion_empty_prompts=0.0, checkpointing_steps=10**6, logging_steps=10**6, progress=False, seed=seed,
         target_modules=PLACEMENTS[placement],
     )  # fmt: skip
@@ -206,9 +208,8 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
         start = time.perf_counter()
         subset = root / f"data-{n}"
         cells, seconds = {}, {}
-        for name, rank in zip(ALL_SINGLE, (args.rank, args.rank * n), strict=True):
-            if args.skip_all_single:
-                continue
+        ranks = {"both": (args.rank, args.rank * n), "rank": (args.rank,), "none": ()}[args.all_single]
+        for name, rank in zip(ALL_SINGLE, ranks, strict=False):
             out = here / f"N{n}" / name
             seconds[name] = train(
                 dpo_config(
@@ -392,7 +393,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="*", default=[0, 1, 2])
     parser.add_argument("--ns", type=int, nargs="+", default=[2, 4, 7, 14, 28])
-    parser.add_argument("--steps", type=int, default=300, help="DPO steps per expert")
+    parser.add_argument("--steps", type=int, default=KNOWN_ANSWER_STEPS, help="DPO steps per expert")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank of the experts")
     parser.add_argument("--base-steps", type=int, default=2000, help="pretraining steps of the toy base")
     parser.add_argument("--samples", type=int, default=16, help="samples per caption")
@@ -404,7 +405,10 @@ def main() -> None:
     )
     parser.add_argument("--methods", nargs="+", default=[m[0] for m in MERGES], help="merge rows to compute")
     parser.add_argument(
-        "--skip-all-single", action="store_true", help="no All-single LoRAs (the costly rows)"
+        "--all-single",
+        choices=("both", "rank", "none"),
+        default="both",
+        help="All-single LoRAs (the costly rows): at the experts' rank and at N x rank, the first, or none",
     )
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--out", default="merge-scaling")

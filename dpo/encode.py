@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -239,15 +240,16 @@ def cached_encode(
 ) -> tuple[EncodedPairs, Path, bool]:
     """Encoded pairs from ``cache_dir`` or, on a miss, from ``load_pipe()`` (then written atomically).
 
-    Returns the pairs, the cache folder and whether it was a hit. The folder is written as
-    ``<key>.partial`` and renamed when whole, with ``meta.json`` inside, so a killed encode is redone.
+    Returns the pairs, the cache folder and whether it was a hit. Each writer encodes into its own
+    ``<key>.partial-*`` folder, with ``meta.json`` inside, renamed to ``<key>`` when whole: a killed encode
+    is redone, and of two runs that miss the same key at once (seeds trained side by side on one cache)
+    the first rename wins and the other keeps the winner's files.
     """
     folder = Path(cache_dir) / cache_key(pairs, base, resolution, flipped)
     if (folder / "meta.json").exists():
         return load_encoded(folder, flipped), folder, True
-    partial = folder.with_name(folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
     encode_pairs(load_pipe(), pairs, resolution, device, partial, progress=progress, flipped=flipped)
     meta = {
         "source": pairs.source,
@@ -257,7 +259,12 @@ def cached_encode(
         "flipped": flipped,
     }
     (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    partial.rename(folder)
+    try:
+        partial.rename(folder)
+    except OSError:
+        if not (folder / "meta.json").exists():
+            raise
+        shutil.rmtree(partial)  # another run wrote the same key first: same inputs, same files
     # Train from the files either way: the same values in the same memory layout as a cache hit, so a
     # run that encoded and one that read the cache take bit-identical steps.
     return load_encoded(folder, flipped), folder, False

@@ -112,15 +112,39 @@ def _encode(pipe, pixels: torch.Tensor) -> torch.Tensor:
         return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
 
 
+def widen_text_space(pipe, width: int, seed: int = 0) -> None:
+    """Give ``pipe`` a text encoder of hidden size ``width`` and a UNet whose cross-attention reads it, both
+    freshly initialised (seeded) from the tiny configs.
+
+    Why: in the tiny pipeline's 32-dim text space the 77 token states of one caption span nearly every
+    direction, so a linear change of cross-attention keys and values learnt on one caption reads the neutral
+    captions' states too (``benchmarks/toy_drift.py``); SD1.5's text space is 768-dim.
+    """
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = pipe.text_encoder.config.to_dict()
+    text.update(hidden_size=width, intermediate_size=4 * width)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        pipe.text_encoder = CLIPTextModel(CLIPTextConfig(**text))
+        pipe.unet = UNet2DConditionModel.from_config(pipe.unet.config, cross_attention_dim=width)
+    pipe.register_modules(text_encoder=pipe.text_encoder, unet=pipe.unet)
+
+
 def pretrain_toy_base(
-    tiny_sd15: str | Path, output: str | Path, concepts: list[ToyConcept], steps: int = 600, seed: int = 0
-) -> Path:
-    """Train the tiny pipeline (UNet and text encoder, as a real base was) to render both colours of each caption's group."""
+    tiny_sd15: str | Path, output: str | Path, concepts: list[ToyConcept], steps: int = 600, seed: int = 0,
+    text_width: int | None = None,
+) -> Path:  # fmt: skip
+    """Train the tiny pipeline (UNet and text encoder, as a real base was) to render both colours of each
+    caption's group; ``text_width``: see :func:`widen_text_space` (None: the tiny pipeline's own)."""
     output = Path(output)
     if (output / "model_index.json").exists():
         return output
     generator = torch.Generator().manual_seed(seed)
     pipe = DiffusionPipeline.from_pretrained(str(tiny_sd15))
+    if text_width not in (None, pipe.text_encoder.config.hidden_size):
+        widen_text_space(pipe, text_width, seed)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     captions = [c for concept in concepts for c in concept.captions + concept.held_out] + NEUTRAL_CAPTIONS
     modes = [

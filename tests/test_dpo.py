@@ -408,3 +408,28 @@ def test_random_flip_caches_both_orientations_and_trains_on_flipped_images(
         )
     assert any(i >= n for i in read["flip"]) and any(i < n for i in read["flip"])
     assert read["no_flip"] and all(i < n for i in read["no_flip"])
+
+
+def test_two_runs_that_miss_the_same_cache_key_both_train(tmp_path, toy_data, tiny_models):
+    """Seeds trained side by side on one cache: the run that finishes its encode second keeps the first's
+    files (it used to write into the first's ``.partial`` folder and crash)."""
+    from dpo.encode import cached_encode, load_encoded
+
+    pairs = load_preference_pairs(str(toy_data))
+    cache, cpu = tmp_path / "cache", torch.device("cpu")
+
+    def load_pipe():
+        return DiffusionPipeline.from_pretrained(str(tiny_models["sd15"]))
+
+    def load_pipe_while_another_run_finishes():
+        other = cached_encode(load_pipe, pairs, "tiny", TOY_RESOLUTION, cache, cpu, progress=False)
+        assert other[2] is False  # that run missed too, and wrote the key first
+        return load_pipe()
+
+    encoded, folder, hit = cached_encode(
+        load_pipe_while_another_run_finishes, pairs, "tiny", TOY_RESOLUTION, cache, cpu, progress=False
+    )
+    assert not hit and (folder / "meta.json").exists()
+    assert [p.name for p in cache.iterdir()] == [folder.name]  # no partial folder left behind
+    rows = list(range(len(pairs)))
+    torch.testing.assert_close(encoded.winner_mean[rows], load_encoded(folder, False).winner_mean[rows])
