@@ -97,7 +97,10 @@ TABLES = {
     "retained_gain": "Retained gain, per concept then averaged",
     "pooled_retained_gain": "Retained gain, pooled over the N concepts",
     "drift": "Drift on neutral captions (0 = the base's samples)",
+    "drift_ratio": "Drift over the single experts' mean drift (same seed)",
 }
+#: The goals of issue #21 for the best merge: N -> (retained gain, drift ratio or None).
+GOALS = {7: (0.9, 1.2), 14: (0.7, None), 28: (0.75, None)}
 #: What each way to N concepts costs, from a seed's recorded seconds: (seconds, N) -> seconds.
 COSTS = {
     "train N experts": lambda s, n: sum(s[f"expert-{k}"] for k in range(n)),
@@ -285,7 +288,7 @@ def report(root: Path, min_gain: float) -> None:
     for n in ns:
         done = {s: st for s, st in seeds.items() if str(n) in st["cells"]}
         for name in names:
-            gains, pooled, drifts, raw, left_out = [], [], [], [], []
+            gains, pooled, drifts, ratios, raw, left_out = [], [], [], [], [], []
             for state in done.values():
                 base, single = state["base"][:n], state["single"][:n]
                 if name != "single" and name not in state["cells"][str(n)]:
@@ -299,12 +302,14 @@ def report(root: Path, min_gain: float) -> None:
                 gains.append(gain)
                 pooled.append((sum(shares) - sum(base)) / (sum(single) - sum(base)))
                 drifts.append(drift)
+                ratios.append(drift / statistics.fmean(state["single_drift"][:n]))
                 raw.append(statistics.fmean(shares) - statistics.fmean(base))
                 left_out.append(excluded)
             table[name][str(n)] = {
                 "retained_gain": interval(gains),
                 "pooled_retained_gain": interval(pooled),
                 "drift": interval(drifts),
+                "drift_ratio": interval(ratios),
                 "safe_share_gain": interval(raw),
                 "seeds": sorted(done),
                 "concepts_left_out": left_out,
@@ -319,6 +324,7 @@ def report(root: Path, min_gain: float) -> None:
             cells = [table[name][str(n)][key] for n in ns]
             lines.append(f"| {name} | " + " | ".join(f"{m:.2f} ± {h:.2f}" for m, h in cells) + " |")
         lines.append("")
+    lines += goals(table, ns, names)
     lines += ["**Wall seconds** (mean over seeds; seeds ran side by side, which inflates all alike)", ""]
     lines += ["| cost | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for label, cost in COSTS.items():
@@ -349,6 +355,34 @@ def report(root: Path, min_gain: float) -> None:
     plot(root / "retained_gain.png", ns, table, names)
 
 
+def goals(table: dict, ns: list[int], names: list[str]) -> list[str]:
+    """Per goal N, the merge with the highest mean retained gain, overall and among those whose drift ratio
+    is at most 1.2 (the N = 7 goal's bound), against the goal, with the shortfall."""
+    merges = [name for name in names if name in {m[0] for m in MERGES}]
+    lines = ["**Against the goals** (the merge with the highest mean retained gain)", ""]
+    lines += [
+        "| N | among | merge | retained gain | goal | shortfall | drift ratio |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n, (gain_goal, ratio_goal) in GOALS.items():
+        if n not in ns:
+            continue
+        cells = {name: table[name][str(n)] for name in merges}
+        bounded = [name for name in merges if cells[name]["drift_ratio"][0] <= 1.2]
+        for among, pool in (("all merges", merges), ("drift ratio <= 1.2", bounded)):
+            if not pool:
+                lines.append(f"| {n} | {among} | none | | | | |")
+                continue
+            best = max(pool, key=lambda name: cells[name]["retained_gain"][0])
+            (gain, half), (ratio, ratio_half) = cells[best]["retained_gain"], cells[best]["drift_ratio"]
+            bound = f" (goal <= {ratio_goal})" if ratio_goal else ""
+            lines.append(
+                f"| {n} | {among} | {best} | {gain:.2f} ± {half:.2f} | >= {gain_goal} | "
+                f"{max(0.0, gain_goal - gain):.2f} | {ratio:.2f} ± {ratio_half:.2f}{bound} |"
+            )
+    return [*lines, ""]
+
+
 def plot(path: Path, ns: list[int], table: dict, names: list[str]) -> None:
     """Retained gain and drift against N, one line per method, 95% intervals as error bars."""
     import matplotlib
@@ -356,7 +390,7 @@ def plot(path: Path, ns: list[int], table: dict, names: list[str]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    figure, axes = plt.subplots(1, len(TABLES), figsize=(22, 4.8))
     colours = plt.get_cmap("tab20").colors
     for position, name in enumerate(names):
         style = "--" if name.startswith("all-single") else ("-" if name.startswith("comerge") else ":")
@@ -382,7 +416,8 @@ def plot(path: Path, ns: list[int], table: dict, names: list[str]) -> None:
         axis.grid(alpha=0.3)
     for axis in axes[:2]:
         axis.axhline(1.0, color="grey", linewidth=0.8)
-    axes[2].set_yscale("log")  # a LoRA that breaks the model drifts 100x more than the rest
+    for axis in axes[2:]:
+        axis.set_yscale("log")  # a LoRA that breaks the model drifts 100x more than the rest
     axes[0].legend(fontsize=7, ncol=2)
     figure.suptitle("Toy world: merged experts vs one LoRA trained on all N concepts (equal compute)")
     figure.tight_layout()
