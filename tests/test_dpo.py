@@ -433,3 +433,15 @@ def test_two_runs_that_miss_the_same_cache_key_both_train(tmp_path, toy_data, ti
     assert [p.name for p in cache.iterdir()] == [folder.name]  # no partial folder left behind
     rows = list(range(len(pairs)))
     torch.testing.assert_close(encoded.winner_mean[rows], load_encoded(folder, False).winner_mean[rows])
+
+
+def test_a_toy_base_with_a_wider_text_space_loads_and_samples(tmp_path, tiny_models):
+    """``benchmarks/toy_drift.py``'s tried fix: the widened base is a standard pipeline folder whose UNet
+    reads the wider text states (a UNet left at the old width would fail in its first cross-attention)."""
+    from dpo.toy import pretrain_toy_base, sample_latents
+
+    base = pretrain_toy_base(tiny_models["sd15"], tmp_path / "wide", toy_concepts(1), steps=1, text_width=48)
+    pipe = DiffusionPipeline.from_pretrained(str(base))
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe.text_encoder.config.hidden_size == pipe.unet.config.cross_attention_dim == 48
+    assert sample_latents(pipe, ["a lantern scene"], samples=2, steps=2).shape == (2, 64)
