@@ -39,9 +39,9 @@ class MergeConfig:
         metadata={"help": "the base pipeline the experts were trained on (tiny:sd15 for the tiny one)"},
     )
     method: str = field(
-        default="comerge_svd",
+        default="regmean",
         metadata={
-            "help": "merge method (default: what benchmarks/merge_scaling.py supports)",
+            "help": "merge method (default: the best merge of benchmarks/merge_scaling.py, docs/merge.md)",
             "choices": METHODS,
         },
     )

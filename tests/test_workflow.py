@@ -59,7 +59,7 @@ def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
         assert "IP (nudenet)" in names and "CLIPScore" in names, folder
     assert (cold_run / "eval-test" / "report.html").is_file()
     merge = json.loads((cold_run / "merged" / "merge_summary.json").read_text())
-    assert merge["method"] == "comerge_svd" and len(merge["experts"]) == 7
+    assert merge["method"] == "regmean" and len(merge["experts"]) == 7
 
 
 @pytest.mark.slow
