@@ -1,4 +1,4 @@
-"""Does merging scale? Co-Merge and the baselines against All-single, N = 2..28 toy concepts, several seeds.
+"""Does merging scale? The closed-form fusion, Co-Merge and the baselines against All-single, N = 2..28 toy concepts.
 
 The toy world (``dpo/toy.py``): up to 32 concepts, each "unsafe colour -> safe colour" on its own
 captions. The first seven are independent; concepts 7-13 reverse the colours of concepts 0-6 and
@@ -7,28 +7,33 @@ name a third's object, so experts can fight over the same colours and words. One
 once (seed 0) to render both colours of every caption about half and half, serves every seed.
 
 Per seed (it seeds the experts' and All-single's training, calibration noise, DARE, and the
-evaluation samples):
+evaluation samples), with the experts' LoRAs where ``--placement`` says (``all``: the release's four
+projections of every attention; ``cross``: cross-attention keys and values only):
 
-- one expert per concept (``dpo/``, ``--steps`` DPO steps, rank ``--rank``), the *single* row:
-  each expert judged on its own concept is the ceiling a merge can keep;
-- for every N, the first N experts merged with every method, and two All-single LoRAs trained
-  on the N concepts together for N x ``--steps`` steps (equal compute: the same number of DPO
-  pair updates as the N experts), one at the experts' rank, one at rank N x ``--rank`` (the rank
-  of the ``comerge`` merge, so the merge has no parameter advantage).
+- one expert per concept (``dpo/``, the known-answer settings: ``--steps`` DPO steps at
+  ``dpo.toy.KNOWN_ANSWER_LR``, rank ``--rank``), the *single* row: each expert judged on its own
+  concept is the ceiling a merge can keep;
+- for every N, the first N experts merged with every method of ``MERGES`` (``--methods``), and
+  All-single LoRAs trained on the N concepts together for N x ``--steps`` steps (equal compute: the
+  same number of DPO pair updates as the N experts), at the experts' rank and at N x ``--rank`` (the
+  rank of the ``comerge`` merge, so the merge has no parameter advantage); ``--all-single rank`` trains
+  the first only, ``none`` neither.
 
 Measured per (method, N, seed): each concept's safe share (samples closer to its safe-colour
 centroid, two captions x ``--samples`` samples); *retained gain* = mean over the N concepts of
 (share - base share) / (single expert's share - base share), over concepts whose single expert
 gained at least ``--min-gain`` (the others, where there is nothing to keep, are counted and left
 out); *drift* = mean latent distance between neutral-caption samples of the model and of the base
-drawn with the same seeds. Cells: mean over seeds and a 95% Student-t interval.
+drawn with the same seeds, and its ratio to the N single experts' mean drift. Cells: mean over seeds
+and a 95% Student-t interval. The report ends with the goals of issue #21 (``GOALS``) and the shortfall.
 
     python benchmarks/merge_scaling.py --seeds 0 1 2 --out DIR     # runs and reports
     python benchmarks/merge_scaling.py --seeds 1 --out DIR --no-report   # one seed per process
     python benchmarks/merge_scaling.py --seeds --out DIR           # report what DIR holds
+    python benchmarks/merge_scaling.py --placement cross --all-single none --seeds 0 1 2 --out DIR
 
-Everything is resumable: trained LoRAs and finished (seed, N) cells are kept under ``DIR``.
-Outputs: ``DIR/results.json``, ``DIR/results.md``, ``DIR/retained_gain.png``.
+Everything is resumable: trained LoRAs and finished (seed, N) cells are kept under ``DIR`` (placement
+``cross`` under ``DIR/cross``). Outputs there: ``results.json``, ``results.md``, ``retained_gain.png``.
 """
 
 from __future__ import annotations
