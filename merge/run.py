@@ -258,12 +258,14 @@ _DEFINITIONS = {
 
 #: What ``benchmarks/merge_scaling.py`` found (README, "Does merging scale?"); every merged card says it.
 SCALING_NOTE = (
-    'In our toy benchmark (`benchmarks/merge_scaling.py`, 3 seeds, README "Does merging scale?"), '
-    "merging never beat one LoRA trained on all the experts' categories at equal compute. The best merge "
-    "(`comerge_svd`, normalised scores) kept 0.60 of the experts' own gain at 7 concepts and 0.42 at 28, "
-    "against 1.39 and 1.74 for the single LoRA, which changed unrelated prompts about twice as much. "
-    "Where experts pull in opposite directions, every merge method kept about none of the gain. Evaluate "
-    "this merge on your own prompts (`python -m evaluation`) before relying on it."
+    'In our toy benchmark (`benchmarks/merge_scaling.py`, 3 seeds, docs/merge.md "Does merging scale?"), the '
+    "closed-form fusion (`regmean`, the default) was the best merge at 7 and 14 experts, and it still "
+    "fell short of the experts' own effect. It kept 0.69-0.78 of the experts' gain at 7 experts, with 1.2-1.3x "
+    "their drift on unrelated prompts, and 0.48 at 28 (only the plain sum kept more, 0.54-0.60, at 6x the "
+    "drift). Where half the experts reverse the other half's "
+    "colours (14 experts), it kept 0.27-0.35; Co-Merge and the peft baselines kept none. One LoRA trained on "
+    "all categories at equal compute removed more (1.0-1.5x) and changed unrelated prompts 2.4-7.9x as much. "
+    "Evaluate this merge on your own prompts (`python -m evaluation`) before relying on it."
 )
 
 
