@@ -52,7 +52,6 @@ from coprov2.tiny import resolve_tiny_model
 from dpo import DPOConfig, train_expert
 from dpo.config import PLACEMENTS
 from dpo.toy import (
-    KNOWN_ANSWER_LR,
     KNOWN_ANSWER_STEPS,
     NEUTRAL_CAPTIONS,
     TOY_RESOLUTION,
@@ -62,6 +61,7 @@ from dpo.toy import (
     sample_latents,
     share_closer,
     toy_concepts,
+    toy_expert_config,
     write_toy_dataset,
 )
 from merge.calibrate import (
@@ -104,8 +104,10 @@ TABLES = {
     "drift": "Drift on neutral captions (0 = the base's samples)",
     "drift_ratio": "Drift over the single experts' mean drift (same seed)",
 }
+#: The drift bound of issue #21's N = 7 goal: the merge's drift over the single experts'.
+DRIFT_BOUND = 1.2
 #: The goals of issue #21 for the best merge: N -> (retained gain, drift ratio or None).
-GOALS = {7: (0.9, 1.2), 14: (0.7, None), 28: (0.75, None)}
+GOALS = {7: (0.9, DRIFT_BOUND), 14: (0.7, None), 28: (0.75, None)}
 #: What each way to N concepts costs, from a seed's recorded seconds: (seconds, N) -> seconds.
 COSTS = {
     "train N experts": lambda s, n: sum(s[f"expert-{k}"] for k in range(n)),
@@ -122,14 +124,12 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 def dpo_config(
     data: Path, category: str, base: Path, out: Path, cache: Path, steps: int, rank: int, seed: int,
     placement: str = "all",
-):  # fmt: skip
-    """The known-answer settings (``dpo.toy.train_toy_expert``), with the steps, rank, seed and placement of the cell."""
-    return DPOConfig(
-        dataset=str(data), category=category, base=str(base), output_dir=str(out), cache_dir=str(cache),
-        resolution=TOY_RESOLUTION, max_train_steps=steps, train_batch_size=8, gradient_accumulation_steps=1,
-        lr_warmup_steps=0, learning_rate=KNOWN_ANSWER_LR, scale_lr=False, timestep_min=500, beta=5000, rank=rank,
-        proportion_empty_prompts=0.0, checkpointing_steps=10**6, logging_steps=10**6, progress=False, seed=seed,
-        target_modules=PLACEMENTS[placement],
+) -> DPOConfig:  # fmt: skip
+    """The known-answer settings (``dpo.toy.toy_expert_config``), with the steps, rank, seed and placement of
+    the cell; no checkpoints and no logs (the cells are resumable by their LoRA files)."""
+    return toy_expert_config(
+        data, category, base, out, cache, max_train_steps=steps, rank=rank, seed=seed,
+        target_modules=PLACEMENTS[placement], checkpointing_steps=10**6, logging_steps=10**6,
     )  # fmt: skip
 
 
@@ -362,7 +362,7 @@ def report(root: Path, min_gain: float) -> None:
 
 def goals(table: dict, ns: list[int], names: list[str]) -> list[str]:
     """Per goal N, the merge with the highest mean retained gain, overall and among those whose drift ratio
-    is at most 1.2 (the N = 7 goal's bound), against the goal, with the shortfall."""
+    is at most ``DRIFT_BOUND`` (the N = 7 goal's), against the goal, with the shortfall."""
     merges = [name for name in names if name in {m[0] for m in MERGES}]
     lines = ["**Against the goals** (the merge with the highest mean retained gain)", ""]
     lines += [
@@ -373,8 +373,8 @@ def goals(table: dict, ns: list[int], names: list[str]) -> list[str]:
         if n not in ns:
             continue
         cells = {name: table[name][str(n)] for name in merges}
-        bounded = [name for name in merges if cells[name]["drift_ratio"][0] <= 1.2]
-        for among, pool in (("all merges", merges), ("drift ratio <= 1.2", bounded)):
+        bounded = [name for name in merges if cells[name]["drift_ratio"][0] <= DRIFT_BOUND]
+        for among, pool in (("all merges", merges), (f"drift ratio <= {DRIFT_BOUND}", bounded)):
             if not pool:
                 lines.append(f"| {n} | {among} | none | | | | |")
                 continue

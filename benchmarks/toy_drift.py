@@ -73,12 +73,9 @@ COLUMNS = [
 
 def text_states(pipe, captions: list[str]) -> torch.Tensor:
     """Every token state of ``captions`` as the UNet's cross-attention reads them, ``[P * 77, width]``."""
-    tokens = pipe.tokenizer(
-        captions, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-        return_tensors="pt",
-    ).input_ids  # fmt: skip
     with torch.no_grad():
-        return pipe.text_encoder(tokens)[0].flatten(0, 1)
+        states, _ = pipe.encode_prompt(captions, "cpu", 1, False)
+    return states.flatten(0, 1)
 
 
 def leak(
@@ -151,9 +148,8 @@ def measure(root: Path, concepts, base: Path, data: Path, k: int, seed: int, pla
     return row
 
 
-def with_leak(row: dict, root: Path, base: Path, concepts) -> dict:
+def with_leak(row: dict, root: Path, pipe, concepts) -> dict:
     """``row`` with its expert's ``leak`` and ``leak_random_a`` (cheap, computed on every report)."""
-    pipe = DiffusionPipeline.from_pretrained(str(base))
     expert = root / f"expert-{row['concept']}-{row['placement']}-seed-{row['seed']}"
     lora = load_file(str(expert / "pytorch_lora_weights.safetensors"))
     states = text_states(pipe, list(concepts[row["concept"]].captions)), text_states(pipe, NEUTRAL_CAPTIONS)
@@ -184,8 +180,9 @@ def main() -> None:
     data = root / "data"
     if not data.exists():
         write_toy_dataset(data, concepts)
+    pipe = DiffusionPipeline.from_pretrained(str(base))
     rows = [
-        with_leak(measure(root, concepts, base, data, k, seed, placement), root, base, concepts)
+        with_leak(measure(root, concepts, base, data, k, seed, placement), root, pipe, concepts)
         for placement in PLACEMENTS for k in args.concept_ids for seed in args.seeds
     ]  # fmt: skip
     print(f"text width {args.text_width}, {args.concepts} concepts, base {args.base_steps} steps")

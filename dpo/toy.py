@@ -128,9 +128,10 @@ def widen_text_space(pipe, width: int, seed: int = 0) -> None:
     text.update(hidden_size=width, intermediate_size=4 * width)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        pipe.text_encoder = CLIPTextModel(CLIPTextConfig(**text))
-        pipe.unet = UNet2DConditionModel.from_config(pipe.unet.config, cross_attention_dim=width)
-    pipe.register_modules(text_encoder=pipe.text_encoder, unet=pipe.unet)
+        pipe.register_modules(
+            text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+            unet=UNet2DConditionModel.from_config(pipe.unet.config, cross_attention_dim=width),
+        )
 
 
 def pretrain_toy_base(
@@ -382,6 +383,24 @@ def make_toy_world(root: Path, concepts: int = 1):
     return root, toy[0], base, write_toy_dataset(root / "data", toy)
 
 
+def toy_expert_config(data: Path, category: str, base: Path, output_dir: Path, cache_dir: Path, **settings):
+    """The known-answer DPO settings (toy resolution, lr ``KNOWN_ANSWER_LR``, beta 5000, late timesteps) for
+    one toy category; ``settings`` override any ``DPOConfig`` field. Shared by :func:`train_toy_expert` and
+    ``benchmarks/merge_scaling.py``, so the benchmark's experts are the tests' experts."""
+    from dpo import DPOConfig
+
+    known_answer = {
+        "resolution": TOY_RESOLUTION, "max_train_steps": KNOWN_ANSWER_STEPS, "train_batch_size": 8,
+        "gradient_accumulation_steps": 1, "lr_warmup_steps": 0, "learning_rate": KNOWN_ANSWER_LR, "scale_lr": False,
+        "timestep_min": 500, "beta": 5000, "proportion_empty_prompts": 0.0, "checkpointing_steps": 1000,
+        "logging_steps": 50, "progress": False,
+    }  # fmt: skip
+    return DPOConfig(
+        dataset=str(data), category=category, base=str(base), output_dir=str(output_dir), cache_dir=str(cache_dir),
+        **{**known_answer, **settings},
+    )  # fmt: skip
+
+
 def train_toy_expert(
     root: Path, concept: ToyConcept, base: Path, data: Path, name: str, steps: int = KNOWN_ANSWER_STEPS, seed: int = 0,
     random_flip: bool = True, batch_size: int = 8, target_modules: list[str] | None = None,
@@ -389,14 +408,12 @@ def train_toy_expert(
 ):  # fmt: skip
     """The known-answer expert: DPO settings that move a toy concept in a few hundred CPU steps
     (``target_modules``: where the LoRA sits, default ``DPOConfig``'s, the release's)."""
-    from dpo import DPOConfig, train_expert
+    from dpo import train_expert
 
-    config = DPOConfig(
-        dataset=str(data), category=concept.name, base=str(base), output_dir=str(root / name), cache_dir=str(root / "cache"),
-        resolution=TOY_RESOLUTION, max_train_steps=steps, train_batch_size=batch_size, gradient_accumulation_steps=1,
-        lr_warmup_steps=0, learning_rate=learning_rate, scale_lr=False, timestep_min=500, beta=5000,
-        proportion_empty_prompts=0.0, checkpointing_steps=1000, logging_steps=50, progress=False, seed=seed,
-        random_flip=random_flip, **({"target_modules": target_modules} if target_modules else {}),
+    config = toy_expert_config(
+        data, concept.name, base, root / name, root / "cache", max_train_steps=steps, train_batch_size=batch_size,
+        learning_rate=learning_rate, seed=seed, random_flip=random_flip,
+        **({"target_modules": target_modules} if target_modules else {}),
     )  # fmt: skip
     return train_expert(config)
 

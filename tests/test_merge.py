@@ -349,7 +349,6 @@ def _assert_loads_in_diffusers(base: Path, folder: Path, merged: Expert) -> None
 
 @pytest.mark.parametrize("method", ["comerge", "ties"])
 def test_merged_lora_loads_in_diffusers_and_has_a_card(two_experts, method):
-
     from merge import load_expert
     from merge.__main__ import main
 
