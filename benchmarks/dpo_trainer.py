@@ -36,6 +36,12 @@ How the re-implementations differ from the real programs: no JPEG decoding, resi
 gradient accumulation or clipping, no xformers (the release requires it on GPU; SDPA is used here).
 
     python benchmarks/dpo_trainer.py [--shape tiny|sd15] [--resolution 32] [--batch 4] [--steps 20] [--repeats 3] [--device cpu|cuda]
+    python benchmarks/dpo_trainer.py --strategies ours ours+retain ours-cross ours-cross+retain-text   # the term's cost
+
+The output-preserving term (``dpo/retain.py``, ``retain_share`` 0.25 of the batch): ``ours+retain`` adds its
+retain rows to the step's two UNet calls, ``ours-cross+retain-text`` its closed form on the cross-attention
+LoRAs; each is quoted over the same step without it, and the one-time retain set (``--retain_prompts``
+captions sampled ``--retain_sample_steps`` steps by the whole pipeline; embeddings only for ``text``) apart.
 
 ``--shape sd15`` builds SD1.5-shaped random weights from configs (UNet 860M, VAE, CLIP-L text encoder):
 use ``--resolution 128 --batch 1`` on CPU, ``--device cuda --resolution 512`` on a GPU.
@@ -53,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -82,7 +89,11 @@ SD15_VAE = dict(
     layers_per_block=2,
     sample_size=512,
 )
-STRATEGIES = ("ours-before", "ours", "df", "release")
+STRATEGIES = ("ours-before", "ours", "ours+retain", "ours-cross", "ours-cross+retain-text", "df", "release")
+#: The output-preserving term's strategies (``dpo/retain.py``), each against the step it adds to: ``ours+retain``
+#: (``--retain_mode unet``, the default placement) against ``ours``; ``ours-cross+retain-text``
+#: (``--retain_mode text``) against ``ours-cross`` (LoRAs on ``attn2.to_k attn2.to_v`` only).
+RETAIN_BASELINES = {"ours+retain": "ours", "ours-cross+retain-text": "ours-cross"}
 
 
 def tiny_folder() -> str:
@@ -117,6 +128,26 @@ def build_unet(shape: str, folder: str | None):
     return UNet2DConditionModel(**SD15_UNET), schedule
 
 
+def build_retain_set(args, config: DPOConfig, vae, text_encoder, tokenizer, folder, device, dtype):
+    """``dpo.retain.cached_retain_set`` on ``--retain_prompts`` of the shipped neutral list, through a
+    StableDiffusionPipeline of this shape (``unet`` mode: it samples them; ``text``: embeddings only)."""
+    from diffusers import StableDiffusionPipeline
+
+    from dpo.retain import NEUTRAL_PROMPTS, cached_retain_set
+
+    unet, schedule = build_unet(args.shape, folder)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet.to(device, dtype), scheduler=schedule,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    prompts = NEUTRAL_PROMPTS.read_text().splitlines()[: args.retain_prompts]
+    samples = config.retain_samples if config.retain_mode == "unet" else 0
+    with tempfile.TemporaryDirectory() as cache:
+        retain = cached_retain_set(lambda: pipe, prompts, args.shape, args.resolution, samples,
+                                   config.retain_sample_steps, config.retain_guidance, Path(cache), device, False)  # fmt: skip
+    return retain  # the sampling UNet goes with the pipeline, before the training UNet is built
+
+
 def peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated() / 2**20
@@ -127,7 +158,13 @@ def run_strategy(args) -> dict:
     device = torch.device(args.device)
     dtype = torch.float16 if device.type == "cuda" else torch.float32
     folder = tiny_folder() if args.shape == "tiny" else None
-    config = DPOConfig(train_batch_size=args.batch, proportion_empty_prompts=0.0, progress=False, beta=5000)
+    retain_mode = "text" if args.strategy.endswith("retain-text") else "unet"
+    config = DPOConfig(
+        train_batch_size=args.batch, proportion_empty_prompts=0.0, progress=False, beta=5000,
+        target_modules=["attn2.to_k", "attn2.to_v"] if "cross" in args.strategy else DPOConfig().target_modules,
+        retain_weight=1.0 if "retain" in args.strategy else 0.0, retain_mode=retain_mode,
+        retain_sample_steps=args.retain_sample_steps, retain_guidance=7.5,
+    )  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, args.pairs, 3, args.resolution, args.resolution, generator=generator) * 2 - 1
     captions = [f"a photo of a knife number {i} on a table" for i in range(args.pairs)]
@@ -182,6 +219,11 @@ def run_strategy(args) -> dict:
             **{k: torch.cat(v) for k, v in parts.items()}, empty_text=empty[0].float().cpu(), flipped=True
         )
         encode_seconds = time.perf_counter() - start
+        retain, retain_seconds = None, 0.0
+        if config.retain_weight > 0:  # the trainer's one-time retain set: the whole pipeline samples it
+            start = time.perf_counter()
+            retain = build_retain_set(args, config, vae, text_encoder, tokenizer, folder, device, dtype)
+            retain_seconds = time.perf_counter() - start
         del vae, text_encoder, parts
         if args.strategy == "ours-before":
             del held_unet
@@ -226,7 +268,9 @@ def run_strategy(args) -> dict:
         step_generator = torch.Generator().manual_seed(index)
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             if ours:
-                output = dpo_step(unet, schedule, encoded, rows, step_generator, config, device, scaling)
+                output = dpo_step(
+                    unet, schedule, encoded, rows, step_generator, config, device, scaling, retain=retain
+                )
             else:
                 output = peer_step(rows, step_generator)
         timed("backward", output.loss.backward)
@@ -262,7 +306,8 @@ def run_strategy(args) -> dict:
     profile = {phase: value / args.steps for phase, value in phases.items()}
     profile["rest (latents, noise, loss, cache reads)"] = seconds / args.steps - sum(profile.values())
     return {"strategy": args.strategy, "pairs_per_s": args.steps * args.batch / seconds, "peak_mib": peak_mib(device),
-            "encode_once_s": encode_seconds, "profile_s_per_step": profile}  # fmt: skip
+            "encode_once_s": encode_seconds if ours else 0.0, "retain_once_s": retain_seconds if ours else 0.0,
+            "profile_s_per_step": profile}  # fmt: skip
 
 
 def main() -> None:
@@ -274,15 +319,31 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--retain_prompts", type=int, default=40, help="retain captions (the shipped list's first)"
+    )
+    parser.add_argument(
+        "--retain_sample_steps", type=int, default=25, help="inference steps of the retain samples"
+    )
+    parser.add_argument("--strategies", nargs="+", choices=STRATEGIES, default=list(STRATEGIES))
     parser.add_argument("--strategy", choices=STRATEGIES, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.strategy:
         print(json.dumps(run_strategy(args)))
         return
-    runs = {name: [] for name in STRATEGIES}
+    strategies = [s for s in STRATEGIES if s in args.strategies or s == "ours"]
+    runs = {name: [] for name in strategies}
     for _ in range(args.repeats):
-        for strategy in STRATEGIES:
-            command = [sys.executable, __file__, *sys.argv[1:], "--strategy", strategy]
+        for strategy in strategies:
+            command = [
+                sys.executable,
+                __file__,
+                *sys.argv[1:],
+                "--strategies",
+                *strategies,
+                "--strategy",
+                strategy,
+            ]
             output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
             runs[strategy].append(json.loads(output.strip().splitlines()[-1]))
     median = {
@@ -300,16 +361,25 @@ def main() -> None:
               f"{ours['peak_mib'] / m['peak_mib']:.2f}x |")  # fmt: skip
     phases = sorted({phase for rs in runs.values() for r in rs for phase in r["profile_s_per_step"]})
     print("\nWhere a step's time goes (seconds per step, medians):\n")
-    print("| phase | " + " | ".join(STRATEGIES) + " |")
-    print("|---|" + "---|" * len(STRATEGIES))
+    print("| phase | " + " | ".join(strategies) + " |")
+    print("|---|" + "---|" * len(strategies))
     for phase in phases:
         cells = [
             f"{statistics.median(r['profile_s_per_step'].get(phase, 0.0) for r in runs[n]):.3f}"
-            for n in STRATEGIES
+            for n in strategies
         ]
         print(f"| {phase} | " + " | ".join(cells) + " |")
     print(f"one-time encoding of {args.pairs} pairs (both orientations): "
           f"{statistics.median(r['encode_once_s'] for r in runs['ours']):.2f} s")  # fmt: skip
+    added = [(name, base) for name, base in RETAIN_BASELINES.items() if name in runs and base in runs]
+    if added:
+        print("\nThe output-preserving term: step time and memory over the same step without it\n")
+        print(f"| strategy | over | step time ratio | {memory} ratio | one-time retain set s |")
+        print("|---|---|---|---|---|")
+        for name, base in added:
+            once = statistics.median(r["retain_once_s"] for r in runs[name])
+            print(f"| {name} | {base} | {median[base]['pairs_per_s'] / median[name]['pairs_per_s']:.2f}x | "
+                  f"{median[name]['peak_mib'] / median[base]['peak_mib']:.2f}x | {once:.2f} |")  # fmt: skip
 
 
 if __name__ == "__main__":

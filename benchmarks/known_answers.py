@@ -1,7 +1,9 @@
 """The known answers that train, over seeds: the distribution the tests' thresholds are set from.
 
 What ``tests/test_dpo.py`` and ``tests/test_evaluation.py`` measure, seed by seed, in the same toy world
-(``dpo.toy.make_toy_world``: the base pretrained once, seed 0, two torch threads as ``tests/conftest.py`` sets):
+(``dpo.toy.make_toy_world``: the committed base, or ``--base rebuilt``: pretrained here, seed 0; torch threads
+``--threads``, two as ``tests/conftest.py`` sets; the kernel family is ``ATEN_CPU_CAPABILITY``'s, see
+``benchmarks/kernel_families.py``):
 
 - the DPO known-answer expert (``dpo.toy.train_toy_expert``, ``KNOWN_ANSWER_STEPS`` steps at ``KNOWN_ANSWER_LR`` or ``--steps``/``--lr``,
   with or without the release's random flip, optionally under one of ``dpo.toy.MUTATIONS``): held-out
@@ -14,6 +16,11 @@ What ``tests/test_dpo.py`` and ``tests/test_evaluation.py`` measure, seed by see
     python benchmarks/known_answers.py --seeds 0 1 2 3 4 --out /tmp/known-answers      # resumable per seed
     python benchmarks/known_answers.py --seeds 0 1 2 --mutation flipped_sign --out /tmp/known-answers
     python benchmarks/known_answers.py --seeds 0 1 2 --steps 300 --lr 3e-3 --no_eval --out /tmp/known-answers
+    python benchmarks/known_answers.py --seeds 0 1 2 --retain_weight 1 --placement cross --no_eval --out /tmp/known-answers
+
+The columns also hold ``leak`` (``dpo.toy.leak``: the cross-attention key/value LoRAs' change on the neutral
+captions' token states over the trained captions'), so the same command gives the output-preserving term's
+single-expert table (``--retain_weight``, ``--retain_prompts``, ``--retain_mode``, ``--placement``).
 
 Writes ``<out>/<tag>.json`` per seed and ``<out>/eval-<tag>.json``, prints the table with mean, min and max.
 """
@@ -28,8 +35,10 @@ from pathlib import Path
 
 import torch
 
+from dpo.config import PLACEMENTS
 from dpo.toy import (
     KNOWN_ANSWER_LR,
+    KNOWN_ANSWER_RETAIN,
     KNOWN_ANSWER_STEPS,
     MUTATIONS,
     expert_outcome,
@@ -50,7 +59,9 @@ def run_seed(world, seed: int, args, tag: str) -> tuple[dict[str, float], Path]:
     with known_answer_mutation(args.mutation):
         result = train_toy_expert(
             root, concept, base, data, name, steps=args.steps, seed=seed, random_flip=args.flip == "on",
-            batch_size=args.batch, learning_rate=args.lr,
+            batch_size=args.batch, learning_rate=args.lr, retain_weight=args.retain_weight,
+            retain_prompts=args.retain_prompts, retain_share=args.retain_share, retain_mode=args.retain_mode,
+            target_modules=PLACEMENTS[args.placement],
         )  # fmt: skip
     row = {
         "seed": seed,
@@ -98,7 +109,7 @@ def evaluate_ip(world, experts: dict[int, Path], work: Path) -> dict[int, dict[s
 
 
 def table(rows: list[dict[str, float]]) -> str:
-    columns = ["eval_implicit_acc", "safe_before", "safe_after", "gain", "drift_ratio"]
+    columns = ["eval_implicit_acc", "safe_before", "safe_after", "gain", "drift_ratio", "leak"]
     columns += [
         c for c in ("ip_base", "ip_expert", "ip_merged", "ip_drop_expert", "ip_drop_merged") if c in rows[0]
     ]
@@ -123,15 +134,30 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=8, help="expert batch size (the tests': 8)")
     parser.add_argument("--lr", type=float, default=KNOWN_ANSWER_LR, help="expert learning rate (the tests')")
+    parser.add_argument("--retain_weight", type=float, default=KNOWN_ANSWER_RETAIN["retain_weight"],
+                        help="weight of the output-preserving term (the tests')")  # fmt: skip
+    parser.add_argument("--retain_prompts", default=KNOWN_ANSWER_RETAIN["retain_prompts"])
+    parser.add_argument("--retain_share", type=float, default=KNOWN_ANSWER_RETAIN["retain_share"])
+    parser.add_argument("--retain_mode", choices=("unet", "text"), default="unet")
+    parser.add_argument("--placement", choices=tuple(PLACEMENTS), default="all", help="where the LoRA sits")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the tests': 2)")
+    parser.add_argument(
+        "--base", choices=("shipped", "rebuilt"), default="shipped",
+        help="shipped: the committed toy base (dpo/data/toy_base, the tests'); rebuilt: pretrained here, in this "
+        "process's kernel family and thread count",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path("known-answers"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    world = make_toy_world(args.out / f"world-threads-{args.threads}")
-    # the thread count is in the names: CPU kernels sum in another order with another count, and from the
-    # pretrained base on the runs drift apart (the base's safe share: 0.500 with 2 threads, 0.453 with 1)
-    setting = f"flip-{args.flip}-steps-{args.steps}-batch-{args.batch}-lr-{args.lr:g}-threads-{torch.get_num_threads()}"
+    # The kernel family (ATEN_CPU_CAPABILITY) and the thread count are in the names: CPU kernels sum in another
+    # order in another family or with another count, and from there the runs drift apart.
+    family = f"{torch.backends.cpu.get_cpu_capability().lower()}-threads-{torch.get_num_threads()}"
+    world = make_toy_world(args.out / f"world-{args.base}-{family}", rebuild=args.base == "rebuilt")
+    setting = f"{args.base}-{family}-flip-{args.flip}-steps-{args.steps}-batch-{args.batch}-lr-{args.lr:g}"
+    setting += f"-retain-{args.retain_weight:g}-{Path(args.retain_prompts).stem}-{args.retain_share:g}"
+    setting += f"-{args.retain_mode}" if args.retain_mode != "unet" else ""
+    setting += f"-{args.placement}" if args.placement != "all" else ""
     setting += f"-{args.mutation}" if args.mutation else ""
     rows, experts = [], {}
     for seed in args.seeds:
@@ -148,6 +174,7 @@ def main() -> None:
         for row in rows:
             row.update(ips[str(row["seed"])])
     print(table(rows))
+    (args.out / f"summary-{setting}.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":

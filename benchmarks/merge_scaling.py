@@ -123,13 +123,18 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 
 def dpo_config(
     data: Path, category: str, base: Path, out: Path, cache: Path, steps: int, rank: int, seed: int,
-    placement: str = "all",
+    placement: str = "all", retain: dict | None = None,
 ) -> DPOConfig:  # fmt: skip
-    """The known-answer settings (``dpo.toy.toy_expert_config``), with the steps, rank, seed and placement of
-    the cell; no checkpoints and no logs (the cells are resumable by their LoRA files)."""
+    """The known-answer settings (``dpo.toy.toy_expert_config``), with the steps, rank, seed, placement and
+    output-preserving term (``retain``: ``DPOConfig``'s ``retain_*`` fields) of the cell; no checkpoints and no
+    logs (the cells are resumable by their LoRA files). All-single has no other category: its retain set
+    is the shipped neutral list where the experts' is ``other``."""
+    retain = dict(retain or {})
+    if category == "all" and retain.get("retain_prompts") == "other":
+        retain["retain_prompts"] = "neutral"
     return toy_expert_config(
         data, category, base, out, cache, max_train_steps=steps, rank=rank, seed=seed,
-        target_modules=PLACEMENTS[placement], checkpointing_steps=10**6, logging_steps=10**6,
+        target_modules=PLACEMENTS[placement], checkpointing_steps=10**6, logging_steps=10**6, **retain,
     )  # fmt: skip
 
 
@@ -187,7 +192,7 @@ def calibrate(scope: str, base: Path, loaded, experts: list[Path], prompts, own,
 
 def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
     """Train, merge and measure every cell of one seed; each finished N is written at once (resumable)."""
-    cache, here = root / "cache", placement_dir(root, args.placement) / f"seed-{seed}"
+    cache, here = root / "cache", placement_dir(root, args.placement, args.retain) / f"seed-{seed}"
     path = here / "results.json"
     state = json.loads(path.read_text()) if path.exists() else {"cells": {}, "seconds": {}}
     judge = Judge(base, concepts, args.samples, seed)
@@ -197,7 +202,16 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
         out = here / "experts" / concept.name
         seconds = train(
             dpo_config(
-                data, concept.name, base, out, cache, args.steps, args.rank, seed * 1000 + k, args.placement
+                data,
+                concept.name,
+                base,
+                out,
+                cache,
+                args.steps,
+                args.rank,
+                seed * 1000 + k,
+                args.placement,
+                args.retain,
             )
         )
         state["seconds"][f"expert-{k}"] = state["seconds"].get(f"expert-{k}", 0.0) + seconds
@@ -221,7 +235,16 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
             out = here / f"N{n}" / name
             seconds[name] = train(
                 dpo_config(
-                    subset, "all", base, out, cache, args.steps * n, rank, seed * 1000 + 999, args.placement
+                    subset,
+                    "all",
+                    base,
+                    out,
+                    cache,
+                    args.steps * n,
+                    rank,
+                    seed * 1000 + 999,
+                    args.placement,
+                    args.retain,
                 )
             )
             cells[name] = judge.measure(out, list(range(n)))
@@ -272,9 +295,13 @@ def retained(
     return (statistics.fmean(kept) if kept else float("nan")), len(shares) - len(kept)
 
 
-def placement_dir(root: Path, placement: str) -> Path:
-    """The folder of one placement's seeds (the release's placement at the top, as before placements existed)."""
-    return root if placement == "all" else root / placement
+def placement_dir(root: Path, placement: str, retain: dict | None = None) -> Path:
+    """The folder of one placement's seeds (the release's placement at the top, as before placements existed),
+    and of experts trained with the output-preserving term under it (``retain-<weight>-<prompts>-<mode>``)."""
+    folder = root if placement == "all" else root / placement
+    if retain and retain["retain_weight"] > 0:
+        folder /= "retain-{retain_weight:g}-{retain_prompts}-{retain_mode}".format(**retain)
+    return folder
 
 
 def report(root: Path, min_gain: float) -> None:
@@ -450,9 +477,16 @@ def main() -> None:
         default="both",
         help="All-single LoRAs (the costly rows): at the experts' rank and at N x rank, the first, or none",
     )
+    parser.add_argument(
+        "--retain-weight", type=float, default=0.0, help="the experts' output-preserving term"
+    )
+    parser.add_argument("--retain-prompts", default="other", help="its retain set (All-single: neutral)")
+    parser.add_argument("--retain-mode", choices=("unet", "text"), default="unet")
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--out", default="merge-scaling")
     args = parser.parse_args()
+    args.retain = {"retain_weight": args.retain_weight, "retain_prompts": args.retain_prompts,
+                   "retain_mode": args.retain_mode}  # fmt: skip
     torch.set_num_threads(args.threads)
     root = Path(args.out)
     start = time.perf_counter()
@@ -469,7 +503,7 @@ def main() -> None:
         run_seed(args, root, base, concepts, seed)
     print(f"seeds {args.seeds}: {time.perf_counter() - start:.0f} s", flush=True)
     if not args.no_report:
-        report(placement_dir(root, args.placement), args.min_gain)
+        report(placement_dir(root, args.placement, args.retain), args.min_gain)
 
 
 if __name__ == "__main__":

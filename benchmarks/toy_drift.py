@@ -49,9 +49,11 @@ from dpo.toy import (
     NEUTRAL_COLOURS,
     colour_centroid,
     displacement,
+    leak,
     pretrain_toy_base,
     safe_share,
     sample_latents,
+    text_states,
     toy_concepts,
     train_toy_expert,
     write_toy_dataset,
@@ -69,33 +71,6 @@ COLUMNS = [
     "leak_random_a",
     "floor",
 ]
-
-
-def text_states(pipe, captions: list[str]) -> torch.Tensor:
-    """Every token state of ``captions`` as the UNet's cross-attention reads them, ``[P * 77, width]``."""
-    with torch.no_grad():
-        states, _ = pipe.encode_prompt(captions, "cpu", 1, False)
-    return states.flatten(0, 1)
-
-
-def leak(
-    lora: dict[str, torch.Tensor], trained: torch.Tensor, neutral: torch.Tensor, random_down: bool = False
-) -> float:
-    """Mean over the cross-attention key/value LoRAs of ``|BAx|`` on neutral states over trained ones.
-
-    ``random_down``: with ``A`` replaced by a fresh draw of peft's initialisation (Kaiming-uniform, seeded),
-    the reference for "``A`` reads no particular direction".
-    """
-    generator = torch.Generator().manual_seed(0)
-    ratios = []
-    for key, down in lora.items():
-        if "attn2.to_k.lora.down" in key or "attn2.to_v.lora.down" in key:
-            up = lora[key.replace("lora.down", "lora.up")]
-            if random_down:
-                down = (torch.rand(down.shape, generator=generator) * 2 - 1) / down.shape[1] ** 0.5
-            change = [(x @ down.T @ up.T).norm(dim=1).mean() for x in (neutral, trained)]
-            ratios.append((change[0] / change[1]).item())
-    return statistics.fmean(ratios)
 
 
 def drift_of_part(pipe, lora: dict[str, torch.Tensor], part: str, before: torch.Tensor) -> float:

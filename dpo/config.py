@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coprov2.errors import check_ranges
+from coprov2.errors import UserError, check_ranges
 from coprov2.paths import user_cache_dir
 
 
@@ -14,7 +14,6 @@ def default_cache_dir() -> str:
     return user_cache_dir("dpo")
 
 
-#: Numeric options: (lowest, highest, lowest excluded); NaN and infinities are refused for all of them.
 #: Where an expert's LoRA sits (``--target_modules``, suffixes of UNet module names): the release's four
 #: projections of every attention, or cross-attention keys and values only (MACE's and UCE's choice).
 PLACEMENTS: dict[str, list[str]] = {
@@ -22,6 +21,7 @@ PLACEMENTS: dict[str, list[str]] = {
     "cross": ["attn2.to_k", "attn2.to_v"],
 }
 
+#: Numeric options: (lowest, highest, lowest excluded); NaN and infinities are refused for all of them.
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "resolution": (8, None, False),
     "beta": (0, None, True),
@@ -37,6 +37,11 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "timestep_min": (0, None, False),
     "timestep_max": (1, None, False),
     "proportion_empty_prompts": (0, 0.999, False),
+    "retain_weight": (0, None, False),
+    "retain_share": (0, 1, True),
+    "retain_samples": (1, None, False),
+    "retain_sample_steps": (1, None, False),
+    "retain_guidance": (0, None, False),
     "seed": (0, 2**63 - 1, False),
     "checkpointing_steps": (1, None, False),
     "checkpoints_total_limit": (1, None, False),
@@ -115,6 +120,38 @@ class DPOConfig:
         default=0.2,
         metadata={"help": "share of pairs trained with the empty caption (the release's default)"},
     )
+    retain_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight (lambda) of the output-preserving term: mean squared difference between the expert's "
+            "and the base's noise predictions on retain captions (DUO); 0 turns it off"
+        },
+    )
+    retain_prompts: str = field(
+        default="neutral",
+        metadata={
+            "help": "retain captions: 'neutral' (the shipped everyday list), 'other' (the other categories' "
+            "captions of the dataset) or a .txt file, one caption per line"
+        },
+    )
+    retain_mode: str = field(
+        default="unet",
+        metadata={
+            "help": "unet: the noise predictions on the base's own samples of the retain captions; text (LoRAs on "
+            "attn2.to_k attn2.to_v only): the change those LoRAs make to the retain captions' keys and values, "
+            "no UNet pass",
+            "choices": ("unet", "text"),
+        },
+    )
+    retain_share: float = field(
+        default=0.25,
+        metadata={"help": "retain samples per micro-batch, as a share of its pairs (at least one)"},
+    )
+    retain_samples: int = field(
+        default=2, metadata={"help": "the base's samples per retain caption, drawn once and cached"}
+    )
+    retain_sample_steps: int = field(default=25, metadata={"help": "inference steps of the retain samples"})
+    retain_guidance: float = field(default=7.5, metadata={"help": "guidance scale of the retain samples"})
     seed: int = field(
         default=0, metadata={"help": "seed of data order, noise and timesteps (a function of seed and step)"}
     )
@@ -154,6 +191,14 @@ class DPOConfig:
     def __post_init__(self) -> None:
         """Every numeric option finite and in range, named as on the command line (before any scaling)."""
         check_ranges(self, RANGES)
+        if self.retain_weight > 0 and self.retain_mode == "text" and not set(self.target_modules) <= set(
+            PLACEMENTS["cross"]
+        ):
+            raise UserError(
+                f"--retain_mode text reads the cross-attention key/value LoRAs only, and --target_modules "
+                f"{' '.join(self.target_modules)} adapts more; use --target_modules {' '.join(PLACEMENTS['cross'])} "
+                "or --retain_mode unet"
+            )
 
     @property
     def alpha(self) -> float:

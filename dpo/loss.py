@@ -4,6 +4,8 @@ Winner and loser share noise, timestep and caption. With ``L = ||eps_pred - targ
 per sample, ``inside = -0.5 * beta * ((L_w - L_l)_model - (L_w - L_l)_ref)`` and
 ``loss = -logsigmoid(inside).mean()``: the model is rewarded for denoising the winner better than
 the loser *relative to the frozen reference*. ``inside`` is the implicit reward margin.
+
+:func:`add_preserving_term` adds the output-preserving term of ``dpo/retain.py``.
 """
 
 from __future__ import annotations
@@ -53,3 +55,8 @@ def diffusion_dpo_loss(
         )
     )
     return DPOLossOutput(loss, metrics)
+
+
+def add_preserving_term(output: DPOLossOutput, term: torch.Tensor, weight: float) -> DPOLossOutput:
+    """``output`` plus ``weight`` x the output-preserving ``term`` (``dpo/retain.py``), logged as ``retain``."""
+    return DPOLossOutput(output.loss + weight * term, {**output.metrics, "retain": term.item()})

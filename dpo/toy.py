@@ -14,6 +14,7 @@ own space, measured on the samples the real pipeline call produces.
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
+from safetensors.torch import load_file
 
 TOY_RESOLUTION = 8
 COLOURS = [
@@ -239,6 +241,33 @@ def write_toy_dataset(
     return folder
 
 
+def text_states(pipe, captions: list[str]) -> torch.Tensor:
+    """Every token state of ``captions`` as the UNet's cross-attention reads them, ``[P * 77, width]``."""
+    with torch.no_grad():
+        states, _ = pipe.encode_prompt(captions, "cpu", 1, False)
+    return states.flatten(0, 1)
+
+
+def leak(
+    lora: dict[str, torch.Tensor], trained: torch.Tensor, neutral: torch.Tensor, random_down: bool = False
+) -> float:
+    """Mean over the cross-attention key/value LoRAs of ``|BAx|`` on neutral states over trained ones.
+
+    ``random_down``: with ``A`` replaced by a fresh draw of peft's initialisation (Kaiming-uniform, seeded),
+    the reference for "``A`` reads no particular direction".
+    """
+    generator = torch.Generator().manual_seed(0)
+    ratios = []
+    for key, down in lora.items():
+        if "attn2.to_k.lora.down" in key or "attn2.to_v.lora.down" in key:
+            up = lora[key.replace("lora.down", "lora.up")]
+            if random_down:
+                down = (torch.rand(down.shape, generator=generator) * 2 - 1) / down.shape[1] ** 0.5
+            change = [(x @ down.T @ up.T).norm(dim=1).mean() for x in (neutral, trained)]
+            ratios.append((change[0] / change[1]).item())
+    return statistics.fmean(ratios)
+
+
 def sample_latents(
     pipe, captions: list[str], samples: int = 32, steps: int = 20, seed: int = 0
 ) -> torch.Tensor:
@@ -335,6 +364,8 @@ def _decode(vae, latent: torch.Tensor):
 #: claims hold at half the cost, which the suite's time needs (three seeds, and the mutations' seeds).
 KNOWN_ANSWER_STEPS = 150
 KNOWN_ANSWER_LR = 6e-3
+#: The output-preserving term of the known-answer expert (``dpo/retain.py``), sampled as ``sample_latents`` does.
+KNOWN_ANSWER_RETAIN = {"retain_weight": 0.0, "retain_prompts": "neutral", "retain_share": 0.25}
 #: The seeds every known answer that trains is measured on; the claims hold for their mean.
 KNOWN_ANSWER_SEEDS = (0, 1, 2)
 #: Deliberate bugs each known answer must catch (``known_answer_mutation``).
@@ -373,13 +404,25 @@ def known_answer_mutation(name: str | None) -> Iterator[None]:
         setattr(owner, attribute, original)
 
 
-def make_toy_world(root: Path, concepts: int = 1):
+#: The known-answer world's base, committed (``python -m dpo.toy DIR`` writes it: ``make_toy_world``'s
+#: pretraining, seed 0, two torch threads, AVX2 kernels). Every machine starts the known answers from these
+#: bytes: the pretraining itself sums in another order in another kernel family or thread count, and the
+#: base's safe share moved from 0.375 to 0.500 with it (docs/known_answers.md).
+SHIPPED_TOY_BASE = Path(__file__).parent / "data" / "toy_base"
+
+
+def make_toy_world(root: Path, concepts: int = 1, rebuild: bool = False):
     """``(root, concept, base folder, dataset folder)`` of the known-answer tests: the first of ``concepts``
-    toy concepts, a base pretrained to render all their colours (the slow part, minutes) and their dataset."""
+    toy concepts, a base that renders all their colours and their dataset. The base is
+    :data:`SHIPPED_TOY_BASE` for the one-concept world unless ``rebuild``; else it is pretrained here (the slow
+    part, minutes)."""
     from coprov2.tiny import resolve_tiny_model
 
     toy = toy_concepts(concepts)
-    base = pretrain_toy_base(resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", toy)
+    if concepts == 1 and not rebuild:
+        base = SHIPPED_TOY_BASE
+    else:
+        base = pretrain_toy_base(resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", toy)
     return root, toy[0], base, write_toy_dataset(root / "data", toy)
 
 
@@ -393,7 +436,8 @@ def toy_expert_config(data: Path, category: str, base: Path, output_dir: Path, c
         "resolution": TOY_RESOLUTION, "max_train_steps": KNOWN_ANSWER_STEPS, "train_batch_size": 8,
         "gradient_accumulation_steps": 1, "lr_warmup_steps": 0, "learning_rate": KNOWN_ANSWER_LR, "scale_lr": False,
         "timestep_min": 500, "beta": 5000, "proportion_empty_prompts": 0.0, "checkpointing_steps": 1000,
-        "logging_steps": 50, "progress": False,
+        "logging_steps": 50, "progress": False, "retain_sample_steps": 20, "retain_guidance": 1.0,
+        **KNOWN_ANSWER_RETAIN,
     }  # fmt: skip
     return DPOConfig(
         dataset=str(data), category=category, base=str(base), output_dir=str(output_dir), cache_dir=str(cache_dir),
@@ -404,23 +448,25 @@ def toy_expert_config(data: Path, category: str, base: Path, output_dir: Path, c
 def train_toy_expert(
     root: Path, concept: ToyConcept, base: Path, data: Path, name: str, steps: int = KNOWN_ANSWER_STEPS, seed: int = 0,
     random_flip: bool = True, batch_size: int = 8, target_modules: list[str] | None = None,
-    learning_rate: float = KNOWN_ANSWER_LR,
+    learning_rate: float = KNOWN_ANSWER_LR, **settings,
 ):  # fmt: skip
     """The known-answer expert: DPO settings that move a toy concept in a few hundred CPU steps
-    (``target_modules``: where the LoRA sits, default ``DPOConfig``'s, the release's)."""
+    (``target_modules``: where the LoRA sits, default ``DPOConfig``'s, the release's; ``settings``: any other
+    ``DPOConfig`` field, the output-preserving term's for one)."""
     from dpo import train_expert
 
     config = toy_expert_config(
         data, concept.name, base, root / name, root / "cache", max_train_steps=steps, train_batch_size=batch_size,
         learning_rate=learning_rate, seed=seed, random_flip=random_flip,
-        **({"target_modules": target_modules} if target_modules else {}),
+        **({"target_modules": target_modules} if target_modules else {}), **settings,
     )  # fmt: skip
     return train_expert(config)
 
 
 def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
     """What the known answer measures: held-out implicit accuracy, the safe share of the trained captions'
-    samples before and after the expert, and how far the samples of trained and neutral captions moved."""
+    samples before and after the expert, how far the samples of trained and neutral captions moved, and the
+    cross-attention key/value LoRAs' ``leak`` (:func:`leak`)."""
     pipe = DiffusionPipeline.from_pretrained(str(base))
     pipe.set_progress_bar_config(disable=True)
     trained, neutral = [concept.captions[0], concept.held_out[0]], NEUTRAL_CAPTIONS[:2]
@@ -428,10 +474,31 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
     pipe.load_lora_weights(result.output_dir)
     after = sample_latents(pipe, trained), sample_latents(pipe, neutral)
     pipe.unload_lora_weights()
+    lora = load_file(str(Path(result.output_dir) / "pytorch_lora_weights.safetensors"))
+    states = text_states(pipe, list(concept.captions)), text_states(pipe, NEUTRAL_CAPTIONS)
     return {
+        "leak": leak(lora, *states),
         "eval_implicit_acc": result.metrics["eval_implicit_acc"],
         "safe_before": safe_share(pipe, before[0], concept),
         "safe_after": safe_share(pipe, after[0], concept),
         "moved_trained": displacement(*[x[0] for x in (before, after)]),
         "moved_neutral": displacement(*[x[1] for x in (before, after)]),
     }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m dpo.toy DIR``: pretrain the known-answer world's base into ``DIR/base`` (as
+    :data:`SHIPPED_TOY_BASE` was written, with ``ATEN_CPU_CAPABILITY=avx2`` and two threads)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dpo.toy", description=main.__doc__.splitlines()[0])
+    parser.add_argument("output_dir", type=Path)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    _, _, base, _ = make_toy_world(args.output_dir, rebuild=True)
+    print(base)
+
+
+if __name__ == "__main__":
+    main()

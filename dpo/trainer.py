@@ -36,7 +36,8 @@ from coprov2.tiny import resolve_tiny_model
 from dpo.config import DPOConfig
 from dpo.data import PreferencePairs, load_preference_pairs
 from dpo.encode import EncodedPairs, cached_encode
-from dpo.loss import diffusion_dpo_loss
+from dpo.loss import add_preserving_term, diffusion_dpo_loss, per_sample_mse
+from dpo.retain import RetainSet, cached_retain_set, cross_attention_leak, retain_prompts
 from dpo.save import save_expert
 
 logger = logging.getLogger(__name__)
@@ -69,15 +70,19 @@ def _resolution(base: str, revision: str | None, requested: int | None, vae_conf
     return resolution
 
 
-def _load_encoder_pipeline(base: str, revision: str | None, device: torch.device):
+def _load_encoder_pipeline(base: str, revision: str | None, device: torch.device, with_unet: bool = False):
     """The base pipeline without its UNet: encoding needs only the VAE and the text encoder(s), so a
-    cache miss never holds the UNet twice (the peers hold UNet, VAE and text encoders for the whole run)."""
+    cache miss never holds the UNet twice (the peers hold UNet, VAE and text encoders for the whole run).
+    ``with_unet``: the whole pipeline, to sample the retain set (``dpo/retain.py``) before training starts."""
     kwargs = (
         {"safety_checker": None, "requires_safety_checker": False}
         if "safety_checker" in DiffusionPipeline.load_config(base, revision=revision)
         else {}
     )
-    pipe = DiffusionPipeline.from_pretrained(base, revision=revision, unet=None, **kwargs)
+    if not with_unet:
+        kwargs["unet"] = None
+    dtype = torch.float16 if with_unet and device.type == "cuda" else None
+    pipe = DiffusionPipeline.from_pretrained(base, revision=revision, torch_dtype=dtype, **kwargs)
     return pipe.to(device)
 
 
@@ -117,8 +122,14 @@ def dpo_step(
     device: torch.device,
     scaling_factor: float,
     reference=None,
+    retain: RetainSet | None = None,
 ):
-    """The loss of one micro-batch. ``reference`` is the module run with adapters disabled (default ``unet``)."""
+    """The loss of one micro-batch. ``reference`` is the module run with adapters disabled (default ``unet``).
+
+    With ``retain`` and ``config.retain_weight > 0``, the output-preserving term (``dpo/retain.py``) is added:
+    ``retain_share`` of the batch's size in the base's samples of retain captions, noised to the timesteps of
+    the batch's first winners, ride in the same two UNet calls as the pairs (one batch, not two calls).
+    """
     index = torch.tensor(rows)
     size = len(rows)
     shape = (size, *encoded.winner_mean.shape[1:])
@@ -135,6 +146,13 @@ def dpo_step(
         else torch.zeros(2, size, dtype=torch.long)
     )
     pairs = len(encoded.text)
+    retain_pick = retain_noise = None
+    if retain is not None and config.retain_weight > 0:
+        # Drawn last, and only when on, so runs without the term take the same random stream as before it.
+        kept = max(1, round(config.retain_share * size))
+        retain_pick = torch.randint(0, len(retain), (kept,), generator=generator)
+        if retain.latents is not None:
+            retain_noise = torch.randn((kept, *shape[1:]), generator=generator)
 
     def latent(mean, std, flip: torch.Tensor, draw: torch.Tensor) -> torch.Tensor:
         rows = index + pairs * flip  # a flipped image's encoding is row N + i of a flipped cache
@@ -164,8 +182,24 @@ def dpo_step(
         target = noise_scheduler.get_velocity(latents, noise, timesteps)
     else:
         target = noise
+    text = text.to(device)
+    if retain_noise is not None:
+        paired = torch.arange(len(retain_pick)) % size  # each retain sample takes a winner's timestep
+        retain_t = timesteps[paired]
+        retain_latents = retain.latents[retain_pick].to(device)
+        noisy = torch.cat(
+            [noisy, noise_scheduler.add_noise(retain_latents, retain_noise.to(device), retain_t)]
+        )
+        timesteps = torch.cat([timesteps, retain_t])
+        captions = retain.caption(retain_pick)
+        text = torch.cat([text, retain.text[captions].to(device)])
+        if added is not None:  # and the winner's size and crop ids
+            added = {
+                "text_embeds": torch.cat([added["text_embeds"], retain.pooled[captions].to(device)]),
+                "time_ids": torch.cat([added["time_ids"], added["time_ids"][paired]]),
+            }
     dtype = next(p for p in unet.parameters() if not p.requires_grad).dtype
-    inputs = (noisy.to(dtype), timesteps, text.to(device, dtype))
+    inputs = (noisy.to(dtype), timesteps, text.to(dtype))
     reference = reference if reference is not None else unet
     # inference_mode, not no_grad: the reference's outputs never take part in autograd, so no version
     # counters or views are tracked for them (benchmarks/dpo_trainer.py: "ours-before" vs "ours").
@@ -176,7 +210,15 @@ def dpo_step(
         finally:
             reference.enable_adapters()
     model_pred = unet(*inputs, added_cond_kwargs=added).sample
-    return diffusion_dpo_loss(model_pred, ref_pred, target, config.beta)
+    pairs_end = 2 * size
+    output = diffusion_dpo_loss(model_pred[:pairs_end], ref_pred[:pairs_end], target, config.beta)
+    if retain_pick is None:
+        return output
+    if retain_noise is None:  # the text mode
+        term = cross_attention_leak(reference, retain.text[retain_pick].to(device))
+    else:
+        term = per_sample_mse(model_pred[pairs_end:], ref_pred[pairs_end:]).mean()
+    return add_preserving_term(output, term, config.retain_weight)
 
 
 def _checkpoints(expert_dir: Path) -> list[Path]:
@@ -240,6 +282,9 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
         pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
         eval_pairs, eval_rows = _eval_rows(config, category)
     rows = pairs.indices(category)
+    kept_prompts = (
+        retain_prompts(config.retain_prompts, pairs, category) if config.retain_weight > 0 else None
+    )
     vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
     resolution = _resolution(base, config.revision, config.resolution, vae_config)
     encoder = _Encoder(base, config.revision, device)
@@ -265,8 +310,16 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
                 device,
                 config.progress,
             )
+        encoder.pipe = None  # the retain set loads the whole pipeline on a miss
+        retain = None
+        if kept_prompts is not None:
+            unet_mode = config.retain_mode == "unet"
+            retain = cached_retain_set(
+                lambda: _load_encoder_pipeline(base, config.revision, device, with_unet=unet_mode),
+                kept_prompts, f"{base}@{config.revision}", resolution, config.retain_samples if unet_mode else 0,
+                config.retain_sample_steps, config.retain_guidance, Path(config.cache_dir), device, config.progress,
+            )  # fmt: skip
     logger.info("inputs %s from cache %s", "read" if hit else "encoded", cache_file)
-    encoder.pipe = None
 
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
     noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=config.revision)
@@ -326,7 +379,16 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
             last = micro == config.gradient_accumulation_steps - 1
             with accelerator.autocast(), accelerator.no_sync(unet) if not last else contextlib.nullcontext():
                 output = dpo_step(
-                    unet, noise_scheduler, encoded, batch, generator, config, device, scaling_factor, module
+                    unet,
+                    noise_scheduler,
+                    encoded,
+                    batch,
+                    generator,
+                    config,
+                    device,
+                    scaling_factor,
+                    module,
+                    retain,
                 )
                 accelerator.backward(output.loss / config.gradient_accumulation_steps)
             step_metrics.append(output.metrics)
@@ -430,12 +492,9 @@ def _resume(
         return 0, []
     latest = checkpoints[-1]
     state = json.loads((latest / TRAINER_STATE).read_text())
-    if state["hyperparameters"] != json.loads(json.dumps(config.hyperparameters())):
-        changed = sorted(
-            k
-            for k in state["hyperparameters"]
-            if state["hyperparameters"][k] != config.hyperparameters().get(k)
-        )
+    saved, now = state["hyperparameters"], json.loads(json.dumps(config.hyperparameters()))
+    if saved != now:  # a setting added since the checkpoint was written counts as changed
+        changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "unset") != now.get(k, "unset"))
         raise UserError(
             f"{latest} was trained with other settings ({', '.join(changed)}); use another --output_dir or --no_resume"
         )

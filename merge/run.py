@@ -15,6 +15,7 @@ from coprov2.errors import UserError, check_finite, check_ranges
 from coprov2.paths import check_model
 from coprov2.tiny import resolve_tiny_model
 from dpo.config import default_cache_dir
+from dpo.retain import NEUTRAL_PROMPTS
 from merge.calibrate import (
     DEFAULT_TIMESTEPS,
     activation_scores,
@@ -63,7 +64,7 @@ class MergeConfig:
         default=None,
         metadata={
             "help": "regmean: prompts (.txt, one per line) whose outputs the merge should leave as the base's "
-            "(default: the shipped merge/data/preserve_prompts.txt)"
+            "(default: the shipped dpo/data/neutral_prompts.txt)"
         },
     )
     regmean_lambda: float = field(
@@ -236,8 +237,9 @@ def _calibration(config: MergeConfig, experts: list[Expert]) -> tuple[list[str],
     return own_category_prompts(by_category, [expert.category for expert in experts])
 
 
-#: The shipped neutral prompts of ``regmean`` (everyday scenes, none near a safety category).
-PRESERVE_PROMPTS = Path(__file__).parent / "data" / "preserve_prompts.txt"
+#: The shipped neutral prompts of ``regmean`` (everyday scenes, none near a safety category): the same list
+#: the experts' output-preserving term keeps them on (``dpo --retain_prompts neutral``).
+PRESERVE_PROMPTS = NEUTRAL_PROMPTS
 
 _DEFINITIONS = {
     "comerge": "Co-Merge (rows): per adapted layer and output channel, the expert with the largest mean |scale_e B_e A_e x_e| "
@@ -274,7 +276,7 @@ def _calibration_text(config: MergeConfig) -> str:
         return ""
     scope = "its own category's prompts" if config.calibration_scope == "own" else "every category's prompts"
     if config.method == "regmean":
-        preserve = config.preserve_prompts or "the shipped merge/data/preserve_prompts.txt"
+        preserve = config.preserve_prompts or "the shipped dpo/data/neutral_prompts.txt"
         return (
             f" Calibration: {config.calibration}, timesteps {config.calibration_timesteps}; each expert's inputs "
             f"from {scope}, preserve prompts from {preserve} (lambda {config.regmean_lambda}, cross-attention "

@@ -512,4 +512,4 @@ def test_regmean_merges_cross_attention_experts_end_to_end(two_experts, tmp_path
     _assert_loads_in_diffusers(root / "cache" / "tiny-models" / "sd15", out, merged)
     card = (out / "README.md").read_text()
     assert "Merged safety LoRA (regmean)" in card and "energy kept by the LoRA (worst layer)" in card
-    assert "preserve prompts from the shipped merge/data/preserve_prompts.txt" in card
+    assert "preserve prompts from the shipped dpo/data/neutral_prompts.txt" in card
