@@ -191,8 +191,10 @@ class DPOConfig:
     def __post_init__(self) -> None:
         """Every numeric option finite and in range, named as on the command line (before any scaling)."""
         check_ranges(self, RANGES)
-        if self.retain_weight > 0 and self.retain_mode == "text" and not set(self.target_modules) <= set(
-            PLACEMENTS["cross"]
+        if (
+            self.retain_weight > 0
+            and self.retain_mode == "text"
+            and not set(self.target_modules) <= set(PLACEMENTS["cross"])
         ):
             raise UserError(
                 f"--retain_mode text reads the cross-attention key/value LoRAs only, and --target_modules "
