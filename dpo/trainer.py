@@ -81,8 +81,7 @@ def _load_encoder_pipeline(base: str, revision: str | None, device: torch.device
     )
     if not with_unet:
         kwargs["unet"] = None
-    dtype = torch.float16 if with_unet and device.type == "cuda" else None
-    pipe = DiffusionPipeline.from_pretrained(base, revision=revision, torch_dtype=dtype, **kwargs)
+    pipe = DiffusionPipeline.from_pretrained(base, revision=revision, **kwargs)
     return pipe.to(device)
 
 
