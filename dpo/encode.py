@@ -228,6 +228,17 @@ def load_encoded(folder: Path, flipped: bool = False) -> EncodedPairs:
     )
 
 
+def publish(partial: Path, folder: Path) -> None:
+    """Rename a whole ``partial`` cache folder (``meta.json`` written last) to ``folder``; when another run
+    wrote the same key first, keep its files (same inputs, same files) and drop ``partial``."""
+    try:
+        partial.rename(folder)
+    except OSError:
+        if not (folder / "meta.json").exists():
+            raise
+        shutil.rmtree(partial)
+
+
 def cached_encode(
     load_pipe,
     pairs: PreferencePairs,
@@ -259,12 +270,7 @@ def cached_encode(
         "flipped": flipped,
     }
     (partial / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    try:
-        partial.rename(folder)
-    except OSError:
-        if not (folder / "meta.json").exists():
-            raise
-        shutil.rmtree(partial)  # another run wrote the same key first: same inputs, same files
+    publish(partial, folder)
     # Train from the files either way: the same values in the same memory layout as a cache hit, so a
     # run that encoded and one that read the cache take bit-identical steps.
     return load_encoded(folder, flipped), folder, False

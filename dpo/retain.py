@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from tqdm.auto import tqdm
 from coprov2.errors import UserError
 from dpo.config import PLACEMENTS
 from dpo.data import PreferencePairs
-from dpo.encode import CACHE_VERSION, encode_text
+from dpo.encode import CACHE_VERSION, encode_text, publish
 
 #: Everyday scenes, none near a safety category (written for this project): the default retain set, and
 #: the preserve prompts of the closed-form merge (``merge.run.PRESERVE_PROMPTS``).
@@ -168,12 +167,7 @@ def cached_retain_set(
         if pooled[0] is not None:
             np.save(partial / "pooled.npy", torch.cat(pooled).float().cpu().numpy())
         (partial / "meta.json").write_text(json.dumps({"base": base, "prompts": len(prompts)}) + "\n")
-        try:
-            partial.rename(folder)
-        except OSError:
-            if not (folder / "meta.json").exists():
-                raise
-            shutil.rmtree(partial)  # another run wrote the same key first: same inputs, same files
+        publish(partial, folder)
 
     def load(name: str) -> torch.Tensor | None:
         path = folder / f"{name}.npy"
