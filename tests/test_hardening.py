@@ -215,6 +215,7 @@ def test_option_walk_dpo_every_option_is_in_the_resume_guard_or_cannot_change_th
             "lora_alpha": 8.0,
             "timestep_max": 500,
             "proportion_empty_prompts": 0.1,
+            "retain_share": 0.5,
         }
         new = ["to_q"] if isinstance(value, list) else in_range.get(f.name, _changed(value))
         changed = json.dumps(dataclasses.replace(config, **{f.name: new}).hyperparameters(), sort_keys=True)
