@@ -14,7 +14,8 @@ to ``x_t`` (``dpo.trainer.dpo_step``), as DreamBooth's prior preservation noises
 the term then holds the expert to the base where the base's outputs for those captions live, not at the
 training images (holding it there on neutral captions would hold back exactly the change DPO makes, wherever
 the LoRA cannot tell the captions apart). What it costs: one sampling pass over the retain captions per cache
-miss, and ``retain_share`` more rows in each step's two UNet calls.
+miss, and ``retain_share`` more rows in each step's two UNet calls. The ``text`` mode
+(:func:`cross_attention_leak`) needs only the embeddings: no sampling, no UNet rows.
 """
 
 from __future__ import annotations
