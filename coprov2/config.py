@@ -12,7 +12,6 @@ Model fields accept ``tiny:<kind>`` (``tiny:lm``, ``tiny:sd15``, ...): the tiny 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import types
 import typing
@@ -21,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from datasets.utils.py_utils import convert_file_size_to_int
-from transformers import HfArgumentParser
 
+from coprov2.cli import DataclassArgumentParser
 from coprov2.dataset.config import DatasetConfig
 from coprov2.errors import UserError, check_ranges, load_yaml_file
 from coprov2.gate.config import GateConfig
@@ -193,7 +192,8 @@ class BuildConfig:
         metadata={"help": "last stage to run; finished earlier ones are skipped", "choices": STAGES},
     )
     preset: str | None = field(
-        default=None, metadata={"help": "named defaults: 'smoke' (tiny models, offline)"}
+        default=None,
+        metadata={"help": "named defaults: 'smoke' (tiny models, offline)", "choices": sorted(PRESETS)},
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
     wait_for_lock: bool = field(
@@ -334,8 +334,8 @@ def check_options(cls: type, data: dict[str, Any], where: str, help_command: str
             raise UserError(f"{where}: option {name} must be {expected}, got {value!r}")
 
 
-def make_parser() -> HfArgumentParser:
-    parser = HfArgumentParser(
+def make_parser() -> DataclassArgumentParser:
+    parser = DataclassArgumentParser(
         BuildConfig,
         prog="python -m coprov2.build",
         description=(
@@ -352,16 +352,15 @@ def make_parser() -> HfArgumentParser:
 
 
 def parse_build_args(argv: list[str] | None = None) -> BuildConfig:
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    pre.add_argument("--preset", choices=sorted(PRESETS))
-    known, _ = pre.parse_known_args(argv)
-    defaults: dict[str, Any] = {}
-    if known.preset:
-        defaults.update(PRESETS[known.preset])
-    if known.config:
-        defaults.update(load_yaml_config(known.config))
+    """Flags over ``--config`` over ``--preset`` over class defaults. The first parse checks every flag (and
+    finds the preset and the file); the second reads the flags again over the defaults those two give."""
     parser = make_parser()
+    _, given = parser.parse_args_into_dataclasses(argv)
+    defaults: dict[str, Any] = {}
+    if given.preset:
+        defaults.update(PRESETS[given.preset])
+    if given.config:
+        defaults.update(load_yaml_config(given.config))
     parser.set_defaults(**defaults)
-    config, _extra = parser.parse_args_into_dataclasses(argv)
+    config, _ = parser.parse_args_into_dataclasses(argv)
     return config

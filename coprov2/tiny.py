@@ -20,11 +20,11 @@ CLI: ``python -m coprov2.tiny OUT_DIR [--kinds sd15 sdxl clip lm] [--seed 0]``.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import os
 import shutil
 import string
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -45,7 +45,8 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from coprov2.errors import UserError
+from coprov2.cli import ArgumentParser
+from coprov2.errors import UserError, run_cli
 
 KINDS = ("sd15", "sdxl", "clip", "lm")
 
@@ -355,8 +356,8 @@ def resolve_tiny_model(name: str, models_dir: str | Path) -> str:
     return str(folder)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m coprov2.tiny",
         description="Write tiny random models (offline, seeded) as standard Hugging Face folders, "
         "for tests, benchmarks and the smoke preset. Each lands in OUT_DIR/<kind>.",
@@ -366,10 +367,18 @@ def main(argv: list[str] | None = None) -> None:
         "--kinds", nargs="+", choices=KINDS, default=list(KINDS), help="which models (default: all)"
     )
     parser.add_argument("--seed", type=int, default=0, help="weight seed; same seed, same weights")
-    args = parser.parse_args(argv)
-    for kind, folder in write_tiny_models(args.out_dir, args.kinds, args.seed).items():
-        print(f"{kind}: {folder}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = make_parser().parse_args(argv)
+        for kind, folder in write_tiny_models(args.out_dir, args.kinds, args.seed).items():
+            print(f"{kind}: {folder}")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

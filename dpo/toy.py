@@ -15,6 +15,7 @@ own space, measured on the samples the real pipeline call produces.
 from __future__ import annotations
 
 import statistics
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,6 +24,9 @@ from pathlib import Path
 import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from safetensors.torch import load_file
+
+from coprov2.cli import ArgumentParser
+from coprov2.errors import run_cli
 
 TOY_RESOLUTION = 8
 COLOURS = [
@@ -486,19 +490,29 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
-    """``python -m dpo.toy DIR``: pretrain the known-answer world's base into ``DIR/base`` (as
-    :data:`SHIPPED_TOY_BASE` was written, with ``ATEN_CPU_CAPABILITY=avx2`` and two threads)."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="python -m dpo.toy", description=main.__doc__.splitlines()[0])
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="python -m dpo.toy",
+        description="Pretrain the known-answer world's base into OUTPUT_DIR/base (dpo/data/toy_base was written "
+        "this way, with ATEN_CPU_CAPABILITY=avx2 and two threads).",
+    )
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    _, _, base, _ = make_toy_world(args.output_dir, rebuild=True)
-    print(base)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m dpo.toy DIR``: pretrain the known-answer world's base into ``DIR/base``."""
+
+    def body() -> int:
+        args = make_parser().parse_args(argv)
+        torch.set_num_threads(args.threads)
+        _, _, base, _ = make_toy_world(args.output_dir, rebuild=True)
+        print(base)
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

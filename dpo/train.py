@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import sys
 
-from transformers import HfArgumentParser
-
+from coprov2.cli import DataclassArgumentParser
 from coprov2.errors import run_cli
 from coprov2.paths import check_model, check_writable_dir
 from dpo.config import DPOConfig
 from dpo.trainer import train
 
 
-def parse_args(argv: list[str] | None = None) -> DPOConfig:
-    parser = HfArgumentParser(
+def make_parser() -> DataclassArgumentParser:
+    return DataclassArgumentParser(
         DPOConfig,
         prog="python -m dpo.train",
         description=(
@@ -31,7 +30,10 @@ def parse_args(argv: list[str] | None = None) -> DPOConfig:
             "Checkpoints resume exactly; the result is a diffusers LoRA (pipe.load_lora_weights) with a model card."
         ),
     )
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_args(argv: list[str] | None = None) -> DPOConfig:
+    (config,) = make_parser().parse_args_into_dataclasses(args=argv)
     return config
 
 

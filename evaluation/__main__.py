@@ -13,15 +13,14 @@ from __future__ import annotations
 import logging
 import sys
 
-from transformers import HfArgumentParser
-
+from coprov2.cli import DataclassArgumentParser
 from coprov2.errors import run_cli
 from evaluation.config import EvalConfig
 from evaluation.run import evaluate
 
 
-def parse_args(argv: list[str] | None = None) -> EvalConfig:
-    parser = HfArgumentParser(
+def make_parser() -> DataclassArgumentParser:
+    return DataclassArgumentParser(
         EvalConfig,
         prog="python -m evaluation",
         description=(
@@ -30,7 +29,10 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
             "and scoring are sharded over accelerate processes and resume after an interruption."
         ),
     )
-    (config,) = parser.parse_args_into_dataclasses(args=argv)
+
+
+def parse_args(argv: list[str] | None = None) -> EvalConfig:
+    (config,) = make_parser().parse_args_into_dataclasses(args=argv)
     return config
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
+from coprov2.cli import DataclassArgumentParser
 from coprov2.errors import UserError, check_finite, run_cli
 from coprov2.executor import Stage, run_stage
 from coprov2.paths import check_model, check_writable_dir
@@ -220,14 +221,16 @@ def evaluate_dataset(config: DatasetEvalConfig) -> dict[str, Any]:
     return results
 
 
-def main(argv: list[str] | None = None) -> int:
-    from transformers import HfArgumentParser
+def make_parser() -> DataclassArgumentParser:
+    return DataclassArgumentParser(
+        DatasetEvalConfig, prog="python -m evaluation.dataset", description=__doc__.split("\n\n")[0]
+    )
 
+
+def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-        parser = HfArgumentParser(DatasetEvalConfig, prog="python -m evaluation.dataset",
-                                  description=__doc__.split("\n\n")[0])  # fmt: skip
-        (config,) = parser.parse_args_into_dataclasses(args=argv)
+        (config,) = make_parser().parse_args_into_dataclasses(args=argv)
         print(markdown_table(evaluate_dataset(config)), end="")
         return 0
 

@@ -18,7 +18,6 @@ holds thumbnails, never the dataset.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict
@@ -26,6 +25,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from coprov2.cli import ArgumentParser
 from coprov2.errors import UserError, run_cli
 from coprov2.gate.clip_scores import SCORE_NAMES
 from coprov2.stage_io import StageDir
@@ -142,8 +142,8 @@ def write_gallery(
     )  # fmt: skip
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m evaluation.gallery",
         description="A browsable gallery of a CoProV2 build (every pair, kept and rejected, with the gate's "
         "reasons) or dataset (folder or Hub id): per category, unsafe | safe images with both prompts and the "
@@ -156,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows_per_page", type=int, default=24, help="pairs per page")
     parser.add_argument("--max_pairs", type=int, default=96, help="pairs shown per category (0: all)")
     parser.add_argument("--no_blur", dest="blur", action="store_false", help="do not blur unsafe images")
-    args = parser.parse_args(argv)
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
     def body() -> int:
+        args = make_parser().parse_args(argv)
         if args.rows_per_page < 1 or args.max_pairs < 0:
             raise UserError("--rows_per_page must be >= 1 and --max_pairs >= 0")
         if (

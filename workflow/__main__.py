@@ -8,18 +8,18 @@ Rerun the same command after an interruption: finished steps are skipped, the ot
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 
+from coprov2.cli import ArgumentParser
 from coprov2.errors import run_cli
 from workflow.config import load_recipe
 from workflow.run import run_workflow
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m workflow",
         description="The paper's workflow in one resumable command: a CoProV2 dataset (built, imported from the "
         "release, a folder or a Hub id) -> one Diffusion-DPO safety expert per category -> their merge -> evaluation "

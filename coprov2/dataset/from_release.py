@@ -21,7 +21,6 @@ row, an id with one of its two rows missing (a cut CSV), a pair with an image mi
 
 from __future__ import annotations
 
-import argparse
 import io
 import re
 import shutil
@@ -37,6 +36,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from cards.dataset_card import release_dataset_card
+from coprov2.cli import ArgumentParser
 from coprov2.dataset.export import FEATURES, SIMILARITY_NAMES, configs_for, split_rows
 from coprov2.dataset.info import dataset_infos
 from coprov2.dataset.parquet_writer import ShardedParquetWriter
@@ -210,8 +210,8 @@ def _convert(csvs: dict[str, Path], source: ImageSource, staging: Path, max_byte
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m coprov2.dataset.from_release",
         description="Convert the authors' CoProV2 release (data/CoProv2_train.csv with u_idx_/s_idx_ rows, "
         "data/CoProv2_test.csv with test prompts, and the images of the CoProv2-SD15/-SDXL dataset) into a "
@@ -228,10 +228,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the test CSV: the release's CoProv2_test.csv (prompts only) or a CSV of pairs",
     )  # fmt: skip
     parser.add_argument("--max_shard_size", default="500MB", help="largest parquet file (default 500MB)")
-    args = parser.parse_args(argv)
-    csvs = {"train": args.csv, **({"test": args.test_csv} if args.test_csv else {})}
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
     def body() -> int:
+        args = make_parser().parse_args(argv)
+        csvs = {"train": args.csv, **({"test": args.test_csv} if args.test_csv else {})}
         summary = import_release(csvs, args.images, args.output, args.max_shard_size)
         print(
             f"{summary['rows_total']} rows written to {args.output} "

@@ -23,9 +23,9 @@ Indices run over train then test, so every image name is unique in ``images/``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,10 @@ import yaml
 from PIL import Image
 from tqdm.auto import tqdm
 
+from coprov2.cli import ArgumentParser
 from coprov2.dataset.info import dataset_infos
 from coprov2.dataset.release_csv import PICKAPIC_COLUMNS, PROMPT_COLUMNS
-from coprov2.errors import UserError
+from coprov2.errors import UserError, run_cli
 from coprov2.stage_io import staging_folder, swap_in
 
 RELEASE_FOLDER_NAME = "release_pickapic_formatted"
@@ -173,8 +174,8 @@ def export_release_layout(
     return counts
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m coprov2.dataset.release_layout",
         description="Export a CoProV2 dataset (a folder or Hub repo id that load_dataset opens) to the "
         "SafetyDPO release layout: images/{u,s}_idx_*.jpg, CoProv2_<split>.csv and the <split>.csv "
@@ -185,10 +186,18 @@ def main(argv: list[str] | None = None) -> None:
         "output",
         help=f"output folder; keep 'pickapic_formatted' in its name for train.py (e.g. {RELEASE_FOLDER_NAME})",
     )
-    args = parser.parse_args(argv)
-    counts = export_release_layout(args.dataset, args.output)
-    print(f"wrote {counts} pairs to {args.output}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = make_parser().parse_args(argv)
+        counts = export_release_layout(args.dataset, args.output)
+        print(f"wrote {counts} pairs to {args.output}")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

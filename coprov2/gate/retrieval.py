@@ -13,9 +13,9 @@ the rendered images as files for ``clip-retrieval inference --input_dataset IMAG
 
 from __future__ import annotations
 
-import argparse
 import io
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,7 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from coprov2.errors import UserError
+from coprov2.cli import ArgumentParser
+from coprov2.errors import UserError, run_cli
 from coprov2.stage_io import atomic_write_bytes
 
 _PART = re.compile(r"_(\d+)\.(npy|parquet)$")
@@ -103,17 +104,25 @@ def export_image_files(output_dir: str | Path, images_dir: str | Path) -> int:
     return count
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+def make_parser() -> ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m coprov2.gate.retrieval",
         description="Write the rendered images of a build as files, for `clip-retrieval inference`; pass "
         "its output folder back with --gate_image_embeddings.",
     )
     parser.add_argument("output_dir", help="the build's --output_dir")
     parser.add_argument("images_dir", help="folder to write <pair id>_<unsafe|safe>.<format> into")
-    args = parser.parse_args(argv)
-    print(f"wrote {export_image_files(args.output_dir, args.images_dir)} images to {args.images_dir}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        args = make_parser().parse_args(argv)
+        print(f"wrote {export_image_files(args.output_dir, args.images_dir)} images to {args.images_dir}")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
