@@ -45,6 +45,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from coprov2.canonical import canonicalize_tree
 from coprov2.cli import ArgumentParser
 from coprov2.errors import UserError, run_cli
 
@@ -328,6 +329,7 @@ def write_tiny_models(
         built = build(kind, seed=seed)
         for part in built if isinstance(built, tuple) else (built,):
             part.save_pretrained(partial)
+        canonicalize_tree(partial)
         (partial / COMPLETE_MARKER).write_text("written whole\n")
         _move_in(partial, folder, overwrite)
         folders[kind] = folder

@@ -13,6 +13,7 @@ from peft import get_peft_model_state_dict
 
 from cards.model_card import lora_model_card
 from cards.push import push_folder
+from coprov2.canonical import canonicalize
 
 if TYPE_CHECKING:
     from dpo.config import DPOConfig
@@ -37,6 +38,7 @@ def save_lora(unet, base: str, folder: Path, revision: str | None = None) -> Pat
     pipeline_class(base, revision).save_lora_weights(
         folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
     )
+    canonicalize(folder / LORA_WEIGHTS)
     return folder / LORA_WEIGHTS
 
 

@@ -25,6 +25,7 @@ import torch
 from diffusers import DDPMScheduler, DiffusionPipeline
 from safetensors.torch import load_file
 
+from coprov2.canonical import canonicalize_tree
 from coprov2.cli import ArgumentParser
 from coprov2.errors import run_cli
 
@@ -197,6 +198,7 @@ def pretrain_toy_base(
     text_encoder.eval()
     unet.register_to_config(sample_size=TOY_RESOLUTION // pipe.vae_scale_factor)  # its native resolution now
     pipe.save_pretrained(output)
+    canonicalize_tree(output)
     return output
 
 

@@ -30,6 +30,7 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from coprov2.canonical import canonicalize_tree
 from coprov2.errors import UserError
 from coprov2.seeds import derive_seed
 from coprov2.tiny import resolve_tiny_model
@@ -519,6 +520,7 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
     if accelerator.is_main_process:
+        canonicalize_tree(partial)
         # The last logging window's per-step metrics, so a resumed run logs the same means.
         state = {"step": step, "hyperparameters": config.hyperparameters(), "recent_metrics": recent}
         (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2))

@@ -17,6 +17,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from huggingface_hub.errors import OfflineModeIsEnabled
 
+from coprov2.canonical import canonicalize
 from coprov2.errors import UserError
 from coprov2.paths import check_model
 from dpo.save import pipeline_class
@@ -148,4 +149,5 @@ def save_merged(
     pipeline_class(base).save_lora_weights(
         folder, unet_lora_layers=state, unet_lora_adapter_metadata=metadata
     )
+    canonicalize(folder / "pytorch_lora_weights.safetensors")
     return folder / "pytorch_lora_weights.safetensors"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import httpx2
 from huggingface_hub import constants
 from huggingface_hub.utils import _http
+from huggingface_hub.utils.sha import git_hash
 
 
 @dataclass
@@ -22,6 +23,7 @@ class MockHub:
     created: list[dict] = field(default_factory=list)
     settings: list[dict] = field(default_factory=list)
     committed: dict[str, bytes] = field(default_factory=dict)
+    commits: int = 0
     refuse: set[str] = field(default_factory=set)
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
@@ -44,18 +46,37 @@ class MockHub:
         if path == "/api/validate-yaml":
             return httpx2.Response(200, json={})
         if "/preupload/" in path:
+            # As the Hub answers: the git oid of a file it already holds, so unchanged files are not re-sent.
             files = json.loads(request.content)["files"]
-            modes = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files]
+            modes = [
+                {
+                    "path": f["path"],
+                    "uploadMode": "regular",
+                    "shouldIgnore": False,
+                    "oid": self.oid(f["path"]),
+                }
+                for f in files
+            ]
             return httpx2.Response(200, json={"files": modes})
         if "/commit/" in path:
+            self.commits += 1
             for line in request.content.decode().splitlines():
                 op = json.loads(line)
                 if op["key"] == "file":
                     self.committed[op["value"]["path"]] = base64.b64decode(op["value"]["content"])
             return httpx2.Response(
-                200, json={"commitUrl": "https://huggingface.co/c/1", "commitOid": "0" * 40}
+                200, json={"commitUrl": "https://huggingface.co/c/1", "commitOid": self.head}
             )
+        if "/revision/" in path:  # repo_info, asked when a commit would change nothing
+            return httpx2.Response(200, json={"id": path.split("/revision/")[0], "sha": self.head})
         return httpx2.Response(404, json={"error": f"mock hub has no {request.method} {path}"})
+
+    @property
+    def head(self) -> str:
+        return f"{self.commits:040x}"
+
+    def oid(self, path: str) -> str | None:
+        return git_hash(self.committed[path]) if path in self.committed else None
 
 
 def install_mock_hub(monkeypatch) -> MockHub:
