@@ -355,10 +355,10 @@ def parse_build_args(argv: list[str] | None = None) -> BuildConfig:
     """Flags over ``--config`` over ``--preset`` over class defaults. The first parse checks every flag (and
     finds the preset and the file); the second reads the flags again over the defaults those two give."""
     parser = make_parser()
-    _, given = parser.parse_args_into_dataclasses(argv)
+    flags, given = parser.parse_args_into_dataclasses(argv)
     defaults: dict[str, Any] = {}
-    if given.preset:
-        defaults.update(PRESETS[given.preset])
+    if flags.preset:
+        defaults.update(PRESETS[flags.preset])
     if given.config:
         defaults.update(load_yaml_config(given.config))
     parser.set_defaults(**defaults)
