@@ -1,6 +1,6 @@
 """Static HTML reports a person can look at, opened from disk (no server): an index page and paged grids.
 
-A report is ``<name>.html`` (the index: a table, a chart, links to every page) beside a folder ``<name>/``
+A report is ``<name>.html`` (the index: a table, charts, links to every page) beside a folder ``<name>/``
 holding the pages (``<section>-<k>.html``, ``rows_per_page`` rows each), JPEG thumbnails of at most
 ``THUMB_SIZE`` px and the page style and script: never every full image inlined in one file, so a report
 of thousands of images opens fast and can be zipped and shared. Flagged images are blurred until clicked
@@ -98,7 +98,7 @@ def write_html_report(
     blur_rule: str = "flagged by a detector",
     intro: list[str] | None = None,
     table: dict[str, Any] | None = None,
-    chart: Path | None = None,
+    charts: list[tuple[Path, str]] | None = None,
     sections_title: str = "Categories",
 ) -> Path:
     """Write ``output_dir/<name>.html`` and ``output_dir/<name>/``; returns the index path."""
@@ -115,9 +115,15 @@ def write_html_report(
         for section in sections:
             section_slug, count, pages = slug(section.name), 0, []
             for number, page_rows in enumerate(_pages(section.rows, rows_per_page), start=1):
+                # A column is an image column when any row of the page has an image in it; its cells go in the
+                # row's image strip (a missing image keeps its place there), the others in the row's header.
+                image_columns = {
+                    c for row in page_rows for c, cell in enumerate(row) if cell.image is not None
+                }
+                labelled = len(section.columns) - len(image_columns) > 1
                 rendered = []
                 for r, row in enumerate(page_rows):
-                    cells = []
+                    head, shots = [], []
                     for c, cell in enumerate(row):
                         thumb = None
                         if cell.image is not None:
@@ -125,12 +131,13 @@ def write_html_report(
                             (staging / thumb).parent.mkdir(parents=True, exist_ok=True)
                             payload = cell.image if isinstance(cell.image, bytes) else thumbnail(cell.image)
                             (staging / thumb).write_bytes(payload)
-                        cells.append({
-                            "image": thumb, "alt": section.columns[c], "flagged": blur and cell.flagged,
+                        (shots if c in image_columns else head).append({
+                            "image": thumb, "name": section.columns[c], "flagged": blur and cell.flagged,
+                            "label": section.columns[c] if labelled else None,
                             "full": os.path.relpath(cell.full, final) if cell.full else None,
                             "lines": [{"kind": kind, "text": text} for kind, text in cell.lines],
                         })  # fmt: skip
-                    rendered.append(cells)
+                    rendered.append({"head": head, "shots": shots})
                 count += len(page_rows)
                 pages.append({"href": f"{name}/{section_slug}-{number}.html", "rows": rendered})
             for number, page in enumerate(pages, start=1):
@@ -153,7 +160,7 @@ def write_html_report(
         index,
         env.get_template("index.html").render(
             title=title, assets=name, intro=intro or [], table=table, blur=blur, blur_rule=blur_rule,
-            chart=os.path.relpath(chart, output_dir) if chart else None, chart_alt=f"chart of {title}",
+            charts=[{"src": os.path.relpath(path, output_dir), "alt": alt} for path, alt in charts or []],
             sections=index_sections, sections_title=sections_title,
         ),
     )  # fmt: skip

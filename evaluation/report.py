@@ -1,6 +1,6 @@
 """The run's report: ``results.json`` (every number with what produced it), ``results.md`` (the paper's
 table: a row per model, IP per category and overall, CLIPScore, FID), ``ip_by_category.png`` and
-``report.html``: the table, the chart and, per category, the paper's qualitative figure (the same prompt
+``tradeoff.png`` (safety against quality per model) and ``report.html``: the table, the charts and, per category, the paper's qualitative figure (the same prompt
 and seed rendered by the base, each expert and the merge, side by side, each image with its IP verdicts)."""
 
 from __future__ import annotations
@@ -79,12 +79,87 @@ def ip_chart(results: dict[str, Any], path: Path) -> tuple[float, float]:
     axis.set_ylabel("inappropriate probability (%)")
     axis.set_title(f"IP per category on {results['prompt_set']['source']}")
     axis.legend()
+    _save_figure(figure, path)
+    return limits
+
+
+def _save_figure(figure, path: Path) -> None:
+    """Write ``figure`` as ``path`` atomically (a reader never sees half a PNG) and free it."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     figure.savefig(tmp, dpi=150)
     plt.close(figure)
     tmp.replace(path)
-    return limits
+
+
+#: (key in a model's results, how to read its value, axis label). Safety: lower is safer; quality: CLIPScore
+#: higher is better, FID lower is better.
+SAFETY_AXES = (
+    ("ip", lambda m: 100 * m["ip"]["overall"], "IP (%), lower is safer"),
+    ("asr", lambda m: 100 * m["asr"]["overall"], "attack success rate (%), lower is safer"),
+)
+QUALITY_AXES = (
+    ("clipscore", lambda m: m["clipscore"]["mean"], "CLIPScore, higher is better \u2192"),
+    ("fid", lambda m: m["fid"]["value"], "\u2190 FID, lower is better"),
+)
+
+
+def tradeoff_axes(results: dict[str, Any]) -> list[tuple[tuple, tuple]]:
+    """The (safety, quality) pairs every model of ``results`` measured: the panels of :func:`tradeoff_chart`."""
+    models = results["models"].values()
+    have = lambda key: all(m.get(key) is not None for m in models)  # noqa: E731
+    return [(s, q) for s in SAFETY_AXES if have(s[0]) for q in QUALITY_AXES if have(q[0])]
+
+
+def _label_points(axis, labels: list[str], xs: list[float], ys: list[float], size: int = 8) -> None:
+    """Label each point; a label that would cover an earlier one moves up a line until it does not (models
+    with equal scores are common, so labels printed in place would overlap)."""
+    to_points = 72 / axis.figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
+    for label, x, y in sorted(zip(labels, xs, ys, strict=True), key=lambda p: (p[1], p[2])):
+        px, py = (v * to_points for v in axis.transData.transform((x, y)))
+        width, height, lift = 0.62 * size * len(label), size + 3, 0
+        while any(
+            px + 6 < right and left < px + 6 + width and py + lift < top and bottom < py + lift + height
+            for left, bottom, right, top in placed
+        ):
+            lift += height
+        placed.append((px + 6, py + lift, px + 6 + width, py + lift + height))
+        axis.annotate(label, (x, y), xytext=(6, lift + 2), textcoords="offset points", fontsize=size)
+
+
+def tradeoff_chart(results: dict[str, Any], path: Path) -> list[dict[str, Any]]:
+    """Safety against quality, a point per model labelled by its name (the figure safety papers show first):
+    a panel per measured pair (IP or ASR against CLIPScore or FID); the best corner is marked. Returns the
+    plotted points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = tradeoff_axes(results)
+    figure, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 5), squeeze=False)
+    points = []
+    for axis, ((s_key, s_value, s_label), (q_key, q_value, q_label)) in zip(axes[0], panels, strict=True):
+        xs, ys = [], []
+        for label, model in results["models"].items():
+            xs.append(q_value(model)), ys.append(s_value(model))
+            points.append({"model": label, "safety": s_key, "quality": q_key, "x": xs[-1], "y": ys[-1]})
+        margin = (max(xs) - min(xs)) * 0.08 or 0.5
+        axis.set_xlim(min(xs) - margin, max(xs) + 3 * margin)  # room on the right for the labels
+        axis.set_ylim(bottom=0, top=max(1.0, max(ys) * 1.15))
+        axis.scatter(xs, ys, s=30, color="#1f77b4")
+        _label_points(axis, list(results["models"]), xs, ys)
+        axis.set_xlabel(q_label)
+        axis.set_ylabel(s_label)
+        best_x = "right" if q_key == "clipscore" else "left"
+        axis.set_title(f"better: bottom {best_x}", fontsize=9)
+        axis.grid(alpha=0.3)
+    figure.suptitle(f"Safety against quality on {results['prompt_set']['source']}")
+    _save_figure(figure, path)
+    return points
 
 
 def _verdict_lines(score: dict[str, Any] | None) -> list[tuple[str, str]]:
@@ -141,10 +216,10 @@ def _grid_sections(results: dict[str, Any], root: Path, max_rows: int | None) ->
 
 
 def html_report(
-    results: dict[str, Any], root: Path, chart: Path | None, *, blur: bool = True, rows_per_page: int = 24,
-    max_rows: int | None = 96,
+    results: dict[str, Any], root: Path, charts: list[tuple[Path, str]], *, blur: bool = True,
+    rows_per_page: int = 24, max_rows: int | None = 96,
 ) -> Path:  # fmt: skip
-    """``report.html``: the table, the chart and a paged grid per category (at most ``max_rows`` per category)."""
+    """``report.html``: the table, the charts and a paged grid per category (at most ``max_rows`` per category)."""
     header, rows = table_cells(results)
     prompt_set = results["prompt_set"]
     intro = [
@@ -154,7 +229,7 @@ def html_report(
     ]  # fmt: skip
     return write_html_report(
         root, "report", "Evaluation report", _grid_sections(results, root, max_rows), rows_per_page=rows_per_page,
-        blur=blur, intro=intro, table={"header": header, "rows": rows}, chart=chart,
+        blur=blur, intro=intro, table={"header": header, "rows": rows}, charts=charts,
     )  # fmt: skip
 
 
@@ -162,18 +237,20 @@ def write_report(
     results: dict[str, Any], output_dir: Path, *, blur: bool = True, rows_per_page: int = 24,
     max_rows: int | None = 96,
 ) -> dict[str, Path]:  # fmt: skip
-    """``results.json``, ``results.md``, the chart (when IP was measured) and ``report.html``."""
-    paths = {
-        "json": output_dir / "results.json",
-        "table": output_dir / "results.md",
-        "chart": output_dir / "ip_by_category.png",
-    }
+    """``results.json``, ``results.md``, the charts (IP per category when IP was measured; safety against
+    quality when both were) and ``report.html``."""
+    paths = {"json": output_dir / "results.json", "table": output_dir / "results.md"}
     atomic_write_text(paths["json"], json.dumps(results, indent=2, sort_keys=True) + "\n")
     atomic_write_text(paths["table"], markdown_table(results))
+    charts = []
     if any("ip" in m for m in results["models"].values()):
+        paths["chart"] = output_dir / "ip_by_category.png"
         ip_chart(results, paths["chart"])
-    else:
-        del paths["chart"]
-    paths["html"] = html_report(results, output_dir, paths.get("chart"), blur=blur, rows_per_page=rows_per_page,
+        charts.append((paths["chart"], "IP per category and model"))
+    if tradeoff_axes(results):
+        paths["tradeoff"] = output_dir / "tradeoff.png"
+        tradeoff_chart(results, paths["tradeoff"])
+        charts.append((paths["tradeoff"], "safety against quality, a point per model"))
+    paths["html"] = html_report(results, output_dir, charts, blur=blur, rows_per_page=rows_per_page,
                                 max_rows=max_rows)  # fmt: skip
     return paths

@@ -1,11 +1,13 @@
-"""The HTML reports' own behaviour, without a browser: escaping, paging, blurring switched off, the chart's axis."""
+"""The HTML reports' own behaviour: escaping, paging, blurring switched off, the charts; and, in a browser,
+pages that read at the paper's model count on a laptop and a phone."""
 
 import json
 
 from PIL import Image
 
 from evaluation.pages import THUMB_SIZE, Cell, Section, write_html_report
-from evaluation.report import ip_chart
+from evaluation.report import ip_chart, tradeoff_axes, tradeoff_chart
+from tests.browser import check_report
 
 
 def _rows(n: int, prompt: str):
@@ -46,3 +48,68 @@ def test_the_chart_axis_starts_at_0_even_when_every_ip_is_0(tmp_path):
     results["models"]["base"]["ip"]["overall"] = 0.42
     low, high = ip_chart(json.loads(json.dumps(results)), tmp_path / "c.png")
     assert low == 0.0 and high >= 42
+
+
+def _results(labels: list[str], fid: bool) -> dict:
+    models = {}
+    for k, label in enumerate(labels):
+        models[label] = {
+            "ip": {"overall": 0.5 - 0.01 * (k % 7), "by_category": {"hate": {"ip": 0.4}}},
+            "clipscore": {"mean": 30.0 + 0.1 * (k % 3), "n": 4},
+            **({"fid": {"value": 20.0 + k, "n": 4}} if fid else {}),
+        }
+    return {"prompt_set": {"source": "s", "prompts": 4}, "models": models}
+
+
+def test_the_tradeoff_chart_has_a_labelled_point_per_model_and_panel(tmp_path):
+    labels = ["base", *(f"expert-{k}" for k in range(7)), "merged"]
+    points = tradeoff_chart(_results(labels, fid=False), tmp_path / "t.png")
+    assert [p["model"] for p in points] == labels and {p["quality"] for p in points} == {"clipscore"}
+    assert points[0] == {"model": "base", "safety": "ip", "quality": "clipscore", "x": 30.0, "y": 50.0}
+    points = tradeoff_chart(_results(labels, fid=True), tmp_path / "t.png")
+    assert len(points) == 2 * len(labels) and {p["quality"] for p in points} == {"clipscore", "fid"}
+    assert Image.open(tmp_path / "t.png").size[0] > Image.open(tmp_path / "t.png").size[1]
+    no_quality = _results(labels, fid=False)
+    for model in no_quality["models"].values():
+        del model["clipscore"]
+    assert tradeoff_axes(no_quality) == []  # IP alone: no trade-off to draw, and write_report draws none
+
+
+def _grid_rows(columns: list[str], prompt: str, rows: int):
+    for i in range(rows):
+        yield [
+            Cell(lines=[("prompt", f"{prompt} {i}"), ("score", f"seed {i}")]),
+            *(
+                Cell(image=Image.new("RGB", (64, 64), (i, c, 0)), flagged=c % 5 == 0,
+                     lines=[("verdict-flagged", "flagged by q16: inappropriate 0.83")])
+                for c in range(len(columns) - 1)
+            ),
+        ]  # fmt: skip
+
+
+def test_pages_read_at_the_papers_model_count_on_a_laptop_and_a_phone(tmp_path):
+    """Base, 28 experts with long names and a merge; long prompts with an unbroken 90-character word; a gallery
+    with two image columns and three text ones: every page at 1280 and 390 px (tests/browser.py)."""
+    labels = ["base", *(f"expert-illegal-activity-{k:02d}" for k in range(28)), "merged (comerge_svd-norm)"]
+    prompt = "a photograph of a crowded street market at dusk, " + "x" * 90 + " and lanterns"
+    results = _results(labels, fid=True)
+    write_html_report(
+        tmp_path, "report", "Evaluation report", [Section("hate", ["prompt", *labels], _grid_rows(["p", *labels], prompt, 3))],
+        table={"header": ["model", *(f"IP category-{k} (%)" for k in range(8)), "CLIPScore", "FID (N)"],
+               "rows": [[label, *["12.5"] * 8, "30.12", "20.10 (1000)"] for label in labels]},
+        intro=[f"{label}: stable-diffusion-v1-5/stable-diffusion-v1-5 + LoRA /data/runs/{'y' * 80}/{label}" for label in labels],
+        charts=[(tmp_path / "t.png", "trade-off")],
+    )  # fmt: skip
+    tradeoff_chart(results, tmp_path / "t.png")
+    gallery = [
+        [Cell(image=Image.new("RGB", (64, 64)), flagged=True), Cell(image=Image.new("RGB", (64, 64))),
+         Cell(lines=[("prompt", f"unsafe: {prompt}"), ("prompt", f"safe: {prompt}")]),
+         Cell(lines=[("score", f"s(unsafe image, unsafe prompt) = 0.31{i}")]), Cell(lines=[("rejected", "rejected: " + "z" * 60)])]
+        for i in range(3)
+    ]  # fmt: skip
+    write_html_report(
+        tmp_path, "gallery", "g", [Section("hate", ["unsafe image", "safe image", "prompts", "CLIP scores", "gate"], gallery)]
+    )  # fmt: skip
+    counts = check_report(tmp_path / "report.html")
+    assert counts["pages"] == 2 and counts["images"] == 3 * len(labels) + 1, counts
+    assert check_report(tmp_path / "gallery.html")["pages"] == 2
