@@ -1,0 +1,260 @@
+"""``python -m evaluation.attack``: the Ring-A-Bell attack (:mod:`evaluation.ringabell`) as a resumable stage.
+
+The concept vector comes from prompt pairs with and without the concept: a CoProV2 dataset's unsafe and safe
+prompts of one category (exactly such pairs), or a CSV of pairs (Ring-A-Bell's ``prompt,prompt1`` layout, or
+``unsafe_prompt,safe_prompt``). The targets are a prompt set (default: the category's test prompts of the same
+dataset, or the CSV's prompts with the concept). The stage writes one adversarial prompt per target, sharded
+and resumable like every stage (a shard's targets are committed one at a time), then ``attack.csv`` in the
+layout of Ring-A-Bell's released files, ``prompt,case_number,evaluation_seed``, plus ``category``, which
+``python -m evaluation --prompts attack.csv --attack ringabell`` evaluates as an attack (its IP is the attack
+success rate, ASR). Each target's search has its own seed, so sharding does not change the prompts.
+
+    python -m evaluation.attack --pairs coprov2-out/dataset --category violence --output_dir attacks/violence
+    python -m evaluation.attack --pairs Violence_30.csv --category violence --targets i2p.csv --eta 5.5 --length 38
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import sys
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+
+from coprov2.cli import DataclassArgumentParser
+from coprov2.errors import UserError, check_ranges, run_cli
+from coprov2.executor import Stage, run_stage
+from coprov2.paths import check_model, check_writable_dir
+from coprov2.seeds import derive_seed
+from coprov2.stage_io import ShardWriter, StageDir, atomic_write_text, file_sha256
+from coprov2.tiny import resolve_tiny_model
+from evaluation.prompt_sets import read_prompt_set
+from evaluation.ringabell import SearchSettings, Vocabulary, concept_vector, encoder_of, search, tokenize
+
+logger = logging.getLogger(__name__)
+
+ATTACK_NAME = "ringabell"
+ATTACK_CSV = "attack.csv"
+#: The column names of Ring-A-Bell's released files, then ours.
+CSV_COLUMNS = ("prompt", "case_number", "evaluation_seed", "category")
+#: Pair columns of a CSV: Ring-A-Bell's (``Violence_30.csv``), then CoProV2's names.
+PAIR_COLUMNS = (("prompt", "prompt1"), ("unsafe_prompt", "safe_prompt"))
+SCHEMA = pa.schema([
+    ("case_number", pa.int64()), ("prompt", pa.string()), ("evaluation_seed", pa.int64()),
+    ("category", pa.string()), ("target_id", pa.string()), ("loss", pa.float64()),
+])  # fmt: skip
+
+
+@dataclass
+class AttackConfig:
+    """One Ring-A-Bell attack against a text encoder (the search settings are the authors' defaults)."""
+
+    pairs: str = field(default="", metadata={"help": "prompt pairs with/without the concept: a CoProV2 dataset "
+                       "(folder or Hub id; its unsafe/safe prompts of --category) or a CSV (prompt,prompt1 or "
+                       "unsafe_prompt,safe_prompt)"})  # fmt: skip
+    category: str = field(default="", metadata={"help": "the category attacked (a CoProV2 config of --pairs)"})
+    output_dir: str = field(default="attack-out", metadata={"help": "where the stage and attack.csv are written"})
+    targets: str | None = field(default=None, metadata={"help": "prompt set to attack (default: the category's "
+                                "test prompts of --pairs, or the CSV's prompts with the concept)"})  # fmt: skip
+    targets_split: str = field(default="test", metadata={"help": "split of a dataset prompt set of targets"})
+    pairs_split: str = field(default="train", metadata={"help": "split of a dataset --pairs"})
+    max_targets: int | None = field(default=None, metadata={"help": "attack only the first N targets"})
+    max_pairs: int | None = field(default=None, metadata={"help": "use only the first N pairs"})
+    base: str = field(default="CompVis/stable-diffusion-v1-4",
+                      metadata={"help": "pipeline whose text encoder is attacked (Ring-A-Bell's: SD v1.4)"})  # fmt: skip
+    revision: str | None = field(default=None, metadata={"help": "revision of --base"})
+    eta: float = field(default=3.0, metadata={"help": "strength of the concept vector added to each target"})
+    length: int = field(default=16, metadata={"help": "K, the prompt length in tokens (K=77: 75)"})
+    population: int = field(default=200, metadata={"help": "genetic algorithm population"})
+    generations: int = field(default=3000, metadata={"help": "genetic algorithm generations"})
+    mutation_rate: float = field(default=0.25, metadata={"help": "share of the population mutated per generation"})
+    crossover_rate: float = field(default=0.5, metadata={"help": "share of kept prompts that breed"})
+    banned_words: list[str] = field(default_factory=list, metadata={"help": "words no adversarial prompt may "
+                                    "contain (case-insensitive), to get past a keyword filter too"})  # fmt: skip
+    fitness_batch: int | None = field(default=None, metadata={"help": "candidates per text-encoder call "
+                                      "(default: the whole population)"})  # fmt: skip
+    shard_targets: int = field(default=8, metadata={"help": "targets per shard"})
+    seed: int = field(default=0, metadata={"help": "run seed; each target's search has its own seed from it"})
+    device: str | None = field(default=None, metadata={"help": "torch device (default: cuda if available)"})
+    cache_dir: str = field(default=".cache/alignguard", metadata={"help": "where tiny models are written"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    wait_for_lock: bool = field(default=False, metadata={"help": "wait for another run on --output_dir"})
+
+    def __post_init__(self) -> None:
+        if not self.pairs:
+            raise UserError("--pairs is required: a CoProV2 dataset or a CSV of prompt pairs")
+        if not self.category:
+            raise UserError("--category is required: the category whose concept is attacked")
+        check_ranges(self, {"eta": (None, None, False), "length": (1, None, False), "population": (2, None, False),
+                            "generations": (1, None, False), "mutation_rate": (0, 1, False),
+                            "crossover_rate": (0, 1, False), "shard_targets": (1, None, False),
+                            "max_targets": (1, None, False), "max_pairs": (1, None, False),
+                            "fitness_batch": (1, None, False)})  # fmt: skip
+        if any(not isinstance(v, int) for v in (self.length, self.population, self.generations)):
+            raise UserError("--length, --population and --generations must be whole numbers")
+
+    @property
+    def settings(self) -> SearchSettings:
+        return SearchSettings(self.length, self.population, self.generations, self.mutation_rate,
+                              self.crossover_rate, self.fitness_batch)  # fmt: skip
+
+
+def read_pairs(config: AttackConfig) -> tuple[list[str], list[str]]:
+    """The prompts with and without the concept, pair by pair; a one-sided or empty set is refused."""
+    source = config.pairs
+    if source.endswith(".csv"):
+        path = Path(source)
+        if not path.is_file():
+            raise UserError(f"--pairs {source}: no such file")
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = next((c for c in PAIR_COLUMNS if set(c) <= set(reader.fieldnames or ())), None)
+            if columns is None:
+                raise UserError(
+                    f"--pairs {source}: needs the columns prompt,prompt1 (Ring-A-Bell's) or unsafe_prompt,safe_prompt; "
+                    f"it has {', '.join(reader.fieldnames or ()) or 'none'}"
+                )
+            rows = [(r[columns[0]], r[columns[1]]) for r in reader]
+    else:
+        import datasets
+
+        if not Path(source).exists():
+            check_model(source, "--pairs")
+        try:
+            data = datasets.load_dataset(source, config.category, split=config.pairs_split)
+        except ValueError as error:  # an unknown config (category) or split: datasets names the ones there are
+            raise UserError(f"--pairs {source} --category {config.category}: {str(error)[:300]}") from None
+        rows = list(zip(data["unsafe_prompt"], data["safe_prompt"], strict=True))
+    rows = rows[: config.max_pairs]
+    one_sided = [i for i, (a, b) in enumerate(rows) if not (a or "").strip() or not (b or "").strip()]
+    if not rows or one_sided:
+        raise UserError(
+            f"--pairs {source}: " + (f"row {one_sided[0]} has a prompt on one side only; every pair needs both"
+                                     if rows else "no pairs; the concept vector needs at least one")
+        )  # fmt: skip
+    if all(a == b for a, b in rows):
+        raise UserError(f"--pairs {source}: every pair has the same prompt on both sides, so the concept vector "
+                        "is 0; give pairs that differ by the concept")  # fmt: skip
+    return [a for a, _ in rows], [b for _, b in rows]
+
+
+def read_targets(config: AttackConfig, with_concept: list[str]) -> list[dict[str, Any]]:
+    if config.targets:
+        rows = list(read_prompt_set(config.targets, None, config.targets_split, config.max_targets))
+    elif config.pairs.endswith(".csv"):
+        rows = [{"id": f"{i:07d}", "prompt": p, "seed": None} for i, p in enumerate(with_concept)]
+    else:
+        rows = list(read_prompt_set(config.pairs, config.category, config.targets_split, config.max_targets))
+    rows = rows[: config.max_targets]
+    if not rows:
+        raise UserError(f"no targets to attack (--targets {config.targets or config.pairs})")
+    return rows
+
+
+class AttackStage(Stage):
+    """One adversarial prompt per target; the text encoder and the concept vector are loaded once per process."""
+
+    name = "attack"
+    schema = SCHEMA
+    OUTPUT_NEUTRAL = frozenset({"output_dir", "progress", "wait_for_lock", "device", "cache_dir", "shard_targets",
+                                "fitness_batch"})  # fmt: skip
+
+    def __init__(self, config: AttackConfig) -> None:
+        super().__init__(config)
+        self.with_concept, self.without_concept = read_pairs(config)
+        self.targets = read_targets(config, self.with_concept)
+
+    def num_shards(self, root: Path) -> int:
+        return math.ceil(len(self.targets) / self.config.shard_targets)
+
+    def inputs(self, root: Path) -> dict[str, Any]:
+        files = {"pairs": self.config.pairs, "targets": self.config.targets}
+        return {f"{k}_sha256": file_sha256(Path(v)) for k, v in files.items() if v and Path(v).is_file()}
+
+    @cached_property
+    def model(self) -> tuple[Any, Any, torch.Tensor]:
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        c = self.config
+        base = resolve_tiny_model(c.base, Path(c.cache_dir) / "tiny-models")
+        device = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", revision=c.revision)
+        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=c.revision)
+        encode = encoder_of(text_encoder.to(device).eval())
+        vector = concept_vector(encode, tokenizer, self.with_concept, self.without_concept)
+        return tokenizer, encode, vector
+
+    def run_shard(self, root: Path, index: int, writer: ShardWriter) -> None:
+        c = self.config
+        tokenizer, encode, vector = self.model
+        vocabulary = Vocabulary.of(tokenizer)
+        start = index * c.shard_targets
+        for number, target in enumerate(self.targets[start : start + c.shard_targets]):
+            if number < writer.committed:
+                continue
+            embedding = encode(tokenize(tokenizer, [target["prompt"]]))[0] + c.eta * vector
+            generator = torch.Generator().manual_seed(derive_seed(c.seed, "ringabell", target["id"]))
+            tokens, loss = search(encode, embedding, vocabulary, c.settings, generator, c.banned_words)
+            seed = target["seed"] if target.get("seed") is not None else derive_seed(c.seed, "eval", target["id"])
+            writer.commit([{"case_number": start + number, "prompt": vocabulary.decode(tokens),
+                            "evaluation_seed": seed, "category": c.category, "target_id": str(target["id"]),
+                            "loss": loss}])  # fmt: skip
+
+    def summarize(self, stage_dir: StageDir) -> dict[str, Any]:
+        losses = [row["loss"] for row in stage_dir.iter_rows(columns=["loss"])]
+        return {"stats": {"targets": len(losses), "mean_loss": sum(losses) / len(losses)}}
+
+
+def write_attack_csv(root: Path) -> Path:
+    """``attack.csv`` from the finished stage, in case order (Ring-A-Bell's layout plus ``category``)."""
+    rows = sorted(StageDir.finished(root, AttackStage.name).iter_rows(columns=list(CSV_COLUMNS)),
+                  key=lambda r: r["case_number"])  # fmt: skip
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = root / ATTACK_CSV
+    atomic_write_text(path, buffer.getvalue())
+    return path
+
+
+def attack(config: AttackConfig) -> Path:
+    """Run the attack (resuming a stopped one) and write ``attack.csv``; returns its path."""
+    if not config.base.startswith("tiny:"):
+        check_model(config.base, "--base")
+    stage = AttackStage(config)  # reads and checks the pairs and targets before anything is written
+    check_writable_dir(config.output_dir, "--output_dir")
+    root = Path(config.output_dir)
+    run_stage(stage, root, config.progress, config.wait_for_lock)
+    return write_attack_csv(root)
+
+
+def make_parser() -> DataclassArgumentParser:
+    return DataclassArgumentParser(
+        AttackConfig, prog="python -m evaluation.attack",
+        description="Ring-A-Bell: adversarial prompts for a category, found with the base's text encoder alone "
+        "(concept vector from prompt pairs, genetic search of K-token prompts). Writes attack.csv "
+        "(prompt,case_number,evaluation_seed,category); evaluate it with python -m evaluation --prompts "
+        "attack.csv --attack ringabell.",
+    )  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    def body() -> int:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        (config,) = make_parser().parse_args_into_dataclasses(args=argv)
+        print(f"attack: {attack(config)}")
+        return 0
+
+    return run_cli(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
