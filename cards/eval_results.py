@@ -15,12 +15,23 @@ from coprov2.errors import UserError
 
 
 def eval_results(metrics: dict[str, Any], dataset: str, split: str | None) -> list[EvalResult]:
-    """One ``EvalResult`` per number: IP overall and per category, CLIPScore, FID (with its N)."""
+    """One ``EvalResult`` per number: IP overall and per category, CLIPScore, FID (with its N). On an attack's
+    prompts, the attack success rate (metric ``asr``, overall and per category) replaces IP and the attack's
+    name is the dataset, so the card keeps one entry per attack beside the plain prompts' entries."""
+    asr = metrics.get("asr")
+    dataset = asr["attack"] if asr else dataset
     common = {"task_type": "text-to-image", "task_name": "Safe text-to-image generation", "dataset_type": dataset,
-              "dataset_name": dataset, "dataset_split": split}  # fmt: skip
+              "dataset_name": dataset, "dataset_split": None if asr else split}  # fmt: skip
     results = []
     ip = metrics.get("ip")
-    if ip and ip["overall"] is not None:
+    if asr and asr["overall"] is not None:
+        results.append(EvalResult(**common, metric_type="asr", metric_name=f"ASR ({asr['attack']})",
+                                  metric_value=asr["overall"], metric_args={"images": asr["images"]}))  # fmt: skip
+        for category, value in asr["by_category"].items():
+            results.append(EvalResult(**common, metric_type="asr", metric_name=f"ASR {category}",
+                                      metric_value=value["asr"], metric_config=category,
+                                      metric_args={"images": value["images"]}))  # fmt: skip
+    elif ip and ip["overall"] is not None:
         results.append(EvalResult(**common, metric_type="inappropriate_probability", metric_name=f"IP ({' or '.join(ip['detectors'])})",
                                   metric_value=ip["overall"], metric_args={"images": ip["images"]}))  # fmt: skip
         for category, value in ip["by_category"].items():

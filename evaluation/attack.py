@@ -59,10 +59,15 @@ class AttackConfig:
     pairs: str = field(default="", metadata={"help": "prompt pairs with/without the concept: a CoProV2 dataset "
                        "(folder or Hub id; its unsafe/safe prompts of --category) or a CSV (prompt,prompt1 or "
                        "unsafe_prompt,safe_prompt)"})  # fmt: skip
-    category: str = field(default="", metadata={"help": "the category attacked (a CoProV2 config of --pairs)"})
-    output_dir: str = field(default="attack-out", metadata={"help": "where the stage and attack.csv are written"})
+    category: str = field(
+        default="", metadata={"help": "the category attacked (a CoProV2 config of --pairs)"}
+    )
+    output_dir: str = field(
+        default="attack-out", metadata={"help": "where the stage and attack.csv are written"}
+    )
     targets: str | None = field(default=None, metadata={"help": "prompt set to attack (default: the category's "
-                                "test prompts of --pairs, or the CSV's prompts with the concept)"})  # fmt: skip
+                                "test prompts of --pairs (its train prompts if it has none), or the CSV's prompts "
+                                "with the concept)"})  # fmt: skip
     targets_split: str = field(default="test", metadata={"help": "split of a dataset prompt set of targets"})
     pairs_split: str = field(default="train", metadata={"help": "split of a dataset --pairs"})
     max_targets: int | None = field(default=None, metadata={"help": "attack only the first N targets"})
@@ -74,7 +79,9 @@ class AttackConfig:
     length: int = field(default=16, metadata={"help": "K, the prompt length in tokens (K=77: 75)"})
     population: int = field(default=200, metadata={"help": "genetic algorithm population"})
     generations: int = field(default=3000, metadata={"help": "genetic algorithm generations"})
-    mutation_rate: float = field(default=0.25, metadata={"help": "share of the population mutated per generation"})
+    mutation_rate: float = field(
+        default=0.25, metadata={"help": "share of the population mutated per generation"}
+    )
     crossover_rate: float = field(default=0.5, metadata={"help": "share of kept prompts that breed"})
     banned_words: list[str] = field(default_factory=list, metadata={"help": "words no adversarial prompt may "
                                     "contain (case-insensitive), to get past a keyword filter too"})  # fmt: skip
@@ -123,15 +130,8 @@ def read_pairs(config: AttackConfig) -> tuple[list[str], list[str]]:
                 )
             rows = [(r[columns[0]], r[columns[1]]) for r in reader]
     else:
-        import datasets
-
-        if not Path(source).exists():
-            check_model(source, "--pairs")
-        try:
-            data = datasets.load_dataset(source, config.category, split=config.pairs_split)
-        except ValueError as error:  # an unknown config (category) or split: datasets names the ones there are
-            raise UserError(f"--pairs {source} --category {config.category}: {str(error)[:300]}") from None
-        rows = list(zip(data["unsafe_prompt"], data["safe_prompt"], strict=True))
+        data = _category_rows(source, config.category, config.pairs_split)
+        rows = [(r["unsafe_prompt"], r["safe_prompt"]) for r in data]
     rows = rows[: config.max_pairs]
     one_sided = [i for i, (a, b) in enumerate(rows) if not (a or "").strip() or not (b or "").strip()]
     if not rows or one_sided:
@@ -145,13 +145,44 @@ def read_pairs(config: AttackConfig) -> tuple[list[str], list[str]]:
     return [a for a, _ in rows], [b for _, b in rows]
 
 
+def _category_rows(source: str, category: str, split: str) -> list[dict[str, Any]]:
+    """The rows of ``category`` in a CoProV2 dataset: its config of that name (as the builder exports), or
+    else the rows of the default config whose ``category`` names it; an unknown category is refused, named."""
+    import datasets
+
+    from evaluation.metrics.ip import categories_of
+
+    if not Path(source).exists():
+        check_model(source, "--pairs")
+    try:
+        configs = datasets.get_dataset_config_names(source)
+        if category in configs:
+            return list(datasets.load_dataset(source, category, split=split))
+        data = datasets.load_dataset(source, split=split)
+    except ValueError as error:  # an unknown split: datasets names the ones there are
+        raise UserError(f"--pairs {source}: {str(error)[:300]}") from None
+    rows = [row for row in data if category in categories_of(row.get("category") or "")]
+    if not rows:
+        known = sorted({c for value in data["category"] for c in categories_of(value or "")})
+        raise UserError(
+            f"--category {category}: {source} ({split}) has no such category; it has {', '.join(known)}"
+        )
+    return rows
+
+
 def read_targets(config: AttackConfig, with_concept: list[str]) -> list[dict[str, Any]]:
     if config.targets:
         rows = list(read_prompt_set(config.targets, None, config.targets_split, config.max_targets))
     elif config.pairs.endswith(".csv"):
         rows = [{"id": f"{i:07d}", "prompt": p, "seed": None} for i, p in enumerate(with_concept)]
     else:
-        rows = list(read_prompt_set(config.pairs, config.category, config.targets_split, config.max_targets))
+        try:
+            data = _category_rows(config.pairs, config.category, config.targets_split)
+        except UserError:  # the pairs were read already, so the category exists: it has no such split
+            logger.warning("%s has no %s prompts of %s; attacking its %s prompts", config.pairs,
+                           config.targets_split, config.category, config.pairs_split)  # fmt: skip
+            data = _category_rows(config.pairs, config.category, config.pairs_split)
+        rows = [{"id": r["id"], "prompt": r["unsafe_prompt"], "seed": None} for r in data]
     rows = rows[: config.max_targets]
     if not rows:
         raise UserError(f"no targets to attack (--targets {config.targets or config.pairs})")
@@ -202,7 +233,11 @@ class AttackStage(Stage):
             embedding = encode(tokenize(tokenizer, [target["prompt"]]))[0] + c.eta * vector
             generator = torch.Generator().manual_seed(derive_seed(c.seed, "ringabell", target["id"]))
             tokens, loss = search(encode, embedding, vocabulary, c.settings, generator, c.banned_words)
-            seed = target["seed"] if target.get("seed") is not None else derive_seed(c.seed, "eval", target["id"])
+            seed = (
+                target["seed"]
+                if target.get("seed") is not None
+                else derive_seed(c.seed, "eval", target["id"])
+            )
             writer.commit([{"case_number": start + number, "prompt": vocabulary.decode(tokens),
                             "evaluation_seed": seed, "category": c.category, "target_id": str(target["id"]),
                             "loss": loss}])  # fmt: skip

@@ -106,10 +106,18 @@ class EvalConfig(ScoringConfig):
         default="",
         metadata={
             "help": "prompt set: a CoProV2 dataset (folder or Hub id), the release's CSV (prompt,image,category), "
-            "I2P's CSV, or any .csv/.jsonl/dataset with a 'prompt' column"
+            "I2P's CSV, any .csv/.jsonl/dataset with a 'prompt' column, or a published attack set by name "
+            "(ringabell-violence-k38, unlearndiffatk-violence, ...: see evaluation/published_sets.py)"
         },
     )
     prompts_config: str | None = field(default=None, metadata={"help": "dataset config of the prompt set"})
+    attack: str | None = field(
+        default=None,
+        metadata={
+            "help": "the attack that wrote --prompts (e.g. ringabell, for python -m evaluation.attack's attack.csv): "
+            "IP on its prompts is reported as that attack's success rate (ASR). A published set's name sets it"
+        },
+    )
     prompts_split: str = field(default="test", metadata={"help": "split of a dataset prompt set"})
     max_prompts: int | None = field(default=None, metadata={"help": "use only the first N prompts"})
     base: str = field(

@@ -71,6 +71,8 @@ class PromptSetConfig:
     config: str | None
     split: str
     max_prompts: int | None
+    #: Replaces every row's category (a published attack set names the one category it attacks).
+    category: str | None = None
 
 
 class PromptSetStage(Stage):
@@ -89,6 +91,8 @@ class PromptSetStage(Stage):
     def run_shard(self, root: Path, index: int, writer: ShardWriter) -> None:
         c = self.config
         rows = read_prompt_set(c.source, c.config, c.split, c.max_prompts)
+        if c.category:
+            rows = ({**row, "category": c.category} for row in rows)
         for number, batch in enumerate(batched(rows, PROMPT_BATCH)):
             if number >= writer.committed:
                 writer.commit(batch, stats={"prompts": dict(Counter(r["category"] for r in batch))})

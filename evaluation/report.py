@@ -27,17 +27,24 @@ def categories(results: dict[str, Any]) -> list[str]:
     return sorted(names)
 
 
+def safety_name(results: dict[str, Any]) -> str:
+    """``IP``, or ``ASR`` on an attack's prompts (where IP is the attack's success rate)."""
+    return "ASR" if results.get("attack") else "IP"
+
+
 def table_cells(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """IP in percent (lower is safer), CLIPScore, FID with its N; one row per model, measured columns only."""
+    """IP in percent (lower is safer; ASR on an attack's prompts), CLIPScore, FID with its N; one row per
+    model, measured columns only."""
     models = results["models"].values()
     cats = categories(results)
+    name = safety_name(results)
     columns: list[tuple[str, Any]] = []
     if any("ip" in m for m in models):
         columns += [
-            (f"IP {c} (%)", lambda m, c=c: _fmt(m["ip"]["by_category"].get(c, {}).get("ip"), 100))
+            (f"{name} {c} (%)", lambda m, c=c: _fmt(m["ip"]["by_category"].get(c, {}).get("ip"), 100))
             for c in cats
         ]
-        columns.append(("IP overall (%)", lambda m: _fmt(m["ip"]["overall"], 100)))
+        columns.append((f"{name} overall (%)", lambda m: _fmt(m["ip"]["overall"], 100)))
     if any("clipscore" in m for m in models):
         columns.append(("CLIPScore", lambda m: _fmt(m["clipscore"]["mean"], digits=2)))
     if any("fid" in m for m in models):
@@ -76,8 +83,9 @@ def ip_chart(results: dict[str, Any], path: Path) -> tuple[float, float]:
         [i + width * (len(models) - 1) / 2 for i in range(len(cats))], cats, rotation=30, ha="right"
     )
     limits = axis.set_ylim(0, max(1.0, axis.get_ylim()[1]))  # from 0, even when every IP is 0
-    axis.set_ylabel("inappropriate probability (%)")
-    axis.set_title(f"IP per category on {results['prompt_set']['source']}")
+    attack = results.get("attack")
+    axis.set_ylabel(f"attack success rate of {attack} (%)" if attack else "inappropriate probability (%)")
+    axis.set_title(f"{safety_name(results)} per category on {results['prompt_set']['source']}")
     axis.legend()
     _save_figure(figure, path)
     return limits
@@ -110,7 +118,8 @@ def tradeoff_axes(results: dict[str, Any]) -> list[tuple[tuple, tuple]]:
     """The (safety, quality) pairs every model of ``results`` measured: the panels of :func:`tradeoff_chart`."""
     models = results["models"].values()
     have = lambda key: all(m.get(key) is not None for m in models)  # noqa: E731
-    return [(s, q) for s in SAFETY_AXES if have(s[0]) for q in QUALITY_AXES if have(q[0])]
+    safety = [s for s in SAFETY_AXES if have(s[0]) and not (s[0] == "ip" and have("asr"))]  # ASR is IP there
+    return [(s, q) for s in safety for q in QUALITY_AXES if have(q[0])]
 
 
 def _label_points(axis, labels: list[str], xs: list[float], ys: list[float], size: int = 8) -> None:
@@ -246,7 +255,7 @@ def write_report(
     if any("ip" in m for m in results["models"].values()):
         paths["chart"] = output_dir / "ip_by_category.png"
         ip_chart(results, paths["chart"])
-        charts.append((paths["chart"], "IP per category and model"))
+        charts.append((paths["chart"], f"{safety_name(results)} per category and model"))
     if tradeoff_axes(results):
         paths["tradeoff"] = output_dir / "tradeoff.png"
         tradeoff_chart(results, paths["tradeoff"])

@@ -144,7 +144,9 @@ def search(
             a, b = population[parent], population[partner]
             children += [torch.cat([a[:point], b[point:]]), torch.cat([b[:point], a[point:]])]
         population = torch.cat([population, torch.stack(children)]) if children else population.clone()
-        mutate = (torch.rand(len(population), generator=generator) < settings.mutation_rate).nonzero().flatten()
+        mutate = (
+            (torch.rand(len(population), generator=generator) < settings.mutation_rate).nonzero().flatten()
+        )
         positions = torch.randint(1, k + 1, (len(mutate),), generator=generator)
         population[mutate, positions] = draw(len(mutate))
     return population[0, 1 : k + 1].tolist(), best_loss

@@ -24,6 +24,7 @@ from evaluation.metrics.clipscore import shared_embedder
 from evaluation.metrics.fid import image_files, load_extractor, reference_stats, warn_small
 from evaluation.metrics.ip import load_detector
 from evaluation.prompt_sets import read_prompt_set
+from evaluation.published_sets import PUBLISHED_SETS, resolve_published
 from evaluation.render import FolderStage, PromptSetConfig, PromptSetStage, RenderSettings, RenderStage
 from evaluation.report import write_report
 from evaluation.score import Scorers, ScoreSettings, ScoreStage
@@ -108,8 +109,30 @@ def build_scorers(config: EvalConfig, resolve: Any) -> Scorers:
     return Scorers(detectors, clip, extractor, reference)
 
 
+def resolve_prompts(config: EvalConfig) -> tuple[EvalConfig, str | None]:
+    """``config`` with a published set's name replaced by its local file (fetched once) and its attack named;
+    and the category the set attacks (None for any other prompt set)."""
+    if config.prompts not in PUBLISHED_SETS or Path(config.prompts).exists():
+        return config, None
+    source, published = resolve_published(config.prompts, config.cache_dir)
+    return dataclasses.replace(
+        config, prompts=source, attack=config.attack or published.attack
+    ), published.category
+
+
+def attack_success(ip: dict[str, Any], attack: str) -> dict[str, Any]:
+    """The attack success rate: the share of images of the attack's prompts that the IP detectors flag."""
+    return {"attack": attack, "overall": ip["overall"], "images": ip["images"],
+            "by_category": {c: {"asr": v["ip"], "images": v["images"]} for c, v in ip["by_category"].items()}}  # fmt: skip
+
+
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Render, score and report every model of ``config``; returns what ``results.json`` holds."""
+    config, category = resolve_prompts(config)
+    if config.attack and "ip" not in config.metrics:
+        raise UserError(
+            f"--attack {config.attack}: the attack success rate is IP on its prompts; add ip to --metrics"
+        )
     models = models_of(config)
     check_inputs(config, models)
     root = Path(config.output_dir)
@@ -120,7 +143,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
 
     scorers = build_scorers(config, resolve)
     prompt_set = PromptSetConfig(
-        config.prompts, config.prompts_config, config.prompts_split, config.max_prompts
+        config.prompts, config.prompts_config, config.prompts_split, config.max_prompts, category
     )
     prompts_manifest = run_stage(PromptSetStage(prompt_set), root, config.progress, config.wait_for_lock)
     score_settings = {
@@ -133,6 +156,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         },
         "settings": dataclasses.asdict(config),
         "models": {},
+        **({"attack": config.attack} if config.attack else {}),
     }
     for label, lora, folder in models:
         if folder:
@@ -154,6 +178,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         )
         results["models"][label] = {"model": rendered["model"], "lora": rendered["lora"],
                                     "lora_scale": config.lora_scale if lora else None, **scored["metrics"]}  # fmt: skip
+        if config.attack:
+            results["models"][label]["asr"] = attack_success(scored["metrics"]["ip"], config.attack)
     if distributed_state().is_main_process:
         paths = write_report(results, root, blur=config.blur, rows_per_page=config.report_rows_per_page,
                              max_rows=config.report_max_rows)  # fmt: skip

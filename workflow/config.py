@@ -16,6 +16,7 @@ from typing import Any
 from coprov2.config import PRESETS, BuildConfig, check_options
 from coprov2.errors import UserError, load_yaml_file
 from dpo.config import DPOConfig
+from evaluation.attack import AttackConfig
 from evaluation.config import EvalConfig
 from merge.run import MergeConfig
 
@@ -24,9 +25,11 @@ OWNED = {
     "build": ("output_dir", "stage", "push_to_hub"),
     "dpo": ("dataset", "category", "base", "output_dir", "cache_dir", "push_to_hub"),
     "merge": ("experts", "base", "output_dir", "cache_dir", "push_to_hub", "calibration"),
-    "evaluation": ("prompts", "base", "loras", "output_dir", "update_card", "cache_dir", "no_base"),
+    "evaluation": ("prompts", "base", "loras", "output_dir", "update_card", "cache_dir", "no_base", "attack"),
+    "redteam": ("pairs", "category", "base", "output_dir", "cache_dir"),
 }
-SECTIONS = {"build": BuildConfig, "dpo": DPOConfig, "merge": MergeConfig, "evaluation": EvalConfig}
+SECTIONS = {"build": BuildConfig, "dpo": DPOConfig, "merge": MergeConfig, "evaluation": EvalConfig,
+            "redteam": AttackConfig}  # fmt: skip
 RELEASE_KEYS = ("train_csv", "images", "test_csv")
 
 
@@ -47,6 +50,9 @@ class WorkflowConfig:
     dpo: dict[str, Any] = field(default_factory=dict)
     merge: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    #: Red-teaming, off when None: ``python -m evaluation.attack`` options (Ring-A-Bell against the base's text
+    #: encoder, per category, from the dataset's pairs and test prompts), then the ASR of every model.
+    redteam: dict[str, Any] | None = None
     #: More prompt sets to evaluate on, NAME: CSV or dataset (e.g. ``i2p: i2p_benchmark.csv``).
     extra_prompt_sets: dict[str, str] = field(default_factory=dict)
     #: Hub repo of each expert, ``{category}`` filled in (e.g. ``me/sd15-safety-{category}``); None: no push.
@@ -81,12 +87,15 @@ class WorkflowConfig:
             raise UserError("push_experts must hold {category}, one repo per expert")
         for section, cls in SECTIONS.items():
             values = getattr(self, section) or {}
+            if section == "redteam" and self.redteam is None:
+                continue
             check_options(cls, values, section, f"python -m {_module(section)} --help")
             owned = sorted(set(values) & set(OWNED[section]))
             if owned:
                 raise UserError(f"{section}.{owned[0]} is set by the workflow; remove it from the recipe")
         checks = {"build": self.build_config, "dpo": lambda: self.dpo_config("violence"),
-                  "merge": lambda: self.merge_config([]), "evaluation": lambda: self.eval_config(self.dataset_path, [])}  # fmt: skip
+                  "merge": lambda: self.merge_config([]), "evaluation": lambda: self.eval_config(self.dataset_path, []),
+                  "redteam": lambda: self.redteam is None or self.attack_config("violence")}  # fmt: skip
         for (
             section,
             check,
@@ -133,6 +142,11 @@ class WorkflowConfig:
                              "update_card": [spec.partition("=")[2] for spec in loras] if cards else [],
                              "progress": self.progress})  # fmt: skip
 
+    def attack_config(self, category: str) -> AttackConfig:
+        return AttackConfig(**{**(self.redteam or {}), "pairs": self.dataset_path, "category": category,
+                               "base": self.base, "output_dir": str(self.root / "redteam" / category),
+                               "cache_dir": self.cache_dir, "progress": self.progress})  # fmt: skip
+
     @property
     def dataset_path(self) -> str:
         """Where the dataset is (or will be): the given one, the build's export or the imported release."""
@@ -142,7 +156,9 @@ class WorkflowConfig:
 
 
 def _module(section: str) -> str:
-    return {"build": "coprov2.build", "dpo": "dpo.train"}.get(section, section)
+    return {"build": "coprov2.build", "dpo": "dpo.train", "redteam": "evaluation.attack"}.get(
+        section, section
+    )
 
 
 def load_recipe(path: str | Path, **overrides: Any) -> WorkflowConfig:
@@ -156,7 +172,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> WorkflowConfig:
         raise UserError(
             f"{path}: unknown recipe key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
-    for name in ("build", "release", "dpo", "merge", "evaluation", "extra_prompt_sets"):
+    for name in ("build", "release", "dpo", "merge", "evaluation", "redteam", "extra_prompt_sets"):
         if data.get(name) is not None and not isinstance(data[name], dict):
             raise UserError(f"{path}: {name} must be a mapping of option: value, got {data[name]!r}")
     data.update(overrides)

@@ -9,8 +9,10 @@ at any point loses at most the work in flight, and changing one option reruns on
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import time
@@ -26,6 +28,7 @@ from coprov2.paths import check_writable_dir
 from coprov2.stage_io import atomic_write_text, file_sha256
 from dpo.data import load_preference_pairs
 from dpo.trainer import train_expert
+from evaluation.attack import ATTACK_CSV, ATTACK_NAME, CSV_COLUMNS, attack
 from evaluation.run import evaluate
 from merge.run import run_merge
 from workflow.config import WorkflowConfig
@@ -138,6 +141,10 @@ def workflow_steps(config: WorkflowConfig) -> Iterator[Step]:
             )
         )
         yield evaluations[-1]
+    if config.redteam is not None:
+        evaluations.append(
+            (yield from _redteam_steps(config, categories, loras, [dataset, *experts.values(), *merged]))
+        )
     pushes = []
     if config.push_experts:
         pushes = [(config.push_experts.format(category=c), config.root / "experts" / c) for c in categories]
@@ -169,6 +176,39 @@ def workflow_steps(config: WorkflowConfig) -> Iterator[Step]:
             push,
             record=not config.dry_run,
         )
+
+
+def _redteam_steps(
+    config: WorkflowConfig, categories: list[str], loras: list[str], inputs: list[Step]
+) -> Iterator[Step]:
+    """Ring-A-Bell per category against the base's text encoder, then every model's ASR on all the prompts;
+    returns the evaluation step."""
+    attacks = []
+    for category in categories:
+        attack_config = config.attack_config(category)
+        attacks.append(Step(f"redteam/{category}", _settings(attack_config, inputs[0]),
+                            lambda a=attack_config: {"csv": str(attack(a))}))  # fmt: skip
+        yield attacks[-1]
+    combined = config.root / "redteam" / ATTACK_CSV
+    eval_config = dataclasses.replace(config.eval_config(str(combined), loras, "redteam"), attack=ATTACK_NAME)
+
+    def run() -> dict[str, Any]:
+        rows = []
+        for category in categories:
+            with (config.root / "redteam" / category / ATTACK_CSV).open(
+                newline="", encoding="utf-8"
+            ) as handle:
+                rows += list(csv.DictReader(handle))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({**row, "case_number": number} for number, row in enumerate(rows))
+        atomic_write_text(combined, buffer.getvalue())
+        return {"models": {label: m.get("asr") for label, m in evaluate(eval_config)["models"].items()}}
+
+    step = Step("eval-redteam", _settings(eval_config, *inputs, *attacks), run)
+    yield step
+    return step
 
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
