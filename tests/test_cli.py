@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,7 @@ CLIS = [
     "dpo.toy",
     "merge.__main__",
     "evaluation.__main__",
+    "evaluation.attack",
     "evaluation.dataset",
     "evaluation.gallery",
     "workflow.__main__",
@@ -99,6 +101,18 @@ def test_a_prefix_of_a_flag_is_not_that_flag(name, capsys):
     flag = max((f for f in parser._option_string_actions if f.startswith("--")), key=len)
     assert module.main([flag[:-2]]) == 2
     assert f"unknown option {flag[:-2]}" in capsys.readouterr().err
+
+
+def test_every_entry_point_is_swept():
+    """A module with a ``__main__`` block is a CLI: it must be in :data:`CLIS`, so its flags are swept too."""
+    root = Path(__file__).resolve().parents[1]
+    found = {
+        ".".join(path.relative_to(root).with_suffix("").parts)
+        for package in ("coprov2", "dpo", "merge", "evaluation", "workflow", "cards")
+        for path in (root / package).rglob("*.py")
+        if 'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
+    }
+    assert found == set(CLIS)
 
 
 def test_library_callers_get_the_same_user_error():
