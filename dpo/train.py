@@ -1,4 +1,4 @@
-"""``python -m dpo.train``: train Diffusion-DPO LoRA safety experts on CoProV2 (one call: ``dpo.train(config)``).
+"""``python -m dpo.train``: train Diffusion-DPO LoRA safety experts on CoProV2 (one call: ``dpo.train_experts(config)``).
 
 Examples::
 

@@ -244,7 +244,7 @@ class AttackStage(Stage):
 
     def summarize(self, stage_dir: StageDir) -> dict[str, Any]:
         losses = [row["loss"] for row in stage_dir.iter_rows(columns=["loss"])]
-        return {"stats": {"targets": len(losses), "mean_loss": sum(losses) / len(losses)}}
+        return {"search": {"targets": len(losses), "mean_loss": sum(losses) / len(losses)}}
 
 
 def write_attack_csv(root: Path) -> Path:

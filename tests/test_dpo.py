@@ -321,9 +321,9 @@ def test_each_trains_one_expert_per_category_and_checkpointing_changes_nothing(t
     plain = train_expert(_config(tmp_path, toy_data, max_train_steps=2, output_dir=str(tmp_path / "plain")))
     assert _lora_file(results.output_dir)[0] == _lora_file(plain.output_dir)[0]
 
-    from dpo import train
+    from dpo import train_experts
 
-    each = train(
+    each = train_experts(
         _config(tmp_path, toy_data, category="each", max_train_steps=1, output_dir=str(tmp_path / "each"))
     )
     assert [r.category for r in each] == ["concept-0", "concept-1"]

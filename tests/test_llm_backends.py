@@ -145,13 +145,20 @@ def _serve(faults: list[str], always: str | None = None):
     return server, seen
 
 
-def _prompts_args(url: str, output_dir) -> list[str]:
-    return [
+def _prompts_args(url: str, output_dir, *overrides: str) -> list[str]:
+    """The prompts-stage command; ``overrides`` (flag, value, ...) replace the defaults' values (a flag given
+    twice is refused)."""
+    new = dict(zip(overrides[::2], overrides[1::2], strict=True))
+    args = [
         "--llm_backend", "openai", "--llm_base_url", url, "--llm_model", "served", "--t2i_model", "tiny:sd15",
         "--limit_concepts", "1", "--prompts_per_concept", "2", "--num_shards", "2", "--stage", "prompts",
         "--llm_retry_backoff_s", "0.01", "--llm_max_attempts", "4", "--no_progress",
         "--output_dir", str(output_dir),
     ]  # fmt: skip
+    for k in range(len(args) - 1):
+        if args[k] in new:
+            args[k + 1] = new.pop(args[k])
+    return args + [item for pair in new.items() for item in pair]
 
 
 def test_a_flaky_server_gives_the_same_pairs_as_a_healthy_one(tmp_path):
@@ -164,7 +171,7 @@ def test_a_flaky_server_gives_the_same_pairs_as_a_healthy_one(tmp_path):
     for name, faults, extra in (("healthy", [], []), ("flaky", ["429", "500", "drop"], neutral)):
         server, seen = _serve(faults)
         url = f"http://127.0.0.1:{server.server_port}/v1"
-        assert main([*_prompts_args(url, tmp_path / name), *extra]) == 0
+        assert main(_prompts_args(url, tmp_path / name, *extra)) == 0
         server.shutdown()
         prompts = tmp_path / name / "prompts"
         results[name] = {p.name: p.read_bytes() for p in sorted(prompts.glob("shard-*"))}

@@ -42,22 +42,31 @@ def _lora(folder: Path) -> dict[str, torch.Tensor]:
 
 def _eval_results(folder: Path) -> list[tuple]:
     card = ModelCard.load(folder / "README.md")
-    return sorted((r.dataset_split, r.metric_name, r.metric_value) for r in card.data.eval_results)
+    return sorted(
+        (r.dataset_name, r.dataset_split or "", r.metric_name, r.metric_value) for r in card.data.eval_results
+    )
 
 
 @pytest.mark.slow
 def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
     summary = json.loads((cold_run / "workflow" / "summary.json").read_text())
-    assert list(summary) == ["dataset", *[f"experts/{c}" for c in CATEGORIES], "merge", "eval-test"]
+    assert list(summary) == ["dataset", *[f"experts/{c}" for c in CATEGORIES], "merge", "eval-test",
+                             *[f"redteam/{c}" for c in CATEGORIES], "eval-redteam"]  # fmt: skip
     assert summary["dataset"]["summary"]["rows"] > 0
     results = json.loads((cold_run / "eval-test" / "results.json").read_text())
     assert sorted(results["models"]) == sorted(["base", *CATEGORIES, "merged"])
     assert results["prompt_set"]["source"] == str(cold_run / "coprov2" / "dataset")
     for folder in [cold_run / "experts" / c for c in CATEGORIES] + [cold_run / "merged"]:
         assert _lora(folder), folder
-        names = {name for _, name, _ in _eval_results(folder)}
-        assert "IP (nudenet)" in names and "CLIPScore" in names, folder
+        names = {name for _, _, name, _ in _eval_results(folder)}
+        assert {"IP (nudenet)", "CLIPScore", "ASR (ringabell)"} <= names, folder
     assert (cold_run / "eval-test" / "report.html").is_file()
+    redteam = json.loads((cold_run / "eval-redteam" / "results.json").read_text())
+    assert redteam["attack"] == "ringabell" and sorted(redteam["models"]) == sorted(
+        ["base", *CATEGORIES, "merged"]
+    )
+    assert all(set(m["asr"]["by_category"]) == set(CATEGORIES) for m in redteam["models"].values())
+    assert "ASR overall (%)" in (cold_run / "eval-redteam" / "report.html").read_text()
     merge = json.loads((cold_run / "merged" / "merge_summary.json").read_text())
     assert merge["method"] == "regmean" and len(merge["experts"]) == 7
 
@@ -99,8 +108,8 @@ def test_a_killed_run_resumes_to_the_artifacts_of_an_uninterrupted_one(cold_run,
     assert metrics(out) == metrics(cold_run)
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert (
-        again.returncode == 0 and again.stdout.count("skipped, done before") == 9
-    )  # all but the given dataset
+        again.returncode == 0 and again.stdout.count("skipped, done before") == 2 * len(CATEGORIES) + 3
+    )  # all but the given dataset: the experts, the merge, eval-test, an attack per category, eval-redteam
 
 
 @pytest.mark.slow
