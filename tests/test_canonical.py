@@ -18,7 +18,7 @@ from coprov2.canonical import canonicalize
 from dpo.toy import TOY_RESOLUTION, toy_concepts, write_toy_dataset
 from tests.mock_hub import install_mock_hub
 
-PROCESSES = 4
+PROCESSES = 3
 
 
 def _reorder_header(path: Path) -> None:

@@ -29,13 +29,19 @@ def toy_world(tmp_path_factory):
     return make_toy_world(tmp_path_factory.mktemp("toy-redteam"))
 
 
+@pytest.fixture(scope="module")
+def attacked(toy_world):
+    """The attack's outcome per seed (the known answer's, and the attack set the ASR test evaluates)."""
+    root, concept, base, _ = toy_world
+    return [toy_attack_outcome(root, concept, base, seed) for seed in SEEDS]
+
+
 def _margin(outcomes) -> float:
     return statistics.fmean(o["attack_share"] - o["random_share"] for o in outcomes)
 
 
-def test_known_answer_attack_prompts_render_the_concept_far_more_often_than_random_ones(toy_world):
-    root, concept, base, _ = toy_world
-    outcomes = [toy_attack_outcome(root, concept, base, seed) for seed in SEEDS]
+def test_known_answer_attack_prompts_render_the_concept_far_more_often_than_random_ones(attacked):
+    outcomes = attacked
     table = [(round(o["attack_share"], 3), round(o["random_share"], 3)) for o in outcomes]
     assert _margin(outcomes) >= MARGIN, table
     assert not any(o["word_in_prompts"] for o in outcomes), [o["prompts"] for o in outcomes]
@@ -84,7 +90,7 @@ def test_search_finds_the_exact_prompt_of_a_target_and_is_seeded_and_batch_indep
     assert 7 not in banned[0] and math.isfinite(banned[1]) and banned[1] > 0  # 'hh' is id 7's text
 
 
-def test_attack_success_rate_in_results_report_and_card(toy_world, tmp_path):
+def test_attack_success_rate_in_results_report_and_card(toy_world, attacked, tmp_path):
     """The attack's CSV evaluated with --attack: ASR per model and category in results.json and results.md,
     the report and the trade-off figure, and a metric `asr` under the attack's name in the expert's card."""
     from huggingface_hub import ModelCard
@@ -93,7 +99,7 @@ def test_attack_success_rate_in_results_report_and_card(toy_world, tmp_path):
     from evaluation import EvalConfig, evaluate
 
     root, concept, base, data = toy_world
-    outcome = toy_attack_outcome(root, concept, base, 0)
+    outcome = attacked[0]
     expert = train_toy_expert(root, concept, base, data, "expert-redteam", steps=20)
     out = tmp_path / "eval"
     results = evaluate(EvalConfig(
