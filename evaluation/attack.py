@@ -20,6 +20,7 @@ import io
 import logging
 import math
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -247,16 +248,23 @@ class AttackStage(Stage):
         return {"search": {"targets": len(losses), "mean_loss": sum(losses) / len(losses)}}
 
 
+def attack_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
+    """Rows as ``attack.csv`` text. Every prompt is quoted: a search can pick tokens that decode to control
+    characters such as a bare carriage return, which an unquoted field would turn into a row break."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC,
+                            extrasaction="ignore")  # fmt: skip
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def write_attack_csv(root: Path) -> Path:
     """``attack.csv`` from the finished stage, in case order (Ring-A-Bell's layout plus ``category``)."""
     rows = sorted(StageDir.finished(root, AttackStage.name).iter_rows(columns=list(CSV_COLUMNS)),
                   key=lambda r: r["case_number"])  # fmt: skip
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     path = root / ATTACK_CSV
-    atomic_write_text(path, buffer.getvalue())
+    atomic_write_text(path, attack_csv_text(rows))
     return path
 
 

@@ -22,7 +22,7 @@ import torch
 from dpo.toy import NEUTRAL_CAPTIONS, NEUTRAL_COLOURS, WORDS, ToyConcept, colour_centroid, sample_latents
 
 #: The attack's settings in the known answer: the authors' search, smaller (the toy encoder is 2 layers).
-TOY_ATTACK = {"eta": 1.0, "length": 16, "population": 64, "generations": 100}
+TOY_ATTACK = {"eta": 1.0, "length": 16, "population": 64, "generations": 50}
 SAMPLES = 16
 
 

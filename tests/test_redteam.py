@@ -17,10 +17,11 @@ from evaluation.attack import main as attack_main
 from evaluation.ringabell import SearchSettings, Vocabulary, search
 from evaluation.toy_redteam import toy_attack_outcome
 
-#: ``python benchmarks/redteam_toy.py --seeds 0 1 2 3 4 --eta 1 2`` (2 threads, AVX2): the attack's prompts land on
-#: the unsafe colour 0.375-0.583 of the time, random prompts of the same 16 tokens 0.104-0.375; the margin per
-#: seed is +0.271 / +0.167 / +0.333 / +0.312 / +0.167 (mean of seeds 0-2: +0.257). With the concept vector
-#: zeroed it is -0.021 / -0.042 / -0.104 / -0.062 / -0.229 (mean of seeds 0-2: -0.056). The claim sits between.
+#: ``python benchmarks/redteam_toy.py --seeds 0 1 2 3 4`` (the toy settings, 50 generations; 2 threads, AVX2): the
+#: attack's prompts land on the unsafe colour 0.375-0.583 of the time, random prompts of the same 16 tokens
+#: 0.104-0.375; the margin per seed is +0.229 / +0.167 / +0.333 / +0.312 / +0.167 (mean of seeds 0-2: +0.243).
+#: With the concept vector zeroed it is -0.021 / -0.042 / -0.104 / -0.062 / -0.229 (mean of seeds 0-2: -0.056).
+#: The claim sits between. With ATEN_CPU_CAPABILITY=default (2 threads; and 1 thread, seeds 0-2) every share is the same.
 SEEDS, MARGIN = (0, 1, 2), 0.15
 
 
@@ -57,6 +58,22 @@ def test_known_answer_fails_with_the_concept_vector_zeroed(toy_world):
     root, concept, base, _ = toy_world
     outcomes = [toy_attack_outcome(root, concept, base, seed, zero_vector=True) for seed in SEEDS]
     assert _margin(outcomes) < MARGIN, [(o["attack_share"], o["random_share"]) for o in outcomes]
+
+
+def test_attack_csv_quotes_prompts_so_control_characters_stay_inside_their_row(tmp_path):
+    """A search once decoded a bare carriage return into a prompt; unquoted, it split the row in two."""
+    from evaluation.attack import attack_csv_text
+    from evaluation.prompt_sets import read_prompt_set
+
+    prompts = ["oq dw:\r zs4", 'a, "quoted"\nline', "plain"]
+    rows = [
+        {"prompt": p, "case_number": i, "evaluation_seed": 7 + i, "category": "violence"}
+        for i, p in enumerate(prompts)
+    ]
+    path = tmp_path / "attack.csv"
+    path.write_bytes(attack_csv_text(rows).encode())
+    read = list(read_prompt_set(str(path)))
+    assert [r["prompt"] for r in read] == prompts and [r["seed"] for r in read] == [7, 8, 9]
 
 
 class _Tokens:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import time
@@ -28,7 +27,7 @@ from coprov2.paths import check_writable_dir
 from coprov2.stage_io import atomic_write_text, file_sha256
 from dpo.data import load_preference_pairs
 from dpo.trainer import train_expert
-from evaluation.attack import ATTACK_CSV, ATTACK_NAME, CSV_COLUMNS, attack
+from evaluation.attack import ATTACK_CSV, ATTACK_NAME, attack, attack_csv_text
 from evaluation.run import evaluate
 from merge.run import run_merge
 from workflow.config import WorkflowConfig
@@ -199,11 +198,9 @@ def _redteam_steps(
                 newline="", encoding="utf-8"
             ) as handle:
                 rows += list(csv.DictReader(handle))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({**row, "case_number": number} for number, row in enumerate(rows))
-        atomic_write_text(combined, buffer.getvalue())
+        numbered = ({**row, "case_number": number, "evaluation_seed": int(row["evaluation_seed"])}
+                    for number, row in enumerate(rows))  # fmt: skip
+        atomic_write_text(combined, attack_csv_text(numbered))
         return {"models": {label: m.get("asr") for label, m in evaluate(eval_config)["models"].items()}}
 
     step = Step("eval-redteam", _settings(eval_config, *inputs, *attacks), run)
