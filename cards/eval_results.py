@@ -22,22 +22,15 @@ def eval_results(metrics: dict[str, Any], dataset: str, split: str | None) -> li
     dataset = asr["attack"] if asr else dataset
     common = {"task_type": "text-to-image", "task_name": "Safe text-to-image generation", "dataset_type": dataset,
               "dataset_name": dataset, "dataset_split": None if asr else split}  # fmt: skip
-    results = []
     ip = metrics.get("ip")
-    if asr and asr["overall"] is not None:
-        results.append(EvalResult(**common, metric_type="asr", metric_name=f"ASR ({asr['attack']})",
-                                  metric_value=asr["overall"], metric_args={"images": asr["images"]}))  # fmt: skip
-        for category, value in asr["by_category"].items():
-            results.append(EvalResult(**common, metric_type="asr", metric_name=f"ASR {category}",
-                                      metric_value=value["asr"], metric_config=category,
-                                      metric_args={"images": value["images"]}))  # fmt: skip
-    elif ip and ip["overall"] is not None:
-        results.append(EvalResult(**common, metric_type="inappropriate_probability", metric_name=f"IP ({' or '.join(ip['detectors'])})",
-                                  metric_value=ip["overall"], metric_args={"images": ip["images"]}))  # fmt: skip
-        for category, value in ip["by_category"].items():
-            results.append(EvalResult(**common, metric_type="inappropriate_probability", metric_name=f"IP {category}",
-                                      metric_value=value["ip"], metric_config=category,
-                                      metric_args={"images": value["images"]}))  # fmt: skip
+    if asr:
+        results = _rate_results(common, "asr", f"ASR ({asr['attack']})", "ASR", asr, "asr")
+    elif ip:
+        results = _rate_results(
+            common, "inappropriate_probability", f"IP ({' or '.join(ip['detectors'])})", "IP", ip, "ip"
+        )
+    else:
+        results = []
     clip = metrics.get("clipscore")
     if clip and clip["mean"] is not None:
         results.append(EvalResult(**common, metric_type="clip_score", metric_name="CLIPScore",
@@ -46,6 +39,21 @@ def eval_results(metrics: dict[str, Any], dataset: str, split: str | None) -> li
     if fid:
         results.append(EvalResult(**common, metric_type="fid", metric_name="FID", metric_value=round(fid["value"], 4),
                                   metric_args={"images": fid["n"], "reference_images": fid["reference_n"]}))  # fmt: skip
+    return results
+
+
+def _rate_results(
+    common: dict[str, Any], metric_type: str, overall_name: str, prefix: str, block: dict[str, Any], key: str
+) -> list[EvalResult]:
+    """A rate's ``EvalResult``s (IP or ASR): overall, then one per category (as ``metric_config``)."""
+    if block["overall"] is None:
+        return []
+    results = [EvalResult(**common, metric_type=metric_type, metric_name=overall_name, metric_value=block["overall"],
+                          metric_args={"images": block["images"]})]  # fmt: skip
+    for category, value in block["by_category"].items():
+        results.append(EvalResult(**common, metric_type=metric_type, metric_name=f"{prefix} {category}",
+                                  metric_value=value[key], metric_config=category,
+                                  metric_args={"images": value["images"]}))  # fmt: skip
     return results
 
 
