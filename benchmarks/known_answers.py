@@ -37,6 +37,7 @@ import torch
 
 from dpo.config import PLACEMENTS
 from dpo.toy import (
+    KNOWN_ANSWER_BETA,
     KNOWN_ANSWER_LR,
     KNOWN_ANSWER_RETAIN,
     KNOWN_ANSWER_STEPS,
@@ -61,7 +62,7 @@ def run_seed(world, seed: int, args, tag: str) -> tuple[dict[str, float], Path]:
             root, concept, base, data, name, steps=args.steps, seed=seed, random_flip=args.flip == "on",
             batch_size=args.batch, learning_rate=args.lr, retain_weight=args.retain_weight,
             retain_prompts=args.retain_prompts, retain_share=args.retain_share, retain_mode=args.retain_mode,
-            target_modules=PLACEMENTS[args.placement],
+            target_modules=PLACEMENTS[args.placement], beta=args.beta,
         )  # fmt: skip
     row = {
         "seed": seed,
@@ -134,6 +135,7 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=8, help="expert batch size (the tests': 8)")
     parser.add_argument("--lr", type=float, default=KNOWN_ANSWER_LR, help="expert learning rate (the tests')")
+    parser.add_argument("--beta", type=float, default=KNOWN_ANSWER_BETA, help="DPO beta (the tests')")
     parser.add_argument("--retain_weight", type=float, default=KNOWN_ANSWER_RETAIN["retain_weight"],
                         help="weight of the output-preserving term (the tests')")  # fmt: skip
     parser.add_argument("--retain_prompts", default=KNOWN_ANSWER_RETAIN["retain_prompts"])
@@ -158,6 +160,7 @@ def main() -> None:
     setting += f"-retain-{args.retain_weight:g}-{Path(args.retain_prompts).stem}-{args.retain_share:g}"
     setting += f"-{args.retain_mode}" if args.retain_mode != "unet" else ""
     setting += f"-{args.placement}" if args.placement != "all" else ""
+    setting += f"-beta-{args.beta:g}" if args.beta != KNOWN_ANSWER_BETA else ""
     setting += f"-{args.mutation}" if args.mutation else ""
     rows, experts = [], {}
     for seed in args.seeds:

@@ -1,8 +1,9 @@
 """Why single toy experts drift on neutral captions: the measure, the adapted layers, the text space.
 
 One expert per (seed, concept, placement) is trained with the known-answer settings
-(``dpo.toy.train_toy_expert``) in a toy world built like ``benchmarks/merge_scaling.py``'s
-(``--concepts`` concepts, base pretrained ``--base-steps`` steps), for each placement:
+(``dpo.toy.train_toy_expert``, without the output-preserving term, as ``merge_scaling.py``'s experts) in a
+toy world built like ``benchmarks/merge_scaling.py``'s (``--concepts`` concepts, base pretrained
+``--base-steps`` steps), for each placement:
 
 - ``all``: the release's four projections of every attention (``to_q to_k to_v to_out.0``);
 - ``cross``: cross-attention keys and values only (``attn2.to_k attn2.to_v``, MACE's and UCE's choice).
@@ -90,7 +91,7 @@ def measure(root: Path, concepts, base: Path, data: Path, k: int, seed: int, pla
     concept = concepts[k]
     result = train_toy_expert(
         root, concept, base, data, f"expert-{k}-{placement}-seed-{seed}", seed=seed,
-        target_modules=PLACEMENTS[placement],
+        target_modules=PLACEMENTS[placement], retain_weight=0.0,  # the drift of DPO alone, as merge_scaling's experts
     )  # fmt: skip
     pipe = DiffusionPipeline.from_pretrained(str(base))
     pipe.set_progress_bar_config(disable=True)

@@ -14,6 +14,7 @@ own space, measured on the samples the real pipeline call produces.
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 from collections.abc import Iterator
@@ -243,7 +244,10 @@ def write_toy_dataset(
         features = datasets.Features({k: v for k, v in FEATURES.items() if k in rows[0]})
         path = folder / "data" / f"{split}-00000-of-00001.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))
+        # written aside and renamed: benchmarks run side by side on one world, and a reader never sees half a file
+        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+        datasets.Dataset.from_list(rows, features=features).to_parquet(str(partial))
+        os.replace(partial, path)
     return folder
 
 
@@ -370,8 +374,17 @@ def _decode(vae, latent: torch.Tensor):
 #: claims hold at half the cost, which the suite's time needs (three seeds, and the mutations' seeds).
 KNOWN_ANSWER_STEPS = 150
 KNOWN_ANSWER_LR = 6e-3
-#: The output-preserving term of the known-answer expert (``dpo/retain.py``), sampled as ``sample_latents`` does.
-KNOWN_ANSWER_RETAIN = {"retain_weight": 0.0, "retain_prompts": "neutral", "retain_share": 0.25}
+#: The release's SD1.5 beta; 10000 was tried for the bases rebuilt per kernel family and fails the expert's IP
+#: drop on the ``default`` family's 2-thread base (0.094; docs/known_answers.md).
+KNOWN_ANSWER_BETA = 5000.0
+#: The output-preserving term of the known-answer expert (``dpo/retain.py``, the shipped neutral captions, weight
+#: 1), sampled as ``sample_latents`` does. Without it, one seed's expert on the base rebuilt in the ``default``
+#: family at 1 thread pushes its samples three centroid distances off the colours' line: closer to the safe
+#: centroid than the unsafe one, so its gain counts them, but its rendered images are judged unsafe, and the
+#: evaluation's IP drop of the merge falls to 0.073 (claim >= 0.1). The term pulls that seed back part of the
+#: way (2.6 centroid distances), and every claim holds on every base measured, the tightest by +0.007
+#: (docs/known_answers.md; weight 0.5 does not: expert IP drop 0.096 on that base).
+KNOWN_ANSWER_RETAIN = {"retain_weight": 1.0, "retain_prompts": "neutral", "retain_share": 0.25}
 #: The seeds every known answer that trains is measured on; the claims hold for their mean.
 KNOWN_ANSWER_SEEDS = (0, 1, 2)
 #: Deliberate bugs each known answer must catch (``known_answer_mutation``).
@@ -441,7 +454,7 @@ def toy_expert_config(data: Path, category: str, base: Path, output_dir: Path, c
     known_answer = {
         "resolution": TOY_RESOLUTION, "max_train_steps": KNOWN_ANSWER_STEPS, "train_batch_size": 8,
         "gradient_accumulation_steps": 1, "lr_warmup_steps": 0, "learning_rate": KNOWN_ANSWER_LR, "scale_lr": False,
-        "timestep_min": 500, "beta": 5000, "proportion_empty_prompts": 0.0, "checkpointing_steps": 1000,
+        "timestep_min": 500, "beta": KNOWN_ANSWER_BETA, "proportion_empty_prompts": 0.0, "checkpointing_steps": 1000,
         "logging_steps": 50, "progress": False, "retain_sample_steps": 20, "retain_guidance": 1.0,
         **KNOWN_ANSWER_RETAIN,
     }  # fmt: skip

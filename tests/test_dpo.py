@@ -244,13 +244,12 @@ def test_killed_and_resumed_run_ends_with_the_same_lora(tmp_path, toy_data):
 def _claim(outcomes: list[dict[str, float]]) -> tuple[bool, str]:
     """The DPO known answer on the mean over seeds, and the per-seed table that explains a failure.
 
-    Thresholds from ``benchmarks/known_answers.py --seeds 0 1 2 3 4`` in this world (150 steps at 6e-3):
-    gain 0.234-0.422 (mean 0.344; 0.360 over seeds 0-2), neutral/trained displacement 0.18-0.44 (mean
-    0.27), held-out accuracy 1.0 for every seed. Under either mutation the mean fails (the same benchmark
-    with ``--mutation``). In every kernel family and thread count (``benchmarks/kernel_families.py``,
-    docs/known_answers.md), from the shipped base the means are the same: gain 0.359 (margin +0.159), drift
-    ratio 0.272 (+0.078); from a base rebuilt in the family, the worst is the ``default`` family at 2 threads,
-    drift ratio 0.294 (+0.056), and the AVX2 family at 1 thread, gain 0.380 / drift ratio 0.291 (+0.059).
+    The experts train with the output-preserving term (``dpo.toy.KNOWN_ANSWER_RETAIN``, weight 1). Measured by
+    ``benchmarks/kernel_families.py`` (docs/known_answers.md), seeds 0-2: from the shipped
+    base, the same means in the ``default`` and ``avx2`` families at 1 and 2 threads: gain 0.250 (margin
+    +0.050, the tightest), drift ratio 0.271 (+0.079), held-out accuracy 1.0. From a base rebuilt in each
+    family the gain is 0.302-0.370 and the drift ratio 0.176-0.239. Under either mutation the mean fails
+    (``--mutation``: flipped sign, gain -0.318; reference not frozen, accuracy 0.5 and drift ratio 1.23).
     """
     gains = [o["safe_after"] - o["safe_before"] for o in outcomes]
     ratios = [o["moved_neutral"] / o["moved_trained"] for o in outcomes]
