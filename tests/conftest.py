@@ -18,18 +18,6 @@ from coprov2.tiny import write_tiny_models
 # same table in every family and thread count measured (benchmarks/kernel_families.py, docs/known_answers.md).
 torch.set_num_threads(2)
 
-#: Modules whose tests share the session's ``toy_experts``: pytest-xdist (``-n 2`` in pyproject.toml) keeps them on
-#: one worker, so the known-answer experts are trained once.
-SHARE_TOY_EXPERTS = {"test_dpo", "test_evaluation"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """One xdist group per test module (``--dist loadgroup``): a module's scoped fixtures (a vLLM build, a
-    workflow run) are built once, on the worker that runs all its tests."""
-    for item in items:
-        module = Path(str(item.fspath)).stem
-        item.add_marker(pytest.mark.xdist_group("toy-experts" if module in SHARE_TOY_EXPERTS else module))
-
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
