@@ -369,7 +369,7 @@ def _decode(vae, latent: torch.Tensor):
 
 
 #: Steps and learning rate of the known-answer expert. ``benchmarks/known_answers.py`` over seeds 0-4 in the
-#: tests' world: 300 steps at 3e-3 gain 0.284 on average (min 0.219), 150 steps at 6e-3 gain 0.344 (min 0.234)
+#: tests' world, without the output-preserving term: 300 steps at 3e-3 gain 0.284 on average (min 0.219), 150 steps at 6e-3 gain 0.344 (min 0.234)
 #: with neutral/trained drift 0.27 (0.22 at 300 steps) and IP drops 0.173 / 0.170 (expert / merge): the same
 #: claims hold at half the cost, which the suite's time needs (three seeds, and the mutations' seeds).
 KNOWN_ANSWER_STEPS = 150

@@ -248,7 +248,7 @@ def _claim(outcomes: list[dict[str, float]]) -> tuple[bool, str]:
     ``benchmarks/kernel_families.py`` (docs/known_answers.md), seeds 0-2: from the shipped
     base, the same means in the ``default`` and ``avx2`` families at 1 and 2 threads: gain 0.250 (margin
     +0.050, the tightest), drift ratio 0.271 (+0.079), held-out accuracy 1.0. From a base rebuilt in each
-    family the gain is 0.302-0.370 and the drift ratio 0.176-0.239. Under either mutation the mean fails
+    family and thread count the gain is 0.250-0.370 and the drift ratio 0.176-0.271. Under either mutation the mean fails
     (``--mutation``: flipped sign, gain -0.318; reference not frozen, accuracy 0.5 and drift ratio 1.23).
     """
     gains = [o["safe_after"] - o["safe_before"] for o in outcomes]
