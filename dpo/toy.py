@@ -14,7 +14,7 @@ own space, measured on the samples the real pipeline call produces.
 
 from __future__ import annotations
 
-import os
+import io
 import statistics
 import sys
 from collections.abc import Iterator
@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from coprov2.canonical import canonicalize_tree
 from coprov2.cli import ArgumentParser
 from coprov2.errors import run_cli
+from coprov2.stage_io import atomic_write_bytes
 
 TOY_RESOLUTION = 8
 COLOURS = [
@@ -242,12 +243,10 @@ def write_toy_dataset(
                         }
                     )
         features = datasets.Features({k: v for k, v in FEATURES.items() if k in rows[0]})
-        path = folder / "data" / f"{split}-00000-of-00001.parquet"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # written aside and renamed: benchmarks run side by side on one world, and a reader never sees half a file
-        partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-        datasets.Dataset.from_list(rows, features=features).to_parquet(str(partial))
-        os.replace(partial, path)
+        # atomic: benchmarks run side by side on one world, and a reader never sees half a file
+        buffer = io.BytesIO()
+        datasets.Dataset.from_list(rows, features=features).to_parquet(buffer)
+        atomic_write_bytes(folder / "data" / f"{split}-00000-of-00001.parquet", buffer.getvalue())
     return folder
 
 
