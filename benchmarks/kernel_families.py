@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: The tests' claims on the mean over seeds (tests/test_dpo.py ``_claim``, tests/test_evaluation.py):
+#: The tests' claims on the mean over seeds (tests/test_dpo.py ``dpo_known_answer_claim``, tests/test_evaluation.py):
 #: column -> (bound, ">=" or "<").
 CLAIMS = {
     "gain": (0.2, ">="),

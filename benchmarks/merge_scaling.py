@@ -225,13 +225,16 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
     merges = [m for m in MERGES if m[0] in args.methods]
     preserve = calibration_prompts(str(PRESERVE_PROMPTS))
     for n in args.ns:
-        if str(n) in state["cells"]:
+        ranks = {"both": (args.rank, args.rank * n), "rank": (args.rank,), "none": ()}[args.all_single]
+        done = state["cells"].get(str(n), {})  # a cell measured before gains only the methods it lacks
+        singles = [(name, rank) for name, rank in zip(ALL_SINGLE, ranks, strict=False) if name not in done]
+        todo = [m for m in merges if m[0] not in done]
+        if not singles and not todo:
             continue
         start = time.perf_counter()
         subset = root / f"data-{n}"
-        cells, seconds = {}, {}
-        ranks = {"both": (args.rank, args.rank * n), "rank": (args.rank,), "none": ()}[args.all_single]
-        for name, rank in zip(ALL_SINGLE, ranks, strict=False):
+        cells, seconds = {}, dict(state["seconds"].get(f"N{n}", {}))
+        for name, rank in singles:
             out = here / f"N{n}" / name
             seconds[name] = train(
                 dpo_config(
@@ -251,11 +254,11 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
         by_category = calibration_prompts_by_category(str(subset), args.calibration_per_category)
         prompts, own = own_category_prompts(by_category, [c.name for c in concepts[:n]])
         scores = {}
-        for scope in sorted({m[2] for m in merges if m[2]}):
+        for scope in sorted({m[2] for m in todo if m[2]}):
             tick = time.perf_counter()
             scores[scope] = calibrate(scope, base, loaded[:n], experts[:n], prompts, own, preserve, seed)
             seconds[f"calibration-{scope}"] = time.perf_counter() - tick
-        for name, method, scope, options in merges:
+        for name, method, scope, options in todo:
             tick = time.perf_counter()
             calibrated = scores.get(scope)
             if scope and scope.startswith("grams"):
@@ -269,7 +272,10 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
             save_merged(merged, str(base), out, loaded[0].target_modules)
             seconds[name] = time.perf_counter() - tick
             cells[name] = judge.measure(out, list(range(n)))
-        state["cells"][str(n)] = {name: {"shares": s, "drift": d} for name, (s, d) in cells.items()}
+        state["cells"][str(n)] = {
+            **done,
+            **{name: {"shares": s, "drift": d} for name, (s, d) in cells.items()},
+        }
         state["seconds"][f"N{n}"] = seconds
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state, indent=1))

@@ -15,6 +15,7 @@ own space, measured on the samples the real pipeline call produces.
 from __future__ import annotations
 
 import io
+import json
 import statistics
 import sys
 from collections.abc import Iterator
@@ -504,6 +505,20 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
     }
 
 
+def known_answer_report(world, seeds: tuple[int, ...] = KNOWN_ANSWER_SEEDS) -> dict:
+    """The DPO known answer's measures (:func:`expert_outcome`) of one expert per seed in ``world``
+    (:func:`make_toy_world`'s tuple), with the kernel family and thread count they were trained in."""
+    _, concept, base, _ = world
+    outcomes = [
+        expert_outcome(concept, base, train_toy_expert(*world, f"expert-seed-{seed}", seed=seed))
+        for seed in seeds
+    ]
+    return {
+        "base": str(base), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "threads": torch.get_num_threads(), "seeds": list(seeds), "outcomes": outcomes,
+    }  # fmt: skip
+
+
 def make_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m dpo.toy",
@@ -512,17 +527,27 @@ def make_parser() -> ArgumentParser:
     )
     parser.add_argument("output_dir", type=Path)
     parser.add_argument("--threads", type=int, default=2)
+    seeds = ", ".join(map(str, KNOWN_ANSWER_SEEDS))
+    parser.add_argument(
+        "--known_answer", action="store_true",
+        help=f"then train the DPO known-answer experts (seeds {seeds}) on the new base and write what they measure "
+        "to OUTPUT_DIR/known_answer.json: whether a base rebuilt on this machine passes",
+    )  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m dpo.toy DIR``: pretrain the known-answer world's base into ``DIR/base``."""
+    """``python -m dpo.toy DIR [--known_answer]``: pretrain the known-answer world's base into ``DIR/base``."""
 
     def body() -> int:
         args = make_parser().parse_args(argv)
         torch.set_num_threads(args.threads)
-        _, _, base, _ = make_toy_world(args.output_dir, rebuild=True)
-        print(base)
+        world = make_toy_world(args.output_dir, rebuild=True)
+        print(world[2])
+        if args.known_answer:
+            report = known_answer_report(world)
+            atomic_write_bytes(args.output_dir / "known_answer.json", json.dumps(report, indent=2).encode())
+            print(args.output_dir / "known_answer.json")
         return 0
 
     return run_cli(body)

@@ -12,11 +12,49 @@ import torch
 
 from coprov2.tiny import write_tiny_models
 
-# Two CPU threads (CI's cores) whatever the machine. The known answers start from the committed toy base
-# (dpo.toy.SHIPPED_TOY_BASE): pretraining it sums in another order per kernel family and thread count, and the
-# base's safe share moved from 0.375 to 0.500 with them. From the shipped base, the DPO known answers give the
-# same table in every family and thread count measured (benchmarks/kernel_families.py, docs/known_answers.md).
-torch.set_num_threads(2)
+# The suite runs on two pytest-xdist workers (pyproject's addopts: CI has two cores), each on one CPU thread, and
+# so does every process a test starts (OMP_NUM_THREADS): two workers of two threads each overcommit two cores, and
+# OpenMP's spinning threads then took the whole suite from 666 s to 1111 s. vLLM's CPU engine would pin every
+# engine to the same core (VLLM_CPU_OMP_THREADS_BIND=auto); here it leaves the threads to the OS. In one process
+# (``-n 0``), two threads. The known answers start from the committed toy base (dpo.toy.SHIPPED_TOY_BASE):
+# pretraining it sums in another order per kernel family and thread count, and the base's safe share moved from
+# 0.375 to 0.500 with them. From the shipped base, the DPO known answers give the same table in every family and
+# thread count measured, 1 and 2 (benchmarks/kernel_families.py, docs/known_answers.md).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
+
+#: Test modules whose tests share the session's ``toy_experts``: one xdist work unit, so they are trained once.
+SHARE_TOY_EXPERTS = ("test_dpo", "test_evaluation")
+#: The longest work units (module-scoped runs of the workflow and the build, the toy experts), started first so
+#: that neither worker is left with one of them at the end.
+LONGEST_FIRST = ("test_workflow", "test_build_e2e", *SHARE_TOY_EXPERTS, "test_kernel_family")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest work units first (``--no-loadscope-reorder`` keeps this order); stable within each module."""
+    rank = {name: position for position, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).stem, len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """``--dist loadfile``, each test module whole on one worker (its module-scoped fixtures built once), except
+    that the modules sharing the toy experts are one unit. Written here because ``--dist loadgroup`` with
+    ``xdist_group`` marks is silently ignored on pytest 9.2 (pytest-dev/pytest-xdist#1386)."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ModulesSharingFixtures(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "toy-experts" if Path(module).stem in SHARE_TOY_EXPERTS else module
+
+    return ModulesSharingFixtures(config, log)
 
 
 @pytest.fixture(scope="session")

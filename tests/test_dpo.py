@@ -241,7 +241,7 @@ def test_killed_and_resumed_run_ends_with_the_same_lora(tmp_path, toy_data):
     )
 
 
-def _claim(outcomes: list[dict[str, float]]) -> tuple[bool, str]:
+def dpo_known_answer_claim(outcomes: list[dict[str, float]]) -> tuple[bool, str]:
     """The DPO known answer on the mean over seeds, and the per-seed table that explains a failure.
 
     The experts train with the output-preserving term (``dpo.toy.KNOWN_ANSWER_RETAIN``, weight 1). Measured by
@@ -267,7 +267,7 @@ def _claim(outcomes: list[dict[str, float]]) -> tuple[bool, str]:
 @pytest.mark.slow
 def test_known_answer_expert_moves_its_caption_toward_the_winner(toy_world, toy_experts):
     _, concept, base, _ = toy_world
-    holds, table = _claim([expert_outcome(concept, base, expert) for expert in toy_experts])
+    holds, table = dpo_known_answer_claim([expert_outcome(concept, base, expert) for expert in toy_experts])
     assert holds, table
 
 
@@ -290,9 +290,9 @@ def test_known_answer_fails_under_mutation(toy_world, mutation):
         with known_answer_mutation(mutation):
             expert = train_toy_expert(*toy_world, f"{mutation}-seed-{seed}", seed=seed)
         outcomes.append(expert_outcome(concept, base, expert))
-        if not _claim(_best_case(outcomes))[0]:
+        if not dpo_known_answer_claim(_best_case(outcomes))[0]:
             break
-    holds, table = _claim(_best_case(outcomes))
+    holds, table = dpo_known_answer_claim(_best_case(outcomes))
     assert not holds, table
 
 
