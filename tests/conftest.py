@@ -13,13 +13,15 @@ import torch
 from coprov2.tiny import write_tiny_models
 
 # The suite runs on two pytest-xdist workers (pyproject's addopts: CI has two cores), each on one CPU thread, and
-# so does every process a test starts (OMP_NUM_THREADS): two workers of two threads each overcommit two cores, and
-# OpenMP's spinning threads then took the whole suite from 666 s to 1111 s. vLLM's CPU engine would pin every
+# so does every process a test starts (OMP_NUM_THREADS): at two threads each they overcommit two cores, and two
+# workflow runs side by side took 175 s each, against 54 s for one alone. vLLM's CPU engine would pin every
 # engine to the same core (VLLM_CPU_OMP_THREADS_BIND=auto); here it leaves the threads to the OS. In one process
-# (``-n 0``), two threads. The known answers start from the committed toy base (dpo.toy.SHIPPED_TOY_BASE):
-# pretraining it sums in another order per kernel family and thread count, and the base's safe share moved from
-# 0.375 to 0.500 with them. From the shipped base, the DPO known answers give the same table in every family and
-# thread count measured, 1 and 2 (benchmarks/kernel_families.py, docs/known_answers.md).
+# (``-n 0``), two threads; ``benchmarks/suite_time.py`` times both.
+#
+# The known answers start from the committed toy base (dpo.toy.SHIPPED_TOY_BASE): pretraining it sums in another
+# order per kernel family and thread count, and the base's safe share moved from 0.375 to 0.500 with them. From
+# the shipped base, the DPO known answers give the same table in every family and thread count measured, 1 and 2
+# (benchmarks/kernel_families.py, docs/known_answers.md); tests/test_kernel_family.py rebuilds the base.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "nobind"
