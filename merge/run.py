@@ -267,8 +267,9 @@ SCALING_NOTE = (
     "drift). Where half the experts reverse the other half's "
     "colours (14 experts), it kept 0.27-0.35; Co-Merge and the peft baselines kept none. One LoRA trained on "
     "all categories at equal compute removed more (1.0-1.5x) and changed unrelated prompts 2.4-7.9x as much. "
-    "Experts trained with the output-preserving term (dpo.train --retain_weight) drifted 5-8% less and merged "
-    "no better (best at 7 experts over 3 seeds: 0.78, as without it; 0.33 / 0.75 at 14 / 28, one seed). "
+    "Experts trained with the output-preserving term (dpo.train --retain_weight) drifted 5-8% less "
+    "(cross-attention experts) to 29% less (every layer) and merged no better (`regmean` at 7 experts over 3 "
+    "seeds: 0.73-0.78, against 0.69-0.78 without it; 0.33 / 0.52 at 14 / 28, one seed). "
     "Evaluate this merge on your own prompts (`python -m evaluation`) before relying on it."
 )
 
