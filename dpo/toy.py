@@ -505,17 +505,20 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
     }
 
 
-def known_answer_report(world, seeds: tuple[int, ...] = KNOWN_ANSWER_SEEDS) -> dict:
-    """The DPO known answer's measures (:func:`expert_outcome`) of one expert per seed in ``world``
-    (:func:`make_toy_world`'s tuple), with the kernel family and thread count they were trained in."""
+def train_known_answer_experts(world) -> list:
+    """The DPO known-answer experts, one per seed of ``KNOWN_ANSWER_SEEDS``, in ``world``
+    (:func:`make_toy_world`'s tuple): the tests' session experts and ``--known_answer``'s are these."""
+    return [train_toy_expert(*world, f"expert-seed-{seed}", seed=seed) for seed in KNOWN_ANSWER_SEEDS]
+
+
+def known_answer_report(world) -> dict:
+    """The DPO known answer's measures (:func:`expert_outcome`) of :func:`train_known_answer_experts` in
+    ``world``, with the kernel family and thread count they were trained in."""
     _, concept, base, _ = world
-    outcomes = [
-        expert_outcome(concept, base, train_toy_expert(*world, f"expert-seed-{seed}", seed=seed))
-        for seed in seeds
-    ]
+    outcomes = [expert_outcome(concept, base, expert) for expert in train_known_answer_experts(world)]
     return {
         "base": str(base), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(), "seeds": list(seeds), "outcomes": outcomes,
+        "threads": torch.get_num_threads(), "seeds": list(KNOWN_ANSWER_SEEDS), "outcomes": outcomes,
     }  # fmt: skip
 
 

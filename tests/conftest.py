@@ -77,6 +77,6 @@ def toy_world(tmp_path_factory: pytest.TempPathFactory):
 def toy_experts(toy_world):
     """The DPO known-answer experts, one per seed of ``KNOWN_ANSWER_SEEDS``, shared with
     the evaluation end to end: every known answer that trains is claimed on their mean."""
-    from dpo.toy import KNOWN_ANSWER_SEEDS, train_toy_expert
+    from dpo.toy import train_known_answer_experts
 
-    return [train_toy_expert(*toy_world, f"expert-seed-{seed}", seed=seed) for seed in KNOWN_ANSWER_SEEDS]
+    return train_known_answer_experts(toy_world)
