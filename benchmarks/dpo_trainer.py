@@ -69,6 +69,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 from coprov2.tiny import clip_tokenizer, write_tiny_models
 from dpo.config import DPOConfig
 from dpo.encode import EncodedPairs
+from dpo.families.unet import UNetFamily
 from dpo.loss import diffusion_dpo_loss
 from dpo.trainer import dpo_step, make_optimizer
 
@@ -143,7 +144,7 @@ def build_retain_set(args, config: DPOConfig, vae, text_encoder, tokenizer, fold
     prompts = NEUTRAL_PROMPTS.read_text().splitlines()[: args.retain_prompts]
     samples = config.retain_samples if config.retain_mode == "unet" else 0
     with tempfile.TemporaryDirectory() as cache:
-        retain = cached_retain_set(lambda: pipe, prompts, args.shape, args.resolution, samples,
+        retain = cached_retain_set(lambda: pipe, UNetFamily(), prompts, args.shape, args.resolution, samples,
                                    config.retain_sample_steps, config.retain_guidance, Path(cache), device, False)  # fmt: skip
     return retain  # the sampling UNet goes with the pipeline, before the training UNet is built
 
@@ -161,10 +162,10 @@ def run_strategy(args) -> dict:
     retain_mode = "text" if args.strategy.endswith("retain-text") else "unet"
     config = DPOConfig(
         train_batch_size=args.batch, proportion_empty_prompts=0.0, progress=False, beta=5000,
-        target_modules=["attn2.to_k", "attn2.to_v"] if "cross" in args.strategy else DPOConfig().target_modules,
+        target_modules=["cross" if "cross" in args.strategy else "all"],
         retain_weight=1.0 if "retain" in args.strategy else 0.0, retain_mode=retain_mode,
         retain_sample_steps=args.retain_sample_steps, retain_guidance=7.5,
-    )  # fmt: skip
+    ).for_family(UNetFamily())  # fmt: skip
     generator = torch.Generator().manual_seed(0)
     pixels = torch.rand(2, args.pairs, 3, args.resolution, args.resolution, generator=generator) * 2 - 1
     captions = [f"a photo of a knife number {i} on a table" for i in range(args.pairs)]
@@ -268,8 +269,9 @@ def run_strategy(args) -> dict:
         step_generator = torch.Generator().manual_seed(index)
         with torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda"):
             if ours:
+                family = UNetFamily().configure({"scaling_factor": scaling}, config)
                 output = dpo_step(
-                    unet, schedule, encoded, rows, step_generator, config, device, scaling, retain=retain
+                    unet, family, schedule, encoded, rows, step_generator, config, device, retain=retain
                 )
             else:
                 output = peer_step(rows, step_generator)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from dpo.config import PLACEMENTS
+from dpo.config import PLACEMENT_NAMES
 from dpo.toy import (
     KNOWN_ANSWER_BETA,
     KNOWN_ANSWER_LR,
@@ -62,7 +62,7 @@ def run_seed(world, seed: int, args, tag: str) -> tuple[dict[str, float], Path]:
             root, concept, base, data, name, steps=args.steps, seed=seed, random_flip=args.flip == "on",
             batch_size=args.batch, learning_rate=args.lr, retain_weight=args.retain_weight,
             retain_prompts=args.retain_prompts, retain_share=args.retain_share, retain_mode=args.retain_mode,
-            target_modules=PLACEMENTS[args.placement], beta=args.beta,
+            target_modules=[args.placement], beta=args.beta,
         )  # fmt: skip
     row = {
         "seed": seed,
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--retain_prompts", default=KNOWN_ANSWER_RETAIN["retain_prompts"])
     parser.add_argument("--retain_share", type=float, default=KNOWN_ANSWER_RETAIN["retain_share"])
     parser.add_argument("--retain_mode", choices=("unet", "text"), default="unet")
-    parser.add_argument("--placement", choices=tuple(PLACEMENTS), default="all", help="where the LoRA sits")
+    parser.add_argument("--placement", choices=PLACEMENT_NAMES, default="all", help="where the LoRA sits")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (the tests': 2)")
     parser.add_argument(
         "--base", choices=("shipped", "rebuilt"), default="shipped",

@@ -50,7 +50,7 @@ from diffusers import DiffusionPipeline
 
 from coprov2.tiny import resolve_tiny_model
 from dpo import DPOConfig, train_expert
-from dpo.config import PLACEMENTS
+from dpo.config import PLACEMENT_NAMES
 from dpo.toy import (
     KNOWN_ANSWER_STEPS,
     NEUTRAL_CAPTIONS,
@@ -134,7 +134,7 @@ def dpo_config(
         retain["retain_prompts"] = "neutral"
     return toy_expert_config(
         data, category, base, out, cache, max_train_steps=steps, rank=rank, seed=seed,
-        target_modules=PLACEMENTS[placement], checkpointing_steps=10**6, logging_steps=10**6, **retain,
+        target_modules=[placement], checkpointing_steps=10**6, logging_steps=10**6, **retain,
     )  # fmt: skip
 
 
@@ -474,7 +474,7 @@ def main() -> None:
     parser.add_argument("--min-gain", type=float, default=0.1)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (run one seed per process)")
     parser.add_argument(
-        "--placement", choices=sorted(PLACEMENTS), default="all", help="the experts' adapted layers"
+        "--placement", choices=sorted(PLACEMENT_NAMES), default="all", help="the experts' adapted layers"
     )
     parser.add_argument("--methods", nargs="+", default=[m[0] for m in MERGES], help="merge rows to compute")
     parser.add_argument(

@@ -44,7 +44,7 @@ from diffusers import DiffusionPipeline
 from safetensors.torch import load_file, save_file
 
 from coprov2.tiny import resolve_tiny_model
-from dpo.config import PLACEMENTS
+from dpo.config import PLACEMENT_NAMES
 from dpo.toy import (
     NEUTRAL_CAPTIONS,
     NEUTRAL_COLOURS,
@@ -91,7 +91,7 @@ def measure(root: Path, concepts, base: Path, data: Path, k: int, seed: int, pla
     concept = concepts[k]
     result = train_toy_expert(
         root, concept, base, data, f"expert-{k}-{placement}-seed-{seed}", seed=seed,
-        target_modules=PLACEMENTS[placement], retain_weight=0.0,  # the drift of DPO alone, as merge_scaling's experts
+        target_modules=[placement], retain_weight=0.0,  # the drift of DPO alone, as merge_scaling's experts
     )  # fmt: skip
     pipe = DiffusionPipeline.from_pretrained(str(base))
     pipe.set_progress_bar_config(disable=True)
@@ -159,13 +159,13 @@ def main() -> None:
     pipe = DiffusionPipeline.from_pretrained(str(base))
     rows = [
         with_leak(measure(root, concepts, base, data, k, seed, placement), root, pipe, concepts)
-        for placement in PLACEMENTS for k in args.concept_ids for seed in args.seeds
+        for placement in PLACEMENT_NAMES for k in args.concept_ids for seed in args.seeds
     ]  # fmt: skip
     print(f"text width {args.text_width}, {args.concepts} concepts, base {args.base_steps} steps")
     print(
         "| placement | concept | seed | " + " | ".join(COLUMNS) + " |\n|---|---|---|" + "---|" * len(COLUMNS)
     )
-    for placement in PLACEMENTS:
+    for placement in PLACEMENT_NAMES:
         mine = [r for r in rows if r["placement"] == placement]
         for row in mine:
             cells = " | ".join(f"{row[c]:.3f}" for c in COLUMNS)

@@ -8,6 +8,10 @@ So this module writes folders that look exactly like Hub checkpoints, only small
 - ``sd15``: a Stable Diffusion 1.5-shaped pipeline (UNet2DConditionModel, AutoencoderKL,
   CLIPTextModel, CLIPTokenizer, DDIM scheduler), 32 px by default;
 - ``sdxl``: an SDXL-shaped pipeline (two text encoders, pooled embeddings, time ids);
+- ``sd3``: a Stable Diffusion 3/3.5-shaped pipeline (MM-DiT ``SD3Transformer2DModel``, two CLIPs with
+  projection and a T5 encoder, flow-matching scheduler with SD3's shift, a VAE with a shift factor);
+- ``flux``: a FLUX.1-dev-shaped pipeline (``FluxTransformer2DModel`` with double- and single-stream
+  blocks and a guidance embedding, CLIP pooled + T5 token states, packed 2x2 latents);
 - ``clip``: a CLIPModel (image and text towers) and its CLIPProcessor;
 - ``lm``: a Llama-shaped causal LM with a fast byte-level tokenizer and a chat template
   (head_dim 64, which vLLM's CPU attention kernel accepts).
@@ -43,13 +47,16 @@ from transformers import (
     LlamaConfig,
     LlamaForCausalLM,
     PreTrainedTokenizerFast,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
 )
 
 from coprov2.canonical import canonicalize_tree
 from coprov2.cli import ArgumentParser
 from coprov2.errors import UserError, run_cli
 
-KINDS = ("sd15", "sdxl", "clip", "lm")
+KINDS = ("sd15", "sdxl", "sd3", "flux", "clip", "lm")
 
 #: CLIP's context length; the prompt validators of the builder rely on it.
 CLIP_MAX_LENGTH = 77
@@ -110,12 +117,13 @@ def _clip_text_config(tokenizer: CLIPTokenizer, hidden_size: int = 32, **kwargs:
     )
 
 
-def _tiny_vae():
+def _tiny_vae(shifted: bool = False):
     """A random VAE calibrated like a trained one: a nearly deterministic posterior, unit-variance scaled latents.
 
     Left at random init, the posterior's std is ~1 (it drowns the image in sampling noise) and the
     scaling factor of SD (0.18215) shrinks latents far below the noise scale; both would make tiny
-    training runs behave unlike real ones.
+    training runs behave unlike real ones. ``shifted``: also a ``shift_factor`` (the latents' mean), as
+    SD3's and FLUX's VAEs have (``(latent - shift) * scale`` is what their transformers read).
     """
     from diffusers import AutoencoderKL
 
@@ -135,8 +143,10 @@ def _tiny_vae():
         vae.quant_conv.weight[logvar:] = 0
         vae.quant_conv.bias[logvar:] = -12.0  # posterior std exp(-6), like SD's VAE
         probe = torch.rand(8, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE) * 2 - 1
-        std = vae.encode(probe).latent_dist.mean.std().item()
-    vae.register_to_config(scaling_factor=1.0 / std)
+        latents = vae.encode(probe).latent_dist.mean
+    vae.register_to_config(scaling_factor=1.0 / latents.std().item())
+    if shifted:
+        vae.register_to_config(shift_factor=latents.mean().item())
     return vae
 
 
@@ -226,6 +236,118 @@ def build_sdxl():
     )
 
 
+def t5_tokenizer() -> T5Tokenizer:
+    """A T5-style Unigram tokenizer whose vocabulary is written here: T5's special ids (pad 0, eos 1, unk 2),
+    word-initial and inner letters, and every pair of lowercase letters, so words cost a few tokens each."""
+    letters = string.ascii_lowercase
+    pieces = ["<pad>", "</s>", "<unk>", "\u2581"]
+    pieces += ["\u2581" + c for c in letters] + list(letters + string.digits + string.punctuation)
+    pieces += [a + b for a, b in itertools.product(letters, repeat=2)]
+    vocab = [(piece, 0.0 if index < 3 else -float(len(piece))) for index, piece in enumerate(pieces)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def _t5_encoder(tokenizer: T5Tokenizer, d_model: int) -> T5EncoderModel:
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer),
+            d_model=d_model,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            decoder_start_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
+def _flow_scheduler(**config: object):
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(**config)
+
+
+@_seeded
+def build_sd3():
+    """An SD3/SD3.5-shaped pipeline: MM-DiT with joint attention, CLIP-L and CLIP-G (pooled, projected) and T5."""
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    width = 32
+    transformer = SD3Transformer2DModel(
+        sample_size=TINY_IMAGE_SIZE // 2,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=2 * width,  # T5's width; the two CLIPs' states, side by side, are padded to it
+        caption_projection_dim=width,
+        pooled_projection_dim=2 * width,
+        pos_embed_max_size=TINY_IMAGE_SIZE,
+    )
+    clip = [
+        CLIPTextModelWithProjection(
+            _clip_text_config(clip_tokenizer(), hidden_size=width, projection_dim=width)
+        )
+        for _ in range(2)
+    ]
+    t5 = t5_tokenizer()
+    return StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=_flow_scheduler(shift=3.0),  # SD3's and SD3.5's scheduler config
+        vae=_tiny_vae(shifted=True),
+        text_encoder=clip[0],
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=clip[1],
+        tokenizer_2=clip_tokenizer(),
+        text_encoder_3=_t5_encoder(t5, 2 * width),
+        tokenizer_3=t5,
+    )
+
+
+@_seeded
+def build_flux():
+    """A FLUX.1-dev-shaped pipeline: double- and single-stream blocks, a guidance embedding, rotary image/text ids."""
+    from diffusers import FluxPipeline, FluxTransformer2DModel
+
+    width = 32
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=4 * 4,  # 4 latent channels, packed 2x2
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=width,
+        pooled_projection_dim=width,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 4, 8),
+    )
+    t5 = t5_tokenizer()
+    tokenizer = clip_tokenizer()
+    return FluxPipeline(
+        # FLUX.1-dev's scheduler config: the shift follows the image's token count
+        scheduler=_flow_scheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
+        vae=_tiny_vae(shifted=True),
+        text_encoder=CLIPTextModel(_clip_text_config(tokenizer, hidden_size=width)),
+        tokenizer=tokenizer,
+        text_encoder_2=_t5_encoder(t5, width),
+        tokenizer_2=t5,
+        transformer=transformer,
+    )
+
+
 @_seeded
 def build_clip() -> tuple[CLIPModel, CLIPProcessor]:
     """A CLIP model (ViT image tower + text tower) and the processor the CLIP gate loads with it."""
@@ -291,7 +413,14 @@ def build_lm() -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
 
 def build(kind: str, seed: int = 0):
     """Build one tiny model by kind name; pipelines come back alone, the rest as (model, processor)."""
-    builders = {"sd15": build_sd15, "sdxl": build_sdxl, "clip": build_clip, "lm": build_lm}
+    builders = {
+        "sd15": build_sd15,
+        "sdxl": build_sdxl,
+        "sd3": build_sd3,
+        "flux": build_flux,
+        "clip": build_clip,
+        "lm": build_lm,
+    }
     if kind not in builders:
         raise UserError(f"unknown tiny model kind {kind!r}; choose from {', '.join(KINDS)}")
     return builders[kind](seed=seed)

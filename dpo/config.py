@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +14,16 @@ def default_cache_dir() -> str:
     return user_cache_dir("dpo")
 
 
-#: Where an expert's LoRA sits (``--target_modules``, suffixes of UNet module names): the release's four
-#: projections of every attention, or cross-attention keys and values only (MACE's and UCE's choice).
-PLACEMENTS: dict[str, list[str]] = {
-    "all": ["to_q", "to_k", "to_v", "to_out.0"],
-    "cross": ["attn2.to_k", "attn2.to_v"],
-}
+#: Named LoRA placements (``--target_modules all``/``cross``): each base family (``dpo/families``) says which of
+#: its denoiser's modules they are.
+PLACEMENT_NAMES = ("all", "cross")
 
 #: Numeric options: (lowest, highest, lowest excluded); NaN and infinities are refused for all of them.
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "resolution": (8, None, False),
     "beta": (0, None, True),
+    "max_sequence_length": (1, 512, False),
+    "guidance_scale": (0, None, False),
     "rank": (1, None, False),
     "lora_alpha": (0, None, True),
     "learning_rate": (0, None, True),
@@ -87,16 +86,23 @@ class DPOConfig:
         default=None,
         metadata={"help": "training resolution in pixels (default: the base model's native one)"},
     )
-    beta: float = field(default=5000.0, metadata={"help": "DPO beta (the release's beta_dpo)"})
+    beta: float | None = field(
+        default=None,
+        metadata={
+            "help": "DPO beta (default per base family: 5000, the release's beta_dpo, for UNets; for flow "
+            "transformers the same mean weight on velocity errors, 565 for SD3, 1667 for FLUX; docs/dpo.md)"
+        },
+    )
     rank: int = field(default=4, metadata={"help": "LoRA rank"})
     lora_alpha: float | None = field(
         default=None, metadata={"help": "LoRA alpha (default: rank, as the release)"}
     )
     target_modules: list[str] = field(
-        default_factory=lambda: list(PLACEMENTS["all"]),
+        default_factory=lambda: ["all"],
         metadata={
-            "help": "UNet modules LoRA adapts, as suffixes of module names (default: the release's, every "
-            "attention; attn2.to_k attn2.to_v: cross-attention keys and values only)"
+            "help": "modules LoRA adapts: 'all' (every attention projection: the release's placement on UNets; on "
+            "SD3/FLUX both streams' projections), 'cross' (cross-attention keys and values: attn2.to_k attn2.to_v on "
+            "UNets, the text stream's add_k_proj add_v_proj on SD3/FLUX), or suffixes of module names"
         },
     )
     learning_rate: float = field(default=1e-5, metadata={"help": "AdamW learning rate"})
@@ -115,6 +121,27 @@ class DPOConfig:
     timestep_min: int = field(default=0, metadata={"help": "smallest training timestep"})
     timestep_max: int | None = field(
         default=None, metadata={"help": "largest training timestep + 1 (default: all)"}
+    )
+    weighting_scheme: str | None = field(
+        default=None,
+        metadata={
+            "help": "flow bases: the training timesteps' density, as diffusers' scripts name it (default: "
+            "logit_normal for SD3, none = uniform for FLUX, their scripts' defaults)",
+            "choices": ("none", "logit_normal", "mode"),
+        },
+    )
+    max_sequence_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "flow bases: T5 tokens per caption (default: 77 for SD3, 512 for FLUX, as diffusers' scripts)"
+        },
+    )
+    guidance_scale: float = field(
+        default=3.5,
+        metadata={
+            "help": "FLUX.1-dev: the distilled guidance value the transformer is trained at (diffusers' FLUX "
+            "script's default); bases without a guidance embedding ignore it"
+        },
     )
     proportion_empty_prompts: float = field(
         default=0.2,
@@ -189,18 +216,27 @@ class DPOConfig:
     dry_run: bool = field(default=False, metadata={"help": "print the Hub calls instead of pushing"})
 
     def __post_init__(self) -> None:
-        """Every numeric option finite and in range, named as on the command line (before any scaling)."""
+        """Every numeric option finite and in range, named as on the command line (before any scaling). What
+        depends on the base (placements, the family's options) is checked by ``dpo.trainer`` before any work."""
         check_ranges(self, RANGES)
+
+    def for_family(self, family) -> DPOConfig:
+        """This config with what its base family decides (``dpo.families``): ``--beta``'s default and
+        ``--target_modules`` expanded to module suffixes; options the family cannot take are refused."""
+        targets = family.target_modules(self.target_modules)
+        cross = list(family.placements["cross"])
         if (
             self.retain_weight > 0
             and self.retain_mode == "text"
-            and not set(self.target_modules) <= set(PLACEMENTS["cross"])
+            and not (family.text_retain and set(targets) <= set(cross))
         ):
+            fix = f"use --target_modules cross ({' '.join(cross)}) or " if family.text_retain else ""
             raise UserError(
-                f"--retain_mode text reads the cross-attention key/value LoRAs only, and --target_modules "
-                f"{' '.join(self.target_modules)} adapts more; use --target_modules {' '.join(PLACEMENTS['cross'])} "
-                "or --retain_mode unet"
+                f"--retain_mode text reads the cross-attention key/value LoRAs only (on the text encoder's states, "
+                f"as UNets have them), and --target_modules {' '.join(targets)} on a {family.name} base adapts "
+                f"{'more' if family.text_retain else 'layers that read other states'}; {fix}use --retain_mode unet"
             )
+        return replace(self, beta=self.beta or family.default_beta, target_modules=targets)
 
     @property
     def alpha(self) -> float:

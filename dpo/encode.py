@@ -5,9 +5,12 @@ step). The latent *distribution* is cached (mean and std), so each step still dr
 as the release does. With ``flipped=True`` the latent arrays hold ``2N`` rows: row ``N + i`` is the
 encoding of pair ``i``'s image flipped left-right, so the release's random horizontal flip is a
 choice of rows at each step. Flipped images are encoded, not flipped latents: the VAE encoder's
-convolutions are not mirror-symmetric, so flipping a latent is not the latent of the flipped image. Text goes through the pipeline's own ``encode_prompt``, so SD1.5/SD2.1 and SDXL
-(two encoders, pooled embeddings) embed exactly as they do at inference; SDXL's ``time_ids`` are
-computed per pair from its original size and crop, as the release does.
+convolutions are not mirror-symmetric, so flipping a latent is not the latent of the flipped image. Text
+goes through the pipeline's own ``encode_prompt``, as the base's family (``dpo/families``) calls it, so
+SD1.5/SD2.1, SDXL (two encoders, pooled embeddings), SD3 (two CLIPs and T5) and FLUX (CLIP pooled, T5
+states) embed exactly as they do at inference; SDXL's ``time_ids`` are computed per pair from its
+original size and crop, as the release does. The latents are the VAE's own; the family maps them to what
+its denoiser reads at each step (scale, and SD3's and FLUX's shift).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 
 from coprov2.errors import UserError
 from dpo.data import PreferencePairs
+from dpo.families import Family
 
 CACHE_VERSION = 2
 #: Per-row arrays of the cache; the others (``empty_text``, ``empty_pooled``) are one small tensor each.
@@ -93,10 +97,20 @@ class EncodedPairs:
     flipped: bool = False
 
 
-def cache_key(pairs: PreferencePairs, base: str, resolution: int, flipped: bool = False) -> str:
+def cache_key(
+    pairs: PreferencePairs,
+    base: str,
+    resolution: int,
+    flipped: bool = False,
+    text_settings: dict | None = None,
+) -> str:
+    """The cache folder's name; ``text_settings``: the family's options that change the encodings (T5's length)."""
     payload = json.dumps(
-        [CACHE_VERSION, pairs.fingerprint, base, resolution, *(["flipped"] if flipped else [])]
-    )
+        [
+            CACHE_VERSION, pairs.fingerprint, base, resolution, *(["flipped"] if flipped else []),
+            *([text_settings] if text_settings else []),
+        ]
+    )  # fmt: skip
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -115,18 +129,6 @@ def resize_and_crop(
     image = image.crop((left, top, left + resolution, top + resolution))
     array = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)
     return array, original, (top, left)
-
-
-def encode_text(pipe, captions: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(embeddings, pooled)`` from the pipeline's own ``encode_prompt``; ``pooled`` is None unless SDXL."""
-    with torch.no_grad():
-        if hasattr(pipe, "text_encoder_2"):
-            embeds, _, pooled, _ = pipe.encode_prompt(
-                captions, device=device, num_images_per_prompt=1, do_classifier_free_guidance=False
-            )
-            return embeds, pooled
-        embeds, _ = pipe.encode_prompt(captions, device, 1, do_classifier_free_guidance=False)
-        return embeds, None
 
 
 class _RowWriter:
@@ -161,6 +163,7 @@ class _RowWriter:
 
 def encode_pairs(
     pipe,
+    family: Family,
     pairs: PreferencePairs,
     resolution: int,
     device: torch.device,
@@ -176,7 +179,6 @@ def encode_pairs(
     ``flipped``, each image is also encoded flipped left-right, into rows ``N + i``.
     """
     vae = pipe.vae
-    xl = hasattr(pipe, "text_encoder_2")
     n = len(pairs)
     writer = _RowWriter(folder, n, {name: 2 * n for name in LATENT_ARRAYS} if flipped else None)
     batches = range(0, len(pairs), batch_size)
@@ -195,17 +197,17 @@ def encode_pairs(
                     distribution = vae.encode(images).latent_dist
                 writer.put(f"{key}_mean", offset + start, distribution.mean)
                 writer.put(f"{key}_std", offset + start, distribution.std)
-            if xl and which == "safe":
-                time_ids = [[*original, *crop, resolution, resolution] for _, original, crop in prepared]
-                writer.put("time_ids", start, torch.tensor(time_ids, dtype=torch.float32))
-        text, pooled = encode_text(pipe, [pairs.captions[i] for i in rows], device)
+            time_ids = family.time_ids(pipe, [(original, crop) for _, original, crop in prepared], resolution)
+            if time_ids is not None and which == "safe":
+                writer.put("time_ids", start, time_ids)
+        text, pooled = family.encode_text(pipe, [pairs.captions[i] for i in rows], device)
         writer.put("text", start, text)
         if pooled is not None:
             writer.put("pooled", start, pooled)
     writer.close()
-    empty_text, empty_pooled = encode_text(pipe, [""], device)
+    empty_text, empty_pooled = family.encode_text(pipe, [""], device)
     np.save(folder / "empty_text.npy", empty_text.float().cpu().numpy()[0])
-    if xl:
+    if empty_pooled is not None:
         np.save(folder / "empty_pooled.npy", empty_pooled.float().cpu().numpy()[0])
 
 
@@ -242,6 +244,7 @@ def publish(partial: Path, folder: Path) -> None:
 def cached_encode(
     load_pipe,
     pairs: PreferencePairs,
+    family: Family,
     base: str,
     resolution: int,
     cache_dir: Path,
@@ -256,12 +259,12 @@ def cached_encode(
     is redone, and of two runs that miss the same key at once (seeds trained side by side on one cache)
     the first rename wins and the other keeps the winner's files.
     """
-    folder = Path(cache_dir) / cache_key(pairs, base, resolution, flipped)
+    folder = Path(cache_dir) / cache_key(pairs, base, resolution, flipped, family.settings())
     if (folder / "meta.json").exists():
         return load_encoded(folder, flipped), folder, True
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=folder.name + ".partial-", dir=folder.parent))
-    encode_pairs(load_pipe(), pairs, resolution, device, partial, progress=progress, flipped=flipped)
+    encode_pairs(load_pipe(), family, pairs, resolution, device, partial, progress=progress, flipped=flipped)
     meta = {
         "source": pairs.source,
         "base": base,

@@ -31,15 +31,17 @@ import torch
 from tqdm.auto import tqdm
 
 from coprov2.errors import UserError
-from dpo.config import PLACEMENTS
 from dpo.data import PreferencePairs
-from dpo.encode import CACHE_VERSION, encode_text, publish
+from dpo.encode import CACHE_VERSION, publish
+from dpo.families import Family
+from dpo.families.unet import UNetFamily
 
 #: Everyday scenes, none near a safety category (written for this project): the default retain set, and
 #: the preserve prompts of the closed-form merge (``merge.run.PRESERVE_PROMPTS``).
 NEUTRAL_PROMPTS = Path(__file__).parent / "data" / "neutral_prompts.txt"
-#: Module name suffixes the ``text`` mode's term reads.
-CROSS_ATTENTION_KV = tuple(PLACEMENTS["cross"])
+#: Module name suffixes the ``text`` mode's term reads (the only family whose cross-attention reads the text
+#: encoder's states unchanged: ``Family.text_retain``).
+CROSS_ATTENTION_KV = UNetFamily.placements["cross"]
 #: ``--retain_prompts`` by name; anything else is a ``.txt`` file, one caption per line.
 RETAIN_SOURCES = ("neutral", "other")
 #: ``other``: at most this many distinct captions of each other category (the embeddings stay small:
@@ -124,6 +126,7 @@ def retain_prompts(source: str, pairs: PreferencePairs, category: str) -> list[s
 
 def cached_retain_set(
     load_pipe,
+    family: Family,
     prompts: list[str],
     base: str,
     resolution: int,
@@ -140,6 +143,7 @@ def cached_retain_set(
     ``dpo.encode.cached_encode``). Samples are seeded by caption position, so the cache is a pure function of
     its key."""
     payload = [CACHE_VERSION, "retain", base, resolution, samples, steps, guidance, prompts]
+    payload += [family.settings()] if family.settings() else []
     folder = Path(cache_dir) / f"retain-{hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:20]}"
     if not (folder / "meta.json").exists():
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -149,19 +153,18 @@ def cached_retain_set(
         text, pooled, latents = [], [], []
         for start in tqdm(range(0, len(prompts), 8), desc="retain set", disable=not progress):
             batch = prompts[start : start + 8]
-            embeds, pooled_embeds = encode_text(pipe, batch, device)
+            embeds, pooled_embeds = family.encode_text(pipe, batch, device)
             text.append(embeds)
             pooled.append(pooled_embeds)
             if samples == 0:
                 continue
             with torch.no_grad():
-                latents.append(
-                    pipe(
-                        batch, height=resolution, width=resolution, num_inference_steps=steps,
-                        guidance_scale=guidance, num_images_per_prompt=samples, output_type="latent",
-                        generator=torch.Generator().manual_seed(start),
-                    ).images
-                )  # fmt: skip
+                sampled = pipe(
+                    batch, height=resolution, width=resolution, num_inference_steps=steps,
+                    guidance_scale=guidance, num_images_per_prompt=samples, output_type="latent",
+                    generator=torch.Generator().manual_seed(start),
+                ).images  # fmt: skip
+            latents.append(family.from_pipeline_latents(pipe, sampled, resolution))
         np.save(partial / "text.npy", torch.cat(text).float().cpu().numpy())
         if latents:
             np.save(partial / "latents.npy", torch.cat(latents).float().cpu().numpy())

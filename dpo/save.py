@@ -14,10 +14,10 @@ from peft import get_peft_model_state_dict
 from cards.model_card import lora_model_card
 from cards.push import push_folder
 from coprov2.canonical import canonicalize
+from dpo.families import family_of
 
 if TYPE_CHECKING:
-    from dpo.config import DPOConfig
-    from dpo.data import PreferencePairs
+    from dpo.trainer import TrainingInputs
 
 LORA_WEIGHTS = "pytorch_lora_weights.safetensors"
 
@@ -27,39 +27,33 @@ def pipeline_class(base: str, revision: str | None = None) -> type:
     return getattr(diffusers, DiffusionPipeline.load_config(base, revision=revision)["_class_name"])
 
 
-def save_lora(unet, base: str, folder: Path, revision: str | None = None) -> Path:
-    """``unet``'s adapter as ``pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights`` loads.
+def save_lora(model, base: str, folder: Path, revision: str | None = None) -> Path:
+    """``model``'s adapter (the base's UNet or transformer) as ``pytorch_lora_weights.safetensors`` that
+    ``pipe.load_lora_weights`` loads, in the layout of the base's pipeline class.
 
     The peft config goes in as metadata: without it the loader assumes ``lora_alpha == r``.
     """
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    metadata = unet.peft_config["default"].to_dict()
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    metadata = model.peft_config["default"].to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: its order varies per process
-    pipeline_class(base, revision).save_lora_weights(
-        folder, unet_lora_layers=layers, unet_lora_adapter_metadata=metadata
-    )
+    family_of(base, revision).save_lora_weights(pipeline_class(base, revision), folder, layers, metadata)
     canonicalize(folder / LORA_WEIGHTS)
     return folder / LORA_WEIGHTS
 
 
-def save_expert(
-    unet,
-    base: str,
-    config: DPOConfig,
-    category: str,
-    folder: Path,
-    metrics: dict[str, Any],
-    pairs: PreferencePairs,
-    rows: int,
-    resolution: int,
-) -> None:
+def save_expert(model, inputs: TrainingInputs, category: str, folder: Path, metrics: dict[str, Any]) -> None:
+    """The expert's LoRA, its model card (family, objective, beta, targets and every setting) and a summary."""
+    config, family, rows = inputs.config, inputs.family, len(inputs.rows)
     folder.mkdir(parents=True, exist_ok=True)
-    save_lora(unet, base, folder, config.revision)
+    save_lora(model, inputs.base, folder, config.revision)
     base_name = config.base
     settings = {
         **config.hyperparameters(),
+        "family": family.name,
+        "objective": family.objective,
+        **family.settings(),
         "category": category,
-        "resolution": resolution,
+        "resolution": inputs.resolution,
         "training pairs": rows,
     }
     card = lora_model_card(
@@ -67,18 +61,14 @@ def save_expert(
         if category != "all"
         else "Safety expert: all categories (All-single)",
         summary=(
-            f"A Diffusion-DPO LoRA for `{base_name}` trained on {rows} CoProV2 pairs of category `{category}` "
-            f"from {pairs.source}: for each unsafe prompt, the safe image is preferred over the unsafe one."
+            f"A {family.objective_title} LoRA for `{base_name}` trained on {rows} CoProV2 pairs of category `{category}` "
+            f"from {inputs.pairs.source}: for each unsafe prompt, the safe image is preferred over the unsafe one."
         ),
-        method=(
-            "Diffusion-DPO as in the SafetyDPO release: winner and loser share noise, timestep and caption; "
-            "loss `-logsigmoid(-0.5 * beta * ((L_w - L_l) - (L_w - L_l)_ref))`; the reference is the same UNet "
-            "with its adapters disabled; VAE latents and text embeddings were computed once and cached."
-        ),
+        method=family.method,
         base_model=base_name,
         settings=settings,
         measured=metrics,
-        tags=["diffusion-dpo", f"category-{category}"],
+        tags=[family.objective, f"category-{category}"],
         datasets=[config.dataset] if "/" in config.dataset and not Path(config.dataset).exists() else None,
         repo_or_folder=config.push_to_hub or str(folder),
     )

@@ -1,9 +1,11 @@
-"""Train one Diffusion-DPO LoRA safety expert: cached inputs, adapters-off reference, exact resume.
+"""Train one preference LoRA safety expert: cached inputs, adapters-off reference, exact resume.
 
-Thin on purpose: diffusers gives the UNet, the noise schedule and the LoRA file format, peft the
-adapter, accelerate the processes, mixed precision and the checkpoint state. What is ours:
+Thin on purpose: diffusers gives the denoiser, the noise schedule and the LoRA file format, peft the
+adapter, accelerate the processes, mixed precision and the checkpoint state, and the base's family
+(``dpo/families``) everything that differs between a UNet (Diffusion-DPO) and a rectified-flow transformer
+(Flow-DPO, SD3 and FLUX). What is ours:
 
-- the reference is the same UNet with its adapters disabled (no second UNet in memory);
+- the reference is the same denoiser with its adapters disabled (no second copy in memory);
 - the VAE latents and text embeddings come from a cache (``dpo/encode.py``), never recomputed;
 - every random draw of a step (data order, latent sample, noise, timestep, empty caption) is a
   function of ``(seed, step, micro-batch, rank)``, so a run killed and resumed from a checkpoint
@@ -23,7 +25,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from diffusers import AutoencoderKL, DDPMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
@@ -37,6 +39,7 @@ from coprov2.tiny import resolve_tiny_model
 from dpo.config import DPOConfig
 from dpo.data import PreferencePairs, load_preference_pairs
 from dpo.encode import EncodedPairs, cached_encode
+from dpo.families import Conditioning, Family, family_of
 from dpo.loss import add_preserving_term, diffusion_dpo_loss, per_sample_mse
 from dpo.retain import RetainSet, cached_retain_set, cross_attention_leak, retain_prompts
 from dpo.save import save_expert
@@ -54,34 +57,36 @@ class ExpertResult:
     metrics: dict[str, float]
 
 
-def _resolution(base: str, revision: str | None, requested: int | None, vae_config: dict) -> int:
-    """The training resolution, checked against the base model's UNet and VAE."""
-    unet = UNet2DConditionModel.load_config(base, subfolder="unet", revision=revision)
-    scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    native = unet["sample_size"] * scale
-    resolution = requested or native
-    multiple = scale * 2 ** (len(unet["down_block_types"]) - 1)
-    if resolution % multiple:
-        raise UserError(
-            f"resolution {resolution} does not fit base model {base}: it must be a multiple of {multiple} "
-            f"(VAE factor {scale} x UNet downsampling); the model's native resolution is {native}"
-        )
-    if resolution != native:
-        logger.warning("training %s at %d px; its native resolution is %d px", base, resolution, native)
-    return resolution
+@dataclass
+class TrainingInputs:
+    """What a run trains on, prepared before the denoiser loads: the config resolved for the base's family,
+    the pairs' rows of the category, their cached encodings (and the held-out split's), the retain set."""
+
+    config: DPOConfig
+    base: str
+    family: Family
+    resolution: int
+    pairs: PreferencePairs
+    rows: list[int]
+    encoded: EncodedPairs
+    eval_encoded: EncodedPairs | None
+    eval_rows: list[int]
+    retain: RetainSet | None
 
 
-def _load_encoder_pipeline(base: str, revision: str | None, device: torch.device, with_unet: bool = False):
-    """The base pipeline without its UNet: encoding needs only the VAE and the text encoder(s), so a
-    cache miss never holds the UNet twice (the peers hold UNet, VAE and text encoders for the whole run).
-    ``with_unet``: the whole pipeline, to sample the retain set (``dpo/retain.py``) before training starts."""
+def load_encoder_pipeline(
+    base: str, revision: str | None, device: torch.device, family: Family, with_denoiser: bool = False
+):
+    """The base pipeline without its denoiser: encoding needs only the VAE and the text encoder(s), so a
+    cache miss never holds the denoiser twice (the peers hold it, the VAE and the text encoders for the whole run).
+    ``with_denoiser``: the whole pipeline, to sample the retain set (``dpo/retain.py``) before training starts."""
     kwargs = (
         {"safety_checker": None, "requires_safety_checker": False}
         if "safety_checker" in DiffusionPipeline.load_config(base, revision=revision)
         else {}
     )
-    if not with_unet:
-        kwargs["unet"] = None
+    if not with_denoiser:
+        kwargs[family.denoiser] = None
     pipe = DiffusionPipeline.from_pretrained(base, revision=revision, **kwargs)
     return pipe.to(device)
 
@@ -113,30 +118,31 @@ def _batch_rows(
 
 
 def dpo_step(
-    unet,
-    noise_scheduler: DDPMScheduler,
+    model,
+    family: Family,
+    noise_scheduler,
     encoded: EncodedPairs,
     rows: list[int],
     generator: torch.Generator,
     config: DPOConfig,
     device: torch.device,
-    scaling_factor: float,
     reference=None,
     retain: RetainSet | None = None,
 ):
-    """The loss of one micro-batch. ``reference`` is the module run with adapters disabled (default ``unet``).
+    """The loss of one micro-batch. ``reference`` is the module run with adapters disabled (default ``model``).
 
+    The noise process, the target and the denoiser's call are the ``family``'s: Diffusion-DPO on a UNet,
+    Flow-DPO on a flow transformer; winner and loser share noise, timestep and caption either way.
     With ``retain`` and ``config.retain_weight > 0``, the output-preserving term (``dpo/retain.py``) is added:
     ``retain_share`` of the batch's size in the base's samples of retain captions, noised to the timesteps of
-    the batch's first winners, ride in the same two UNet calls as the pairs (one batch, not two calls).
+    the batch's first winners, ride in the same two denoiser calls as the pairs (one batch, not two calls).
     """
     index = torch.tensor(rows)
     size = len(rows)
     shape = (size, *encoded.winner_mean.shape[1:])
     draws = [torch.randn(shape, generator=generator) for _ in ("winner", "loser")]
     noise = torch.randn(shape, generator=generator).repeat(2, 1, 1, 1)
-    t_max = config.timestep_max or noise_scheduler.config.num_train_timesteps
-    timesteps = torch.randint(config.timestep_min, t_max, (size,), generator=generator).repeat(2)
+    timesteps = family.sample_timesteps(noise_scheduler, size, generator, config).repeat(2)
     empty = torch.rand(size, generator=generator) < config.proportion_empty_prompts
     # The release's random horizontal flip, drawn per image (winner and loser independently) after every
     # other draw, so runs without it take the same random stream as before it existed.
@@ -158,58 +164,52 @@ def dpo_step(
         rows = index + pairs * flip  # a flipped image's encoding is row N + i of a flipped cache
         return mean[rows] + std[rows] * draw
 
-    latents = (
+    latents = family.to_model_space(
         torch.cat(
             [
                 latent(encoded.winner_mean, encoded.winner_std, flips[0], draws[0]),
                 latent(encoded.loser_mean, encoded.loser_std, flips[1], draws[1]),
             ]
         )
-        * scaling_factor
     )
-    text = torch.where(empty[:, None, None], encoded.empty_text, encoded.text[index]).repeat(2, 1, 1)
-    added = None
-    if encoded.pooled is not None:
-        pooled = torch.where(empty[:, None], encoded.empty_pooled, encoded.pooled[index]).repeat(2, 1)
-        added = {
-            "text_embeds": pooled.to(device),
-            "time_ids": encoded.time_ids[index].repeat(2, 1).to(device),
-        }
+    cond = Conditioning(
+        torch.where(empty[:, None, None], encoded.empty_text, encoded.text[index]).repeat(2, 1, 1),
+        None
+        if encoded.pooled is None
+        else torch.where(empty[:, None], encoded.empty_pooled, encoded.pooled[index]).repeat(2, 1),
+        None if encoded.time_ids is None else encoded.time_ids[index].repeat(2, 1),
+    ).to(device)
 
     latents, noise, timesteps = latents.to(device), noise.to(device), timesteps.to(device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    if noise_scheduler.config.prediction_type == "v_prediction":
-        target = noise_scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        target = noise
-    text = text.to(device)
+    noisy = family.add_noise(noise_scheduler, latents, noise, timesteps)
+    target = family.target(noise_scheduler, latents, noise, timesteps)
     if retain_noise is not None:
         paired = torch.arange(len(retain_pick)) % size  # each retain sample takes a winner's timestep
         retain_t = timesteps[paired]
         retain_latents = retain.latents[retain_pick].to(device)
         noisy = torch.cat(
-            [noisy, noise_scheduler.add_noise(retain_latents, retain_noise.to(device), retain_t)]
+            [noisy, family.add_noise(noise_scheduler, retain_latents, retain_noise.to(device), retain_t)]
         )
         timesteps = torch.cat([timesteps, retain_t])
         captions = retain.caption(retain_pick)
-        text = torch.cat([text, retain.text[captions].to(device)])
-        if added is not None:  # and the winner's size and crop ids
-            added = {
-                "text_embeds": torch.cat([added["text_embeds"], retain.pooled[captions].to(device)]),
-                "time_ids": torch.cat([added["time_ids"], added["time_ids"][paired]]),
-            }
-    dtype = next(p for p in unet.parameters() if not p.requires_grad).dtype
-    inputs = (noisy.to(dtype), timesteps, text.to(dtype))
-    reference = reference if reference is not None else unet
+        cond = cond.cat(
+            Conditioning(
+                retain.text[captions],
+                None if retain.pooled is None else retain.pooled[captions],
+                None if cond.time_ids is None else cond.time_ids[paired],  # the winner's size and crop ids
+            ).to(device)
+        )
+    dtype = next(p for p in model.parameters() if not p.requires_grad).dtype
+    reference = reference if reference is not None else model
     # inference_mode, not no_grad: the reference's outputs never take part in autograd, so no version
     # counters or views are tracked for them (benchmarks/dpo_trainer.py: "ours-before" vs "ours").
     with torch.inference_mode():
         reference.disable_adapters()
         try:
-            ref_pred = reference(*inputs, added_cond_kwargs=added).sample
+            ref_pred = family.predict(reference, noisy, timesteps, cond, dtype)
         finally:
             reference.enable_adapters()
-    model_pred = unet(*inputs, added_cond_kwargs=added).sample
+    model_pred = family.predict(model, noisy, timesteps, cond, dtype)
     pairs_end = 2 * size
     output = diffusion_dpo_loss(model_pred[:pairs_end], ref_pred[:pairs_end], target, config.beta)
     if retain_pick is None:
@@ -231,15 +231,9 @@ def _mean_metrics(history: list[dict[str, float]]) -> dict[str, float]:
 
 
 def evaluate_implicit_accuracy(
-    unet,
-    noise_scheduler,
-    encoded: EncodedPairs,
-    rows: list[int],
-    config: DPOConfig,
-    device,
-    scaling_factor: float,
+    model, family: Family, noise_scheduler, encoded: EncodedPairs, rows: list[int], config: DPOConfig, device,
     draws: int = 4,
-) -> dict[str, float]:
+) -> dict[str, float]:  # fmt: skip
     """Held-out DPO metrics over ``rows``: each pair scored at ``draws`` fixed (noise, timestep) draws."""
     history = []
     with torch.no_grad():
@@ -248,22 +242,100 @@ def evaluate_implicit_accuracy(
                 generator = torch.Generator().manual_seed(derive_seed(config.seed, "eval", draw, start))
                 batch = rows[start : start + config.train_batch_size]
                 metrics = dpo_step(
-                    unet, noise_scheduler, encoded, batch, generator, config, device, scaling_factor
+                    model, family, noise_scheduler, encoded, batch, generator, config, device
                 ).metrics
                 history += [metrics] * len(batch)
     return {f"eval_{key}": value for key, value in _mean_metrics(history).items()}
 
 
 class _Encoder:
-    """Loads the base pipeline once, only when a cache misses."""
+    """Loads the base pipeline (without its denoiser) once, only when a cache misses."""
 
-    def __init__(self, base: str, revision: str | None, device: torch.device) -> None:
-        self.base, self.revision, self.device, self.pipe = base, revision, device, None
+    def __init__(self, base: str, revision: str | None, device: torch.device, family: Family) -> None:
+        self.base, self.revision, self.device, self.family, self.pipe = base, revision, device, family, None
 
     def __call__(self):
         if self.pipe is None:
-            self.pipe = _load_encoder_pipeline(self.base, self.revision, self.device)
+            self.pipe = load_encoder_pipeline(self.base, self.revision, self.device, self.family)
         return self.pipe
+
+
+def prepare_inputs(config: DPOConfig, category: str, accelerator: Accelerator) -> TrainingInputs:
+    """The base's family, the config resolved for it, the resolution checked, the pairs and their caches:
+    everything a run needs before the denoiser loads, each bad input refused before any work."""
+    device = accelerator.device
+    with accelerator.main_process_first():  # one process writes tiny models and fills datasets' caches
+        base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+        pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
+        eval_pairs, eval_rows = _eval_rows(config, category)
+    rows = pairs.indices(category)
+    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
+    generic = family_of(base, config.revision)
+    family = generic.configure(vae_config, config)
+    config = config.for_family(family)
+    kept_prompts = (
+        retain_prompts(config.retain_prompts, pairs, category) if config.retain_weight > 0 else None
+    )
+    resolution = family.resolution(base, config.revision, config.resolution, vae_config)
+    encoder = _Encoder(base, config.revision, device, family)
+    model_key = f"{base}@{config.revision}"
+    with accelerator.main_process_first():
+
+        def encode(which: PreferencePairs, flipped: bool = False) -> tuple[EncodedPairs, Path, bool]:
+            return cached_encode(
+                encoder, which, family, model_key, resolution, Path(config.cache_dir), device, config.progress,
+                flipped=flipped,
+            )  # fmt: skip
+
+        encoded, cache_file, hit = encode(pairs, config.random_flip)
+        eval_encoded = encode(eval_pairs)[0] if eval_pairs is not None else None
+        encoder.pipe = None  # the retain set loads the whole pipeline on a miss
+        retain = None
+        if kept_prompts is not None:
+            unet_mode = config.retain_mode == "unet"
+            retain = cached_retain_set(
+                lambda: load_encoder_pipeline(base, config.revision, device, family, with_denoiser=unet_mode),
+                family, kept_prompts, model_key, resolution, config.retain_samples if unet_mode else 0,
+                config.retain_sample_steps, config.retain_guidance, Path(config.cache_dir), device, config.progress,
+            )  # fmt: skip
+    logger.info("inputs %s from cache %s", "read" if hit else "encoded", cache_file)
+    return TrainingInputs(
+        config, base, family, resolution, pairs, rows, encoded, eval_encoded, eval_rows, retain
+    )
+
+
+def prepare_model(inputs: TrainingInputs, accelerator: Accelerator, weight_dtype: torch.dtype):
+    """The base's denoiser, frozen, with a seeded LoRA (the only trained weights, in float32), its optimizer
+    and learning-rate schedule, prepared by accelerate; the LoRA alone goes into checkpoints."""
+    config, family = inputs.config, inputs.family
+    model = family.load_denoiser(inputs.base, config.revision, weight_dtype).to(accelerator.device)
+    model.requires_grad_(False)
+    lora_config = LoraConfig(
+        r=config.rank,
+        lora_alpha=config.alpha,
+        init_lora_weights="gaussian",
+        target_modules=config.target_modules,
+    )
+    torch.manual_seed(derive_seed(config.seed, "lora-init"))
+    model.add_adapter(lora_config)
+    cast_training_params(model, dtype=torch.float32)
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    model.train()
+    world = accelerator.num_processes
+    learning_rate = config.learning_rate * (
+        config.train_batch_size * config.gradient_accumulation_steps * world if config.scale_lr else 1
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, learning_rate, config.adam_weight_decay, accelerator.device)
+    lr_scheduler = get_scheduler(
+        config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps,
+        num_training_steps=config.max_train_steps,
+    )  # fmt: skip
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(lr_scheduler)
+    _register_lora_hooks(accelerator, accelerator.unwrap_model(model))
+    return model, params, optimizer, lr_scheduler
 
 
 def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult:
@@ -276,120 +348,35 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
         else ("fp16" if torch.cuda.is_available() else "no")
     )
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
-    device = accelerator.device
-    with accelerator.main_process_first():  # one process writes tiny models and fills datasets' caches
-        base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
-        pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
-        eval_pairs, eval_rows = _eval_rows(config, category)
-    rows = pairs.indices(category)
-    kept_prompts = (
-        retain_prompts(config.retain_prompts, pairs, category) if config.retain_weight > 0 else None
-    )
-    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
-    resolution = _resolution(base, config.revision, config.resolution, vae_config)
-    encoder = _Encoder(base, config.revision, device)
-    with accelerator.main_process_first():
-        encoded, cache_file, hit = cached_encode(
-            encoder,
-            pairs,
-            f"{base}@{config.revision}",
-            resolution,
-            Path(config.cache_dir),
-            device,
-            config.progress,
-            flipped=config.random_flip,
-        )
-        eval_encoded = None
-        if eval_pairs is not None:
-            eval_encoded, _, _ = cached_encode(
-                encoder,
-                eval_pairs,
-                f"{base}@{config.revision}",
-                resolution,
-                Path(config.cache_dir),
-                device,
-                config.progress,
-            )
-        encoder.pipe = None  # the retain set loads the whole pipeline on a miss
-        retain = None
-        if kept_prompts is not None:
-            unet_mode = config.retain_mode == "unet"
-            retain = cached_retain_set(
-                lambda: _load_encoder_pipeline(base, config.revision, device, with_unet=unet_mode),
-                kept_prompts, f"{base}@{config.revision}", resolution, config.retain_samples if unet_mode else 0,
-                config.retain_sample_steps, config.retain_guidance, Path(config.cache_dir), device, config.progress,
-            )  # fmt: skip
-    logger.info("inputs %s from cache %s", "read" if hit else "encoded", cache_file)
-
+    inputs = prepare_inputs(config, category, accelerator)
+    config, family, device = inputs.config, inputs.family, accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
-    noise_scheduler = DDPMScheduler.from_pretrained(base, subfolder="scheduler", revision=config.revision)
-    scaling_factor = float(vae_config.get("scaling_factor", 0.18215))
-    unet = UNet2DConditionModel.from_pretrained(
-        base, subfolder="unet", revision=config.revision, torch_dtype=weight_dtype
-    ).to(device)
-    unet.requires_grad_(False)
-    lora_config = LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        init_lora_weights="gaussian",
-        target_modules=config.target_modules,
-    )
-    torch.manual_seed(derive_seed(config.seed, "lora-init"))
-    unet.add_adapter(lora_config)
-    cast_training_params(unet, dtype=torch.float32)
-    if config.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    unet.train()
-
-    world = accelerator.num_processes
-    learning_rate = config.learning_rate * (
-        config.train_batch_size * config.gradient_accumulation_steps * world if config.scale_lr else 1
-    )
-    params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, learning_rate, config.adam_weight_decay, device)
-    lr_scheduler = get_scheduler(
-        config.lr_scheduler,
-        optimizer,
-        num_warmup_steps=config.lr_warmup_steps,
-        num_training_steps=config.max_train_steps,
-    )
-    unet, optimizer = accelerator.prepare(unet, optimizer)
-    accelerator.register_for_checkpointing(lr_scheduler)
-    module = accelerator.unwrap_model(unet)
-    _register_lora_hooks(accelerator, module)
+    noise_scheduler = family.load_scheduler(inputs.base, config.revision)
+    model, params, optimizer, lr_scheduler = prepare_model(inputs, accelerator, weight_dtype)
+    module = accelerator.unwrap_model(model)
 
     start, history = _resume(accelerator, config, expert_dir)
     expert_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = expert_dir / "metrics.jsonl"
     _truncate_metrics(metrics_path, start, accelerator)
+    world = accelerator.num_processes
     progress = tqdm(
-        range(start, config.max_train_steps),
-        initial=start,
-        total=config.max_train_steps,
-        desc=f"DPO {category}",
-        disable=not (config.progress and accelerator.is_main_process),
-    )
+        range(start, config.max_train_steps), initial=start, total=config.max_train_steps,
+        desc=f"{family.objective} {category}", disable=not (config.progress and accelerator.is_main_process),
+    )  # fmt: skip
     for step in progress:
         step_metrics = []
         for micro in range(config.gradient_accumulation_steps):
-            batch = _batch_rows(step, micro, accelerator.process_index, config, world, rows)
+            batch = _batch_rows(step, micro, accelerator.process_index, config, world, inputs.rows)
             generator = torch.Generator().manual_seed(
                 derive_seed(config.seed, "step", step, micro, accelerator.process_index)
             )
             last = micro == config.gradient_accumulation_steps - 1
-            with accelerator.autocast(), accelerator.no_sync(unet) if not last else contextlib.nullcontext():
+            with accelerator.autocast(), accelerator.no_sync(model) if not last else contextlib.nullcontext():
                 output = dpo_step(
-                    unet,
-                    noise_scheduler,
-                    encoded,
-                    batch,
-                    generator,
-                    config,
-                    device,
-                    scaling_factor,
-                    module,
-                    retain,
-                )
+                    model, family, noise_scheduler, inputs.encoded, batch, generator, config, device, module,
+                    inputs.retain,
+                )  # fmt: skip
                 accelerator.backward(output.loss / config.gradient_accumulation_steps)
             step_metrics.append(output.metrics)
         accelerator.clip_grad_norm_(params, config.max_grad_norm)
@@ -398,13 +385,7 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
         optimizer.zero_grad(set_to_none=True)
         metrics = _reduce(accelerator, _mean_metrics(step_metrics), device)
         done = step + 1
-        if not math.isfinite(metrics["loss"]):  # the same reduced value on every rank: all stop together
-            kept = _checkpoints(expert_dir)
-            raise UserError(
-                f"the loss became {metrics['loss']} at step {done}; training stopped and nothing after the last "
-                f"good checkpoint ({kept[-1] if kept else 'none yet'}) was saved. Lower --learning_rate or "
-                "--beta, or train with --mixed_precision no"
-            )
+        _check_finite(metrics, done, expert_dir)
         history.append(metrics)
         if done % config.logging_steps == 0 or done == config.max_train_steps:
             logged = {
@@ -421,18 +402,29 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
 
     final = _final_metrics(metrics_path)
     module.eval()
-    if eval_encoded is not None:
+    if inputs.eval_encoded is not None:
         with accelerator.autocast():
             final.update(
                 evaluate_implicit_accuracy(
-                    module, noise_scheduler, eval_encoded, eval_rows, config, device, scaling_factor
+                    module, family, noise_scheduler, inputs.eval_encoded, inputs.eval_rows, config, device
                 )
             )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_expert(module, base, config, category, expert_dir, final, pairs, len(rows), resolution)
+        save_expert(module, inputs, category, expert_dir, final)
     accelerator.wait_for_everyone()
     return ExpertResult(category, expert_dir, final)
+
+
+def _check_finite(metrics: dict[str, float], step: int, expert_dir: Path) -> None:
+    """A non-finite loss stops the run (the same reduced value on every rank: all stop together)."""
+    if not math.isfinite(metrics["loss"]):
+        kept = _checkpoints(expert_dir)
+        raise UserError(
+            f"the loss became {metrics['loss']} at step {step}; training stopped and nothing after the last "
+            f"good checkpoint ({kept[-1] if kept else 'none yet'}) was saved. Lower --learning_rate or "
+            "--beta, or train with --mixed_precision no"
+        )
 
 
 def train(config: DPOConfig) -> list[ExpertResult]:

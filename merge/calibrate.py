@@ -26,7 +26,7 @@ from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
 from coprov2.errors import UserError
-from dpo.encode import encode_text
+from dpo.families import family_of_pipeline
 from merge.experts import Expert, LoraLayer
 
 DEFAULT_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -76,7 +76,7 @@ def own_category_prompts(
 
 
 def _conditioning(pipe, prompts: list[str], device, resolution: int):
-    embeds, pooled = encode_text(pipe, prompts, device)
+    embeds, pooled = family_of_pipeline(pipe).encode_text(pipe, prompts, device)
     if pooled is None:
         return embeds, None
     time_ids = pipe._get_add_time_ids(

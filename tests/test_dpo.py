@@ -20,6 +20,7 @@ from peft import LoraConfig
 
 from dpo import DPOConfig, train_expert
 from dpo.data import load_preference_pairs
+from dpo.families.unet import UNetFamily
 from dpo.loss import diffusion_dpo_loss
 from dpo.toy import (
     KNOWN_ANSWER_SEEDS,
@@ -33,6 +34,7 @@ from dpo.toy import (
 )
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+UNET = UNetFamily()
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +115,7 @@ def test_expert_loads_with_load_lora_weights_and_keeps_alpha(tmp_path, toy_data)
     from safetensors.torch import load_file
 
     unet = UNet2DConditionModel.from_pretrained(base, subfolder="unet")
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=config.target_modules))
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=UNET.target_modules(config.target_modules)))
     set_peft_model_state_dict(unet, load_file(folder / "checkpoints" / "step-4" / "lora_peft.safetensors"))
     sample, text, t = torch.randn(1, 4, 4, 4), torch.randn(1, 77, 32), torch.tensor([500])
     with torch.no_grad():
@@ -381,7 +383,9 @@ def test_random_flip_caches_both_orientations_and_trains_on_flipped_images(
 
     pairs = load_preference_pairs(str(toy_data))
     pipe = DiffusionPipeline.from_pretrained(str(tiny_models["sd15"]))
-    encode_pairs(pipe, pairs, TOY_RESOLUTION, torch.device("cpu"), tmp_path, progress=False, flipped=True)
+    encode_pairs(
+        pipe, UNET, pairs, TOY_RESOLUTION, torch.device("cpu"), tmp_path, progress=False, flipped=True
+    )
     encoded = load_encoded(tmp_path, flipped=True)
     n = len(pairs)
     assert len(encoded.winner_mean) == len(encoded.loser_std) == 2 * n and len(encoded.text) == n
@@ -425,12 +429,12 @@ def test_two_runs_that_miss_the_same_cache_key_both_train(tmp_path, toy_data, ti
         return DiffusionPipeline.from_pretrained(str(tiny_models["sd15"]))
 
     def load_pipe_while_another_run_finishes():
-        other = cached_encode(load_pipe, pairs, "tiny", TOY_RESOLUTION, cache, cpu, progress=False)
+        other = cached_encode(load_pipe, pairs, UNET, "tiny", TOY_RESOLUTION, cache, cpu, progress=False)
         assert other[2] is False  # that run missed too, and wrote the key first
         return load_pipe()
 
     encoded, folder, hit = cached_encode(
-        load_pipe_while_another_run_finishes, pairs, "tiny", TOY_RESOLUTION, cache, cpu, progress=False
+        load_pipe_while_another_run_finishes, pairs, UNET, "tiny", TOY_RESOLUTION, cache, cpu, progress=False
     )
     assert not hit and (folder / "meta.json").exists()
     assert [p.name for p in cache.iterdir()] == [folder.name]  # no partial folder left behind
@@ -451,21 +455,24 @@ def test_a_toy_base_with_a_wider_text_space_loads_and_samples(tmp_path, tiny_mod
 
 
 def _step_inputs(tmp_path, toy_data, tiny_models, **overrides):
-    """A LoRA UNet, the toy pairs' cache and a config: what ``dpo_step`` needs, without a training run."""
+    """A LoRA UNet, its family, the toy pairs' cache and a config: what ``dpo_step`` needs, without a training run."""
     from diffusers import DDPMScheduler
 
     from dpo.encode import cached_encode
 
-    config = _config(tmp_path, toy_data, **overrides)
     pairs = load_preference_pairs(str(toy_data))
     cpu = torch.device("cpu")
     pipe = DiffusionPipeline.from_pretrained(str(tiny_models["sd15"]))
-    encoded, _, _ = cached_encode(lambda: pipe, pairs, "tiny", TOY_RESOLUTION, tmp_path / "cache", cpu, False)
+    family = UNET.configure(pipe.vae.config, DPOConfig())
+    config = _config(tmp_path, toy_data, **overrides).for_family(family)
+    encoded, _, _ = cached_encode(
+        lambda: pipe, pairs, family, "tiny", TOY_RESOLUTION, tmp_path / "cache", cpu, False
+    )
     unet = pipe.unet
     unet.add_adapter(
         LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=config.target_modules)
     )
-    return config, pipe, unet, DDPMScheduler.from_config(pipe.scheduler.config), encoded
+    return config, family, pipe, unet, DDPMScheduler.from_config(pipe.scheduler.config), encoded
 
 
 @pytest.mark.parametrize("mode", ["unet", "text"])
@@ -476,10 +483,10 @@ def test_output_preserving_term_adds_to_the_dpo_loss_and_leaves_its_draws_alone(
     from dpo.trainer import dpo_step
 
     cross = ["attn2.to_k", "attn2.to_v"]
-    config, pipe, unet, scheduler, encoded = _step_inputs(
+    config, family, pipe, unet, scheduler, encoded = _step_inputs(
         tmp_path, toy_data, tiny_models, retain_weight=7.0, retain_mode=mode, target_modules=cross
     )
-    retain = cached_retain_set(lambda: pipe, ["a red kite", "a quiet street", "soup"], "tiny", TOY_RESOLUTION,
+    retain = cached_retain_set(lambda: pipe, family, ["a red kite", "a quiet street", "soup"], "tiny", TOY_RESOLUTION,
                                2 if mode == "unet" else 0, 2, 1.0, tmp_path / "cache", torch.device("cpu"), False)  # fmt: skip
     assert retain.text.shape[0] == 3 and (retain.latents is None) == (mode == "text")
     if mode == "unet":
@@ -491,7 +498,7 @@ def test_output_preserving_term_adds_to_the_dpo_loss_and_leaves_its_draws_alone(
 
     def step(with_retain: bool):
         generator = torch.Generator().manual_seed(3)
-        return dpo_step(unet, scheduler, encoded, [0, 1], generator, config, torch.device("cpu"), 0.18215,
+        return dpo_step(unet, family, scheduler, encoded, [0, 1], generator, config, torch.device("cpu"),
                         retain=retain if with_retain else None)  # fmt: skip
 
     fresh = step(True)
@@ -562,7 +569,7 @@ def test_output_preserving_term_bad_inputs_name_the_flag(tmp_path, toy_data):
     with pytest.raises(UserError, match=r"--retain_prompts other: .* has no category besides 'all'"):
         train_expert(_config(tmp_path, toy_data, category="all", retain_weight=1.0, retain_prompts="other"))
     with pytest.raises(UserError, match=r"--retain_mode text reads the cross-attention key/value LoRAs only"):
-        _config(tmp_path, toy_data, retain_weight=1.0, retain_mode="text")
+        train_expert(_config(tmp_path, toy_data, retain_weight=1.0, retain_mode="text"))
     with pytest.raises(ValueError, match=r"--retain_share must be > 0"):
         _config(tmp_path, toy_data, retain_share=0)
     assert not (tmp_path / "expert").exists(), "nothing written"

@@ -1,0 +1,45 @@
+"""Base model families (``family_of``): the only place that branches on the kind of denoiser.
+
+- ``unet`` (SD1.x/2.x, SDXL): Diffusion-DPO, noise or v-prediction (``unet.py``);
+- ``sd3`` (SD3, SD3.5) and ``flux`` (FLUX.1): Flow-DPO on rectified-flow transformers (``flow.py``,
+  ``sd3.py``, ``flux.py``).
+"""
+
+from __future__ import annotations
+
+from diffusers import DiffusionPipeline
+
+from coprov2.errors import UserError
+from dpo.families.base import Conditioning, Family
+from dpo.families.flux import FluxFamily
+from dpo.families.sd3 import SD3Family
+from dpo.families.unet import UNetFamily
+
+FAMILIES: tuple[Family, ...] = (UNetFamily(), SD3Family(), FluxFamily())
+
+
+def family_of(base: str, revision: str | None = None, option: str = "--base") -> Family:
+    """The family of the diffusers pipeline ``base`` (folder or Hub id), read from its ``model_index.json``."""
+    return family_of_index(DiffusionPipeline.load_config(base, revision=revision), f"{option} {base}")
+
+
+def family_of_pipeline(pipe) -> Family:
+    """The family of a loaded pipeline (its ``config`` is its ``model_index.json``)."""
+    return family_of_index(dict(pipe.config), type(pipe).__name__)
+
+
+def family_of_index(model_index: dict, what: str) -> Family:
+    """The family whose ``matches`` takes ``model_index``; ``what`` names the input in the error."""
+    for family in FAMILIES:
+        if family.matches(model_index):
+            return family
+    components = ", ".join(
+        f"{k}={v[1]}" for k, v in model_index.items() if isinstance(v, list | tuple) and len(v) == 2 and v[1]
+    )
+    raise UserError(
+        f"{what}: a {model_index.get('_class_name', 'pipeline')} ({components}) is not a supported base "
+        f"family; supported: {', '.join(f.name for f in FAMILIES)} (SD1.x/2.x/SDXL UNets, SD3/SD3.5, FLUX.1)"
+    )
+
+
+__all__ = ["FAMILIES", "Conditioning", "Family", "family_of", "family_of_index", "family_of_pipeline"]

@@ -1,0 +1,182 @@
+"""What a base model family is: the one place that knows how a denoiser is fed, noised and saved.
+
+The trainer, the retain term, the encode cache, the merge's calibration pass and the toys ask a
+:class:`Family` instead of branching on the model: how prompts are encoded (all of the pipeline's text
+encoders, via its own ``encode_prompt``), how a VAE latent becomes what the denoiser reads, the noise
+process and its regression target, how training timesteps are drawn, how the denoiser is called, where
+LoRA goes (named placements), and which pipeline writes the LoRA file. A family instance is
+``configure``-d once per run with the base's VAE and the run's family options, so every consumer sees the
+same settings. One more family (Qwen-Image, say) is one more module with these methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from coprov2.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+#: The release's Diffusion-DPO beta for SD1.5 (``beta_dpo``), the reference the flow families' betas are scaled from.
+RELEASE_BETA = 5000.0
+
+
+@dataclass
+class Conditioning:
+    """What the denoiser reads besides the noisy latent: token states ``[B, L, D]``, pooled ``[B, D']`` (SDXL,
+    SD3, FLUX) and SDXL's size/crop ``time_ids`` ``[B, 6]``."""
+
+    text: torch.Tensor
+    pooled: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
+
+    def to(self, device: torch.device) -> Conditioning:
+        return Conditioning(
+            *(None if x is None else x.to(device) for x in (self.text, self.pooled, self.time_ids))
+        )
+
+    def cat(self, other: Conditioning) -> Conditioning:
+        """Rows of ``self`` then of ``other`` (the retain rows ride in the pairs' batch)."""
+
+        def joined(mine: torch.Tensor | None, theirs: torch.Tensor | None) -> torch.Tensor | None:
+            return None if mine is None else torch.cat([mine, theirs])
+
+        return Conditioning(
+            joined(self.text, other.text),
+            joined(self.pooled, other.pooled),
+            joined(self.time_ids, other.time_ids),
+        )
+
+
+@dataclass(frozen=True)
+class Family:
+    """A base model family. Subclasses set the class attributes and implement the abstract methods."""
+
+    name: ClassVar[str]
+    #: The pipeline component the LoRA adapts and the trainer trains: ``unet`` or ``transformer``.
+    denoiser: ClassVar[str]
+    #: The preference objective: its tag and its name on the model card.
+    objective: ClassVar[str]
+    objective_title: ClassVar[str]
+    #: Named LoRA placements (``--target_modules all``), as suffixes of the denoiser's module names.
+    placements: ClassVar[dict[str, tuple[str, ...]]]
+    #: The DPO beta when ``--beta`` is not given (see each family's docstring for why).
+    default_beta: ClassVar[float]
+    #: How the model card describes the objective.
+    method: ClassVar[str]
+    #: Whether ``--retain_mode text`` applies: its term reads LoRAs whose inputs are the text encoder's states.
+    text_retain: ClassVar[bool] = False
+
+    #: Set by :meth:`configure` from the base's VAE config.
+    scaling_factor: float = 1.0
+    shift_factor: float | None = None
+
+    @classmethod
+    def matches(cls, model_index: dict[str, Any]) -> bool:
+        """Whether a pipeline's ``model_index.json`` belongs to this family."""
+        raise NotImplementedError
+
+    def configure(self, vae_config: dict[str, Any], config: Any) -> Family:
+        """This family with the base's latent scaling and the run's family options (``DPOConfig``)."""
+        return dataclasses.replace(
+            self,
+            scaling_factor=float(vae_config.get("scaling_factor") or 0.18215),
+            shift_factor=vae_config.get("shift_factor"),
+            **self._options(config),
+        )
+
+    def _options(self, config: Any) -> dict[str, Any]:
+        return {}
+
+    def settings(self) -> dict[str, Any]:
+        """The family's run options, for the model card and the cache key (empty for families without any)."""
+        return {}
+
+    # Loading ---------------------------------------------------------------------------------------------
+    def load_denoiser(self, base: str, revision: str | None, dtype: torch.dtype) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def load_scheduler(self, base: str, revision: str | None):
+        raise NotImplementedError
+
+    def resolution(self, base: str, revision: str | None, requested: int | None, vae_config: dict) -> int:
+        """The training resolution, checked against the base's VAE and denoiser (a ``UserError`` if it cannot be)."""
+        raise NotImplementedError
+
+    # Inputs ----------------------------------------------------------------------------------------------
+    def encode_text(
+        self, pipe, captions: list[str], device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(token states, pooled or None)`` from the pipeline's own ``encode_prompt``, every text encoder."""
+        raise NotImplementedError
+
+    def time_ids(self, pipe, original_and_crop: list[tuple], resolution: int) -> torch.Tensor | None:
+        """Per-image extra conditioning computed from the image (SDXL's size and crop ids); None elsewhere."""
+        return None
+
+    def to_model_space(self, latents: torch.Tensor) -> torch.Tensor:
+        """A VAE latent as the denoiser reads it: ``(latent - shift) * scale``."""
+        if self.shift_factor is not None:
+            latents = latents - self.shift_factor
+        return latents * self.scaling_factor
+
+    def from_pipeline_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor:
+        """A pipeline's ``output_type="latent"`` result as ``[B, C, h, w]`` model-space latents."""
+        return latents
+
+    # Noise process ---------------------------------------------------------------------------------------
+    def sample_timesteps(self, scheduler, size: int, generator: torch.Generator, config: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def add_noise(
+        self, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def target(
+        self, scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def predict(
+        self, model, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """The denoiser's output for ``noisy`` ``[B, C, h, w]``, in the same layout."""
+        raise NotImplementedError
+
+    # LoRA ------------------------------------------------------------------------------------------------
+    def target_modules(self, requested: list[str] | None) -> list[str]:
+        """``--target_modules``: a placement's name expands to its module suffixes; None is ``all``."""
+        requested = requested or ["all"]
+        if len(requested) == 1 and requested[0] in self.placements:
+            return list(self.placements[requested[0]])
+        return list(requested)
+
+    def save_lora_weights(self, pipeline_class: type, folder, layers: dict, metadata: dict) -> None:
+        """The diffusers LoRA file that ``pipe.load_lora_weights`` of this family's pipelines reads."""
+        pipeline_class.save_lora_weights(
+            folder,
+            **{f"{self.denoiser}_lora_layers": layers, f"{self.denoiser}_lora_adapter_metadata": metadata},
+        )
+
+
+def check_resolution(
+    base: str, requested: int | None, native: int, multiple: int, why: str, largest: int | None = None
+) -> int:
+    """``requested`` (default ``native``) if the base can render it: a multiple of ``multiple`` (``why`` says what
+    makes it), at most ``largest``; else a ``UserError`` that names the base and what it accepts."""
+    resolution = requested or native
+    if resolution % multiple or (largest is not None and resolution > largest):
+        bound = f" and at most {largest}" if largest is not None else ""
+        raise UserError(
+            f"resolution {resolution} does not fit base model {base}: it must be a multiple of {multiple} "
+            f"({why}){bound}; the model's native resolution is {native}"
+        )
+    if resolution != native:
+        logger.warning("training %s at %d px; its native resolution is %d px", base, resolution, native)
+    return resolution
