@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import statistics
 import sys
 from collections.abc import Iterator
@@ -117,9 +118,18 @@ def to_pil(pixels: torch.Tensor):
     return Image.fromarray(array)
 
 
+def _family(pipe):
+    """The pipeline's base family (``dpo/families``), set up with its VAE and the trainer's default options."""
+    from dpo.config import DPOConfig
+    from dpo.families import family_of_pipeline
+
+    return family_of_pipeline(pipe).configure(pipe.vae.config, DPOConfig())
+
+
 def _encode(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """Latents of ``pixels`` as the pipeline's denoiser reads them (VAE mean, the family's scale and shift)."""
     with torch.no_grad():
-        return pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
+        return _family(pipe).to_model_space(pipe.vae.encode(pixels).latent_dist.mean)
 
 
 def widen_text_space(pipe, width: int, seed: int = 0) -> None:
@@ -200,6 +210,63 @@ def pretrain_toy_base(
     unet.eval()
     text_encoder.eval()
     unet.register_to_config(sample_size=TOY_RESOLUTION // pipe.vae_scale_factor)  # its native resolution now
+    pipe.save_pretrained(output)
+    canonicalize_tree(output)
+    return output
+
+
+def pretrain_denoiser_toy_base(
+    tiny: str | Path, output: str | Path, concepts: list[ToyConcept], steps: int = 600, seed: int = 0
+) -> Path:
+    """Train the denoiser of a tiny pipeline of any family (the flow known answer's FLUX) to render both colours of
+    each caption's group, with the family's own noise process, target and call (``dpo/families``); its text
+    encoders stay as built (frozen: SD3 and FLUX have two or three, and a flow base is pretrained with its
+    encoders fixed). The UNet toy base keeps :func:`pretrain_toy_base`, which also trains its text encoder: the
+    committed base was written so."""
+    from dpo.config import DPOConfig
+    from dpo.families import Conditioning
+
+    output = Path(output)
+    if (output / "model_index.json").exists():
+        return output
+    generator = torch.Generator().manual_seed(seed)
+    pipe = DiffusionPipeline.from_pretrained(str(tiny))
+    family = _family(pipe)
+    scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    captions = [c for concept in concepts for c in concept.captions + concept.held_out] + NEUTRAL_CAPTIONS
+    modes = [
+        (concept.unsafe_colour, concept.safe_colour)
+        for concept in concepts
+        for _ in concept.captions + concept.held_out
+    ]
+    modes += [NEUTRAL_COLOURS] * len(NEUTRAL_CAPTIONS)
+    latents = {
+        colour: _encode(pipe, colour_pixels(colour, 32, generator)) for pair in set(modes) for colour in pair
+    }
+    text, pooled = family.encode_text(pipe, captions, torch.device("cpu"))
+    model = getattr(pipe, family.denoiser)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch, timesteps = 32, DPOConfig()
+    for _ in range(steps):
+        caption = torch.randint(0, len(captions), (batch,), generator=generator)
+        safe = torch.rand(batch, generator=generator) < 0.5
+        pick = torch.randint(0, 32, (batch,), generator=generator)
+        x0 = torch.stack(
+            [
+                latents[modes[c][int(s)]][p]
+                for c, s, p in zip(caption.tolist(), safe.tolist(), pick.tolist(), strict=True)
+            ]
+        )
+        noise = torch.randn(x0.shape, generator=generator)
+        t = family.sample_timesteps(scheduler, batch, generator, timesteps)
+        cond = Conditioning(text[caption], None if pooled is None else pooled[caption])
+        prediction = family.predict(model, family.add_noise(scheduler, x0, noise, t), t, cond, torch.float32)
+        loss = (prediction - family.target(scheduler, x0, noise, t)).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
     pipe.save_pretrained(output)
     canonicalize_tree(output)
     return output
@@ -289,11 +356,11 @@ def sample_latents(
             height=TOY_RESOLUTION,
             width=TOY_RESOLUTION,
             num_inference_steps=steps,
-            guidance_scale=1.0,
+            guidance_scale=_family(pipe).sampling_guidance,
             generator=torch.Generator().manual_seed(seed),
             output_type="latent",
         ).images
-    return latents.flatten(1)
+    return _family(pipe).from_pipeline_latents(pipe, latents, TOY_RESOLUTION).flatten(1)
 
 
 def colour_centroid(pipe, colour: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
@@ -396,7 +463,7 @@ def known_answer_mutation(name: str | None) -> Iterator[None]:
     """Train with a deliberate bug (``None``: none): ``flipped_sign`` makes the DPO loss reward the loser,
     ``reference_not_frozen`` keeps the adapters on in the reference, so it moves with the model and the
     implicit reward is always 0. Shared by the tests and ``benchmarks/known_answers.py``."""
-    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.peft import PeftAdapterMixin  # every family's denoiser: UNet, SD3 and FLUX transformers
 
     import dpo.trainer
 
@@ -406,9 +473,7 @@ def known_answer_mutation(name: str | None) -> Iterator[None]:
     if name not in MUTATIONS:
         raise ValueError(f"unknown mutation {name!r}; choose from {MUTATIONS}")
     owner, attribute = (
-        (dpo.trainer, "diffusion_dpo_loss")
-        if name == "flipped_sign"
-        else (UNet2DConditionModel, "disable_adapters")
+        (dpo.trainer, "diffusion_dpo_loss") if name == "flipped_sign" else (PeftAdapterMixin, "disable_adapters")
     )
     original = getattr(owner, attribute)
     if name == "flipped_sign":
@@ -430,18 +495,30 @@ def known_answer_mutation(name: str | None) -> Iterator[None]:
 SHIPPED_TOY_BASE = Path(__file__).parent / "data" / "toy_base"
 
 
-def make_toy_world(root: Path, concepts: int = 1, rebuild: bool = False):
+#: The flow known answer's base: the tiny FLUX.1-dev-shaped pipeline, its transformer pretrained on the toy's colours
+#: with the flow loss (``python -m dpo.toy DIR --tiny flux``, seed 0, two threads, AVX2 kernels), committed as
+#: :data:`SHIPPED_TOY_BASE` is and for the same reason.
+SHIPPED_FLUX_TOY_BASE = Path(__file__).parent / "data" / "toy_base_flux"
+#: Toy bases by tiny pipeline kind: the committed base and the pretraining that writes it.
+TOY_BASES = {"sd15": (SHIPPED_TOY_BASE, pretrain_toy_base), "flux": (SHIPPED_FLUX_TOY_BASE, pretrain_denoiser_toy_base)}
+#: What the flow known answer's experts set apart from :func:`toy_expert_config`'s: the family's own beta (the
+#: release's scaled to velocity errors, ``dpo/families/flow.py``) and the retain samples drawn at FLUX's guidance.
+FLOW_KNOWN_ANSWER = {"beta": None, "retain_guidance": 3.5}
+
+
+def make_toy_world(root: Path, concepts: int = 1, rebuild: bool = False, tiny: str = "sd15"):
     """``(root, concept, base folder, dataset folder)`` of the known-answer tests: the first of ``concepts``
-    toy concepts, a base that renders all their colours and their dataset. The base is
-    :data:`SHIPPED_TOY_BASE` for the one-concept world unless ``rebuild``; else it is pretrained here (the slow
-    part, minutes)."""
+    toy concepts, a base that renders all their colours and their dataset. ``tiny``: the base's tiny pipeline,
+    ``sd15`` (the UNet known answer) or ``flux`` (the flow one). The base is the committed one
+    (:data:`TOY_BASES`) for the one-concept world unless ``rebuild``; else it is pretrained here (minutes)."""
     from coprov2.tiny import resolve_tiny_model
 
     toy = toy_concepts(concepts)
+    shipped, pretrain = TOY_BASES[tiny]
     if concepts == 1 and not rebuild:
-        base = SHIPPED_TOY_BASE
+        base = shipped
     else:
-        base = pretrain_toy_base(resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", toy)
+        base = pretrain(resolve_tiny_model(f"tiny:{tiny}", root / "tiny"), root / "base", toy)
     return root, toy[0], base, write_toy_dataset(root / "data", toy)
 
 
@@ -494,9 +571,11 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
     after = sample_latents(pipe, trained), sample_latents(pipe, neutral)
     pipe.unload_lora_weights()
     lora = load_file(str(Path(result.output_dir) / "pytorch_lora_weights.safetensors"))
-    states = text_states(pipe, list(concept.captions)), text_states(pipe, NEUTRAL_CAPTIONS)
+    leaked = math.nan  # only where cross-attention reads the text encoder's states (``Family.text_retain``)
+    if _family(pipe).text_retain:
+        leaked = leak(lora, text_states(pipe, list(concept.captions)), text_states(pipe, NEUTRAL_CAPTIONS))
     return {
-        "leak": leak(lora, *states),
+        "leak": leaked,
         "eval_implicit_acc": result.metrics["eval_implicit_acc"],
         "safe_before": safe_share(pipe, before[0], concept),
         "safe_after": safe_share(pipe, after[0], concept),
@@ -505,10 +584,19 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
     }
 
 
-def train_known_answer_experts(world) -> list:
+def known_answer_settings(world) -> dict:
+    """The known-answer experts' settings beyond :func:`toy_expert_config`'s for ``world``'s base: none for the
+    UNet toy, :data:`FLOW_KNOWN_ANSWER` for a flow one."""
+    pipe_config = DiffusionPipeline.load_config(str(world[2]))
+    return {} if "unet" in pipe_config else dict(FLOW_KNOWN_ANSWER)
+
+
+def train_known_answer_experts(world, **settings) -> list:
     """The DPO known-answer experts, one per seed of ``KNOWN_ANSWER_SEEDS``, in ``world``
-    (:func:`make_toy_world`'s tuple): the tests' session experts and ``--known_answer``'s are these."""
-    return [train_toy_expert(*world, f"expert-seed-{seed}", seed=seed) for seed in KNOWN_ANSWER_SEEDS]
+    (:func:`make_toy_world`'s tuple): the tests' session experts and ``--known_answer``'s are these. ``settings``:
+    any ``DPOConfig`` field (a mutation's, say), over :func:`known_answer_settings`."""
+    settings = {**known_answer_settings(world), **settings}
+    return [train_toy_expert(*world, f"expert-seed-{seed}", seed=seed, **settings) for seed in KNOWN_ANSWER_SEEDS]
 
 
 def known_answer_report(world) -> dict:
@@ -525,10 +613,14 @@ def known_answer_report(world) -> dict:
 def make_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog="python -m dpo.toy",
-        description="Pretrain the known-answer world's base into OUTPUT_DIR/base (dpo/data/toy_base was written "
-        "this way, with ATEN_CPU_CAPABILITY=avx2 and two threads).",
+        description="Pretrain the known-answer world's base into OUTPUT_DIR/base (dpo/data/toy_base and, with "
+        "--tiny flux, dpo/data/toy_base_flux were written this way, with ATEN_CPU_CAPABILITY=avx2 and two threads).",
     )
     parser.add_argument("output_dir", type=Path)
+    parser.add_argument(
+        "--tiny", choices=sorted(TOY_BASES), default="sd15",
+        help="the tiny pipeline pretrained: sd15 (the UNet known answer) or flux (the flow one)",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=2)
     seeds = ", ".join(map(str, KNOWN_ANSWER_SEEDS))
     parser.add_argument(
@@ -545,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         args = make_parser().parse_args(argv)
         torch.set_num_threads(args.threads)
-        world = make_toy_world(args.output_dir, rebuild=True)
+        world = make_toy_world(args.output_dir, rebuild=True, tiny=args.tiny)
         print(world[2])
         if args.known_answer:
             report = known_answer_report(world)

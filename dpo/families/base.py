@@ -125,6 +125,12 @@ class Family:
             latents = latents - self.shift_factor
         return latents * self.scaling_factor
 
+    @property
+    def sampling_guidance(self) -> float:
+        """The pipeline's ``guidance_scale`` that samples the model as it is trained: no classifier-free guidance
+        (1.0), or, for a guidance-distilled model, the value its guidance embedding is trained at."""
+        return 1.0
+
     def from_pipeline_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         """A pipeline's ``output_type="latent"`` result as ``[B, C, h, w]`` model-space latents."""
         return latents

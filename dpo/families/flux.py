@@ -40,6 +40,10 @@ class FluxFamily(FlowFamily):
     def settings(self) -> dict[str, Any]:
         return {**super().settings(), "guidance_scale": self.guidance_scale}
 
+    @property
+    def sampling_guidance(self) -> float:
+        return self.guidance_scale
+
     def resolution(self, base: str, revision: str | None, requested: int | None, vae_config: dict) -> int:
         scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
         return check_resolution(
