@@ -8,8 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import diffusers
 from diffusers import DiffusionPipeline
-from diffusers.utils import convert_state_dict_to_diffusers
-from peft import get_peft_model_state_dict
 
 from cards.model_card import lora_model_card
 from cards.push import push_folder
@@ -33,10 +31,10 @@ def save_lora(model, base: str, folder: Path, revision: str | None = None) -> Pa
 
     The peft config goes in as metadata: without it the loader assumes ``lora_alpha == r``.
     """
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+    family = family_of(base, revision)
     metadata = model.peft_config["default"].to_dict()
     metadata["target_modules"] = sorted(metadata["target_modules"])  # a set: its order varies per process
-    family_of(base, revision).save_lora_weights(pipeline_class(base, revision), folder, layers, metadata)
+    family.save_lora_weights(pipeline_class(base, revision), folder, family.lora_layers(model), metadata)
     canonicalize(folder / LORA_WEIGHTS)
     return folder / LORA_WEIGHTS
 

@@ -463,7 +463,9 @@ def known_answer_mutation(name: str | None) -> Iterator[None]:
     """Train with a deliberate bug (``None``: none): ``flipped_sign`` makes the DPO loss reward the loser,
     ``reference_not_frozen`` keeps the adapters on in the reference, so it moves with the model and the
     implicit reward is always 0. Shared by the tests and ``benchmarks/known_answers.py``."""
-    from diffusers.loaders.peft import PeftAdapterMixin  # every family's denoiser: UNet, SD3 and FLUX transformers
+    from diffusers.loaders.peft import (
+        PeftAdapterMixin,  # every family's denoiser: UNet, SD3 and FLUX transformers
+    )
 
     import dpo.trainer
 
@@ -473,7 +475,9 @@ def known_answer_mutation(name: str | None) -> Iterator[None]:
     if name not in MUTATIONS:
         raise ValueError(f"unknown mutation {name!r}; choose from {MUTATIONS}")
     owner, attribute = (
-        (dpo.trainer, "diffusion_dpo_loss") if name == "flipped_sign" else (PeftAdapterMixin, "disable_adapters")
+        (dpo.trainer, "diffusion_dpo_loss")
+        if name == "flipped_sign"
+        else (PeftAdapterMixin, "disable_adapters")
     )
     original = getattr(owner, attribute)
     if name == "flipped_sign":
@@ -500,7 +504,10 @@ SHIPPED_TOY_BASE = Path(__file__).parent / "data" / "toy_base"
 #: :data:`SHIPPED_TOY_BASE` is and for the same reason.
 SHIPPED_FLUX_TOY_BASE = Path(__file__).parent / "data" / "toy_base_flux"
 #: Toy bases by tiny pipeline kind: the committed base and the pretraining that writes it.
-TOY_BASES = {"sd15": (SHIPPED_TOY_BASE, pretrain_toy_base), "flux": (SHIPPED_FLUX_TOY_BASE, pretrain_denoiser_toy_base)}
+TOY_BASES = {
+    "sd15": (SHIPPED_TOY_BASE, pretrain_toy_base),
+    "flux": (SHIPPED_FLUX_TOY_BASE, pretrain_denoiser_toy_base),
+}
 #: What the flow known answer's experts set apart from :func:`toy_expert_config`'s: the family's own beta (the
 #: release's scaled to velocity errors, ``dpo/families/flow.py``) and the retain samples drawn at FLUX's guidance.
 FLOW_KNOWN_ANSWER = {"beta": None, "retain_guidance": 3.5}
@@ -596,7 +603,9 @@ def train_known_answer_experts(world, **settings) -> list:
     (:func:`make_toy_world`'s tuple): the tests' session experts and ``--known_answer``'s are these. ``settings``:
     any ``DPOConfig`` field (a mutation's, say), over :func:`known_answer_settings`."""
     settings = {**known_answer_settings(world), **settings}
-    return [train_toy_expert(*world, f"expert-seed-{seed}", seed=seed, **settings) for seed in KNOWN_ANSWER_SEEDS]
+    return [
+        train_toy_expert(*world, f"expert-seed-{seed}", seed=seed, **settings) for seed in KNOWN_ANSWER_SEEDS
+    ]
 
 
 def known_answer_report(world) -> dict:

@@ -269,8 +269,8 @@ def prepare_inputs(config: DPOConfig, category: str, accelerator: Accelerator) -
         pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
         eval_pairs, eval_rows = _eval_rows(config, category)
     rows = pairs.indices(category)
-    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
     generic = family_of(base, config.revision)
+    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
     family = generic.configure(vae_config, config)
     config = config.for_family(family)
     kept_prompts = (

@@ -163,6 +163,14 @@ class Family:
             return list(self.placements[requested[0]])
         return list(requested)
 
+    def lora_layers(self, model) -> dict[str, torch.Tensor]:
+        """The adapter's tensors in the key layout the family's pipelines load: peft's, as diffusers' SD3 and FLUX
+        training scripts save them (``convert_state_dict_to_diffusers`` would rename only the image stream's
+        projections, and ``load_lora_weights`` would then skip them)."""
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+
     def save_lora_weights(self, pipeline_class: type, folder, layers: dict, metadata: dict) -> None:
         """The diffusers LoRA file that ``pipe.load_lora_weights`` of this family's pipelines reads."""
         pipeline_class.save_lora_weights(

@@ -97,6 +97,13 @@ class UNetFamily(Family):
             return scheduler.get_velocity(latents, noise, timesteps)
         return noise
 
+    def lora_layers(self, model) -> dict[str, torch.Tensor]:
+        """diffusers' UNet layout, as its ``train_dreambooth_lora.py`` saves it."""
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft import get_peft_model_state_dict
+
+        return convert_state_dict_to_diffusers(get_peft_model_state_dict(model))
+
     def predict(self, model, noisy, timesteps, cond: Conditioning, dtype: torch.dtype) -> torch.Tensor:
         added = None
         if cond.pooled is not None:

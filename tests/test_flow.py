@@ -1,0 +1,220 @@
+"""Flow-DPO on rectified-flow transformers (SD3/SD3.5, FLUX.1): the family layer, experts that load, the flow
+known answer and its mutation."""
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from diffusers import FluxPipeline, StableDiffusion3Pipeline
+from diffusers.training_utils import compute_density_for_timestep_sampling
+
+from coprov2.errors import UserError
+from dpo import DPOConfig, train_expert
+from dpo.families import FAMILIES, family_of
+from dpo.families.base import RELEASE_BETA
+from dpo.families.flow import LOGIT_MEAN, LOGIT_STD, MODE_SCALE
+from dpo.toy import (
+    KNOWN_ANSWER_SEEDS,
+    expert_outcome,
+    known_answer_mutation,
+    make_toy_world,
+    toy_concepts,
+    train_known_answer_experts,
+    train_toy_expert,
+    write_toy_dataset,
+)
+from tests.test_dpo import _best_case, _lora_file, dpo_known_answer_claim
+
+PIPELINES = {"sd3": StableDiffusion3Pipeline, "flux": FluxPipeline}
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    return write_toy_dataset(
+        tmp_path_factory.mktemp("toy-data"), toy_concepts(2, captions=2, held_out=1), pairs_per_caption=2
+    )
+
+
+def _config(tmp_path, data, kind: str, **overrides) -> DPOConfig:
+    settings = dict(
+        dataset=str(data), category="concept-0", base=f"tiny:{kind}", output_dir=str(tmp_path / kind),
+        cache_dir=str(tmp_path.parent / "flow-cache"), resolution=32, max_train_steps=4, train_batch_size=2,
+        gradient_accumulation_steps=1, lr_warmup_steps=0, learning_rate=5e-2, scale_lr=False, checkpointing_steps=2,
+        logging_steps=1, progress=False,
+    )  # fmt: skip
+    return DPOConfig(**{**settings, **overrides})
+
+
+def _render(pipe) -> np.ndarray:
+    return pipe(
+        "a lantern scene", height=32, width=32, num_inference_steps=3, output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_flow_expert_loads_in_its_pipeline_and_changes_the_image(tmp_path, toy_data, kind):
+    """``python -m dpo.train --base tiny:sd3|tiny:flux`` (the CLI, as a user runs it), with the output-preserving
+    term on: the expert loads with the family's own pipeline class and changes the image at a fixed seed."""
+    config = _config(tmp_path, toy_data, kind)
+    command = [sys.executable, "-m", "dpo.train", "--dataset", config.dataset, "--category", "concept-0",
+               "--base", config.base, "--output_dir", config.output_dir, "--cache_dir", config.cache_dir,
+               "--resolution", "32", "--max_train_steps", "4", "--train_batch_size", "2",
+               "--gradient_accumulation_steps", "1", "--lr_warmup_steps", "0", "--learning_rate", "5e-2",
+               "--no_scale_lr", "--retain_weight", "1", "--retain_samples", "1", "--retain_sample_steps", "2",
+               "--no_progress"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    base = f"{config.cache_dir}/tiny-models/{kind}"
+    pipe = PIPELINES[kind].from_pretrained(base)
+    pipe.set_progress_bar_config(disable=True)
+    before = _render(pipe)
+    pipe.load_lora_weights(config.output_dir)
+    assert "default_0" in pipe.transformer.peft_config
+    targets = family_of(base).placements["all"]
+    targeted = [n for n, _ in pipe.transformer.named_modules() if n.endswith(tuple(f".{t}" for t in targets))]
+    adapted = {
+        n.rsplit(".lora_A", 1)[0] for n, _ in pipe.transformer.named_modules() if n.endswith(".lora_A")
+    }
+    assert targeted and set(targeted) == adapted, "every projection of both streams loads its LoRA"
+    assert np.abs(_render(pipe) - before).mean() > 1e-4, "the expert changes the image at a fixed seed"
+    card = (tmp_path / kind / "README.md").read_text()
+    beta = {"sd3": "565", "flux": "1667"}[kind]
+    for line in (
+        f"| family | {kind} |",
+        "| objective | flow-dpo |",
+        f"| beta | {beta} |",
+        "add_k_proj, add_v_proj",
+    ):
+        assert line in card
+    assert "Flow-DPO" in card and "flow-dpo" in card
+    metrics = [json.loads(line) for line in (tmp_path / kind / "metrics.jsonl").read_text().splitlines()]
+    assert all(line["retain"] >= 0 for line in metrics)
+
+
+def test_flow_expert_resumes_exactly(tmp_path, toy_data):
+    settings = {"retain_weight": 5.0, "retain_samples": 1, "retain_sample_steps": 2, "guidance_scale": 3.5}
+    straight = train_expert(
+        _config(tmp_path, toy_data, "flux", output_dir=str(tmp_path / "straight"), **settings)
+    )
+    resumed_dir = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(straight.output_dir, resumed_dir)
+    shutil.rmtree(resumed_dir / "checkpoints" / "step-4")  # as if killed between steps 2 and 4
+    (resumed_dir / "pytorch_lora_weights.safetensors").unlink()
+    resumed = train_expert(_config(tmp_path, toy_data, "flux", output_dir=str(resumed_dir), **settings))
+    assert _lora_file(resumed.output_dir)[0] == _lora_file(straight.output_dir)[0]
+
+
+def test_flow_noise_process_and_target():
+    """``x_t = (1 - sigma) x_0 + sigma eps`` with ``sigma = t / 1000``, target ``eps - x_0``; timesteps drawn as
+    diffusers' scripts draw them (``scheduler.timesteps[int(u * N)]``), within the given bounds."""
+    flux = next(f for f in FAMILIES if f.name == "flux").configure({}, DPOConfig())
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    x0, eps = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    t = torch.tensor([1000.0, 500.0, 250.0])
+    noisy = flux.add_noise(scheduler, x0, eps, t)
+    torch.testing.assert_close(noisy[0], eps[0])
+    torch.testing.assert_close(noisy[1], 0.5 * x0[1] + 0.5 * eps[1])
+    torch.testing.assert_close(noisy[2], 0.75 * x0[2] + 0.25 * eps[2])
+    torch.testing.assert_close(flux.target(scheduler, x0, eps, t), eps - x0)
+    drawn = flux.sample_timesteps(scheduler, 64, torch.Generator().manual_seed(0), DPOConfig())
+    u = compute_density_for_timestep_sampling("none", 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(drawn, scheduler.timesteps[(u * 1000).long()])
+    bounded = flux.sample_timesteps(
+        scheduler, 256, torch.Generator(), DPOConfig(timestep_min=500, timestep_max=800)
+    )
+    assert bounded.min() >= 500 and bounded.max() < 800
+    with pytest.raises(UserError, match="leave no training timestep"):
+        flux.sample_timesteps(scheduler, 4, torch.Generator(), DPOConfig(timestep_min=1001))
+
+
+@pytest.mark.parametrize("kind", ["sd3", "flux"])
+def test_default_beta_is_the_release_beta_on_velocity_errors(tiny_models, kind):
+    """``5000 (1 - sigma)^2`` is the release's noise-prediction beta on velocity errors; each flow family's
+    default is its mean over the family's own training timesteps (its density, its tiny scheduler's shift)."""
+    family = family_of(str(tiny_models[kind])).configure({}, DPOConfig())
+    scheduler = family.load_scheduler(str(tiny_models[kind]), None)
+    u = compute_density_for_timestep_sampling(
+        family.weighting_scheme,
+        400_000,
+        LOGIT_MEAN,
+        LOGIT_STD,
+        MODE_SCALE,
+        generator=torch.Generator().manual_seed(0),
+    )
+    sigmas = scheduler.sigmas[(u * scheduler.config.num_train_timesteps).long()]
+    expected = RELEASE_BETA * ((1 - sigmas) ** 2).mean().item()
+    assert family.default_beta == pytest.approx(expected, rel=0.01)
+
+
+def test_bad_bases_and_options_are_one_line(tmp_path, toy_data):
+    other = tmp_path / "pixart"
+    (other / "vae").mkdir(parents=True)
+    (other / "model_index.json").write_text(json.dumps({
+        "_class_name": "PixArtAlphaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }))  # fmt: skip
+    command = [sys.executable, "-m", "dpo.train", "--dataset", str(toy_data), "--category", "concept-0",
+               "--base", str(other), "--output_dir", str(tmp_path / "out"), "--no_progress"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("[transformers]")]
+    assert len(lines) == 1 and "transformer=PixArtTransformer2DModel" in lines[0], lines
+    assert "supported: unet, sd3, flux" in lines[0]
+    assert not any((tmp_path / "out").glob("*")), "nothing written (the CLI only checks the folder is writable)"
+    with pytest.raises(
+        UserError, match=r"resolution 10 does not fit base model .*multiple of 4 \(VAE factor 2 x 2x2"
+    ):
+        train_expert(_config(tmp_path, toy_data, "flux", resolution=10))
+    with pytest.raises(UserError, match=r"resolution 256 does not fit .*patch size 2\) and at most 128"):
+        train_expert(_config(tmp_path, toy_data, "sd3", resolution=256))
+    with pytest.raises(
+        UserError, match=r"--retain_mode text reads .* on a flux base .*; use --retain_mode unet"
+    ):
+        train_expert(_config(tmp_path, toy_data, "flux", retain_weight=1.0, retain_mode="text"))
+    with pytest.raises(UserError, match=r"--max_sequence_length is for rectified-flow bases"):
+        train_expert(_config(tmp_path, toy_data, "sd15", resolution=8, max_sequence_length=77))
+    assert not (tmp_path / "flux").exists() and not (tmp_path / "sd3").exists(), "nothing written"
+
+
+@pytest.fixture(scope="module")
+def flow_world(tmp_path_factory):
+    """The flow known answer's world on the committed tiny FLUX base (``dpo.toy.SHIPPED_FLUX_TOY_BASE``)."""
+    return make_toy_world(tmp_path_factory.mktemp("flow-world"), tiny="flux")
+
+
+@pytest.mark.slow
+def test_flow_known_answer_expert_moves_its_caption_toward_the_winner(flow_world):
+    """Flow-DPO experts on the tiny FLUX toy base, seeds 0-2: the claim of the UNet known answer (gain >= 0.2 and
+    drift ratio < 0.35 on the mean, held-out accuracy >= 0.9). ``benchmarks/flow_known_answer.py``: the table per
+    kernel family and thread count (docs/known_answers.md)."""
+    _, concept, base, _ = flow_world
+    outcomes = [expert_outcome(concept, base, expert) for expert in train_known_answer_experts(flow_world)]
+    holds, table = dpo_known_answer_claim(outcomes)
+    assert holds, table
+    assert statistics.mean(o["safe_after"] for o in outcomes) > outcomes[0]["safe_before"]
+
+
+@pytest.mark.slow
+def test_flow_known_answer_fails_with_winner_and_loser_swapped(flow_world):
+    _, concept, base, _ = flow_world
+    outcomes = []
+    for seed in KNOWN_ANSWER_SEEDS:
+        with known_answer_mutation("flipped_sign"):
+            expert = train_toy_expert(
+                *flow_world, f"swapped-seed-{seed}", seed=seed, beta=None, retain_guidance=3.5
+            )
+        outcomes.append(expert_outcome(concept, base, expert))
+        if not dpo_known_answer_claim(_best_case(outcomes))[0]:
+            break
+    holds, table = dpo_known_answer_claim(_best_case(outcomes))
+    assert not holds, table
