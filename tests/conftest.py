@@ -33,7 +33,7 @@ else:
 SHARE_TOY_EXPERTS = ("test_dpo", "test_evaluation")
 #: The longest work units (module-scoped runs of the workflow and the build, the toy experts), started first so
 #: that neither worker is left with one of them at the end.
-LONGEST_FIRST = ("test_workflow", "test_build_e2e", *SHARE_TOY_EXPERTS, "test_kernel_family")
+LONGEST_FIRST = ("test_workflow", "test_build_e2e", *SHARE_TOY_EXPERTS, "test_kernel_family", "test_flow")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
