@@ -148,7 +148,9 @@ def memory_plan(result: dict) -> list[str]:
     """bf16 weights of the real depth, LoRA + AdamW, checkpointed block inputs per pair (2 rows), at 512 and 1024 px."""
     double, single = REAL_BLOCKS[result["shape"]]
     per = result["params_per_block"]
-    shared = result["params"] - sum(p * c for p, c in zip(per, (1 if double else 0, 2 if single else 0), strict=False))
+    shared = result["params"] - sum(
+        p * c for p, c in zip(per, (1 if double else 0, 2 if single else 0), strict=False)
+    )
     shared = max(shared, 0)
     total = shared + per[0] * double + (per[1] * single if single else 0)
     lines = []

@@ -28,14 +28,14 @@ import sys
 from pathlib import Path
 
 
-def run_setting(out: Path, base: str, threads: int, mutation: str | None) -> None:
+def run_setting(out: Path, base: str, threads: int, family: str, mutation: str | None) -> None:
     """In this process (its ``ATEN_CPU_CAPABILITY`` already set): the experts of every seed and their outcomes."""
     import torch
 
     from dpo.toy import expert_outcome, known_answer_mutation, make_toy_world, train_known_answer_experts
 
     torch.set_num_threads(threads)
-    family = torch.backends.cpu.get_cpu_capability()
+    assert torch.backends.cpu.get_cpu_capability().lower() == family, "ATEN_CPU_CAPABILITY was not taken"
     tag = f"{base}-{family}-{threads}" + (f"-{mutation}" if mutation else "")
     world = make_toy_world(out / f"world-{tag}", rebuild=base == "rebuilt", tiny="flux")
     with known_answer_mutation(mutation):
@@ -63,11 +63,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--bases", nargs="+", choices=("shipped", "rebuilt"), default=["shipped"])
     parser.add_argument("--mutation", choices=("flipped_sign", "reference_not_frozen"), default=None)
-    parser.add_argument("--_one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--_one", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args._one:
-        run_setting(args.out, args._one[0], int(args._one[1]), args.mutation)
+        run_setting(args.out, args._one[0], int(args._one[1]), args._one[2], args.mutation)
         return
     rows = []
     for base in args.bases:
@@ -76,7 +76,7 @@ def main() -> None:
                 tag = f"{base}-{family}-{threads}" + (f"-{args.mutation}" if args.mutation else "")
                 path = args.out / f"{tag}.json"
                 if not path.exists():
-                    command = [sys.executable, __file__, "--out", str(args.out), "--_one", base, str(threads)]
+                    command = [sys.executable, __file__, "--out", str(args.out), "--_one", base, str(threads), family]
                     command += ["--mutation", args.mutation] if args.mutation else []
                     subprocess.run(command, check=True, env={**os.environ, "ATEN_CPU_CAPABILITY": family})
                 outcomes = json.loads(path.read_text())

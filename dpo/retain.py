@@ -162,7 +162,7 @@ def cached_retain_set(
                 sampled = pipe(
                     batch, height=resolution, width=resolution, num_inference_steps=steps,
                     guidance_scale=guidance, num_images_per_prompt=samples, output_type="latent",
-                    generator=torch.Generator().manual_seed(start),
+                    generator=torch.Generator().manual_seed(start), **family.pipeline_kwargs(),
                 ).images  # fmt: skip
             latents.append(family.from_pipeline_latents(pipe, sampled, resolution))
         np.save(partial / "text.npy", torch.cat(text).float().cpu().numpy())

@@ -118,12 +118,20 @@ def to_pil(pixels: torch.Tensor):
     return Image.fromarray(array)
 
 
+#: The toy worlds' family options, for the families that take them: 16 T5 tokens hold every toy caption (the
+#: tiny T5 tokenizer spends about one token per two letters), and FLUX's default 512 would make the text stream
+#: 128 times the 4-token image stream and the flow known answer several times slower.
+TOY_FAMILY_OPTIONS = {"max_sequence_length": 16}
+
+
 def _family(pipe):
-    """The pipeline's base family (``dpo/families``), set up with its VAE and the trainer's default options."""
+    """The pipeline's base family (``dpo/families``), set up with its VAE and the toy's options."""
     from dpo.config import DPOConfig
     from dpo.families import family_of_pipeline
 
-    return family_of_pipeline(pipe).configure(pipe.vae.config, DPOConfig())
+    family = family_of_pipeline(pipe)
+    options = {name: value for name, value in TOY_FAMILY_OPTIONS.items() if name in family.options}
+    return family.configure(pipe.vae.config, DPOConfig(**options))
 
 
 def _encode(pipe, pixels: torch.Tensor) -> torch.Tensor:
@@ -359,6 +367,7 @@ def sample_latents(
             guidance_scale=_family(pipe).sampling_guidance,
             generator=torch.Generator().manual_seed(seed),
             output_type="latent",
+            **_family(pipe).pipeline_kwargs(),
         ).images
     return _family(pipe).from_pipeline_latents(pipe, latents, TOY_RESOLUTION).flatten(1)
 
@@ -398,7 +407,8 @@ class ToyColourDetector:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(str(Path(config.base) / "vae"))
-        holder = type("Pipe", (), {"vae": vae})()  # colour_centroid needs only ``pipe.vae``
+        # colour_centroid needs only ``pipe.vae`` and the pipeline's config (its family's latent scale and shift)
+        holder = type("Pipe", (), {"vae": vae, "config": DiffusionPipeline.load_config(str(config.base))})()
         self.centroids = []
         for concept in toy_concepts(concepts):
             decoded = [
@@ -509,8 +519,9 @@ TOY_BASES = {
     "flux": (SHIPPED_FLUX_TOY_BASE, pretrain_denoiser_toy_base),
 }
 #: What the flow known answer's experts set apart from :func:`toy_expert_config`'s: the family's own beta (the
-#: release's scaled to velocity errors, ``dpo/families/flow.py``) and the retain samples drawn at FLUX's guidance.
-FLOW_KNOWN_ANSWER = {"beta": None, "retain_guidance": 3.5}
+#: release's scaled to velocity errors, ``dpo/families/flow.py``), the retain samples drawn at FLUX's guidance, and
+#: the toy's T5 length.
+FLOW_KNOWN_ANSWER = {"beta": None, "retain_guidance": 3.5, **TOY_FAMILY_OPTIONS}
 
 
 def make_toy_world(root: Path, concepts: int = 1, rebuild: bool = False, tiny: str = "sd15"):
@@ -594,8 +605,9 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
 def known_answer_settings(world) -> dict:
     """The known-answer experts' settings beyond :func:`toy_expert_config`'s for ``world``'s base: none for the
     UNet toy, :data:`FLOW_KNOWN_ANSWER` for a flow one."""
-    pipe_config = DiffusionPipeline.load_config(str(world[2]))
-    return {} if "unet" in pipe_config else dict(FLOW_KNOWN_ANSWER)
+    from dpo.families import family_of
+
+    return dict(FLOW_KNOWN_ANSWER) if family_of(str(world[2])).options else {}
 
 
 def train_known_answer_experts(world, **settings) -> list:

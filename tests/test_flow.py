@@ -170,7 +170,9 @@ def test_bad_bases_and_options_are_one_line(tmp_path, toy_data):
     lines = [line for line in done.stderr.splitlines() if not line.startswith("[transformers]")]
     assert len(lines) == 1 and "transformer=PixArtTransformer2DModel" in lines[0], lines
     assert "supported: unet, sd3, flux" in lines[0]
-    assert not any((tmp_path / "out").glob("*")), "nothing written (the CLI only checks the folder is writable)"
+    assert not any((tmp_path / "out").glob("*")), (
+        "nothing written (the CLI only checks the folder is writable)"
+    )
     with pytest.raises(
         UserError, match=r"resolution 10 does not fit base model .*multiple of 4 \(VAE factor 2 x 2x2"
     ):

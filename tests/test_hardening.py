@@ -216,6 +216,9 @@ def test_option_walk_dpo_every_option_is_in_the_resume_guard_or_cannot_change_th
             "timestep_max": 500,
             "proportion_empty_prompts": 0.1,
             "retain_share": 0.5,
+            "beta": 1000.0,
+            "max_sequence_length": 128,
+            "weighting_scheme": "mode",
         }
         new = ["to_q"] if isinstance(value, list) else in_range.get(f.name, _changed(value))
         changed = json.dumps(dataclasses.replace(config, **{f.name: new}).hyperparameters(), sort_keys=True)

@@ -109,8 +109,8 @@ def test_building_leaves_global_rng_alone():
 
 
 def test_unknown_kind_names_the_choices():
-    with pytest.raises(ValueError, match=r"'sd3'.*sd15, sdxl, clip, lm"):
-        build("sd3")
+    with pytest.raises(ValueError, match=r"'qwen-image'.*sd15, sdxl, sd3, flux, clip, lm"):
+        build("qwen-image")
 
 
 def test_cli_writes_requested_kinds(tmp_path):

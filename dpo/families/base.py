@@ -72,6 +72,9 @@ class Family:
     #: Whether ``--retain_mode text`` applies: its term reads LoRAs whose inputs are the text encoder's states.
     text_retain: ClassVar[bool] = False
 
+    #: The ``DPOConfig`` options this family takes beyond the common ones (the others refuse them).
+    options: ClassVar[tuple[str, ...]] = ()
+
     #: Set by :meth:`configure` from the base's VAE config.
     scaling_factor: float = 1.0
     shift_factor: float | None = None
@@ -124,6 +127,10 @@ class Family:
         if self.shift_factor is not None:
             latents = latents - self.shift_factor
         return latents * self.scaling_factor
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        """What a pipeline call needs to render as the run encodes (T5's length for the flow families)."""
+        return {}
 
     @property
     def sampling_guidance(self) -> float:

@@ -53,6 +53,7 @@ class FlowFamily(Family):
         "all": ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),
         "cross": ("add_k_proj", "add_v_proj"),
     }
+    options = ("max_sequence_length", "weighting_scheme")
     #: diffusers' training script's defaults for this family.
     default_max_sequence_length: ClassVar[int]
     default_weighting_scheme: ClassVar[str]
@@ -71,6 +72,9 @@ class FlowFamily(Family):
 
     def settings(self) -> dict[str, Any]:
         return {"max_sequence_length": self.max_sequence_length, "weighting_scheme": self.weighting_scheme}
+
+    def pipeline_kwargs(self) -> dict[str, Any]:
+        return {"max_sequence_length": self.max_sequence_length}
 
     def load_scheduler(self, base: str, revision: str | None):
         from diffusers import FlowMatchEulerDiscreteScheduler

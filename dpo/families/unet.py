@@ -9,6 +9,7 @@ import torch
 
 from coprov2.errors import UserError
 from dpo.families.base import RELEASE_BETA, Conditioning, Family, check_resolution
+from dpo.families.flow import FlowFamily
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class UNetFamily(Family):
         return "unet" in model_index
 
     def _options(self, config: Any) -> dict[str, Any]:
-        for option in ("max_sequence_length", "weighting_scheme"):
+        for option in FlowFamily.options:
             if getattr(config, option, None) is not None:
                 raise UserError(
                     f"--{option} is for rectified-flow bases (SD3, FLUX.1); {config.base} is a UNet base: drop it"
