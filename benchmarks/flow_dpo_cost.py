@@ -6,7 +6,8 @@ process, (a) ``dpo.trainer.dpo_step`` + backward (what the trainer runs, its dra
 included) against (b) the floor: one inference-mode forward and one forward+backward of a plain MSE, with no
 draws, no packing outside the model and no loss bookkeeping. Shapes: the tiny FLUX/SD3 pipelines, and
 FLUX.1-dev- and SD3.5-Large-shaped slices (their real widths, head counts, text widths and pooled widths, a few
-blocks) at a small resolution so a CPU runs them. Peak memory is the process's peak RSS per shape.
+blocks) at a small resolution so a CPU runs them. Peak memory is the peak RSS of a process that runs that
+shape alone (each shape runs in its own process).
 
 The memory plan scales the slices' parameter counts per block to the real block counts (FLUX.1-dev: 19
 double- and 38 single-stream blocks; SD3.5 Large: 38 joint blocks) and adds, with gradient checkpointing, one
@@ -20,8 +21,11 @@ until a GPU run measures it (none was lent when this was written)::
 from __future__ import annotations
 
 import argparse
+import json
 import resource
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -172,19 +176,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="pairs per step (2 rows each)")
     parser.add_argument("--latent", type=int, default=16, help="latent side (16: 128 px at VAE factor 8)")
     parser.add_argument("--text_tokens", type=int, default=64)
+    parser.add_argument("--_json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args._json:  # one shape, in this process: its peak RSS is that shape's alone
+        print(json.dumps(run(args.shapes[0], args)))
+        return
     print("| shape | ours (s) | floor (s) | ratio | peak RSS (MiB) | params |\n|---|---|---|---|---|---|")
     plans = []
     for shape in args.shapes:
-        r = run(shape, args)
+        flags = ["--steps", str(args.steps), "--batch", str(args.batch), "--latent", str(args.latent)]
+        flags += ["--text_tokens", str(args.text_tokens)]
+        command = [sys.executable, __file__, "--shapes", shape, *flags, "--_json"]
+        r = json.loads(
+            subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1]
+        )
         print(f"| {shape} | {r['ours_s']:.3f} | {r['floor_s']:.3f} | {r['ours_s'] / r['floor_s']:.2f}x | "
               f"{r['peak_rss_mib']:.0f} | {r['params'] / 1e6:.1f} M |", flush=True)  # fmt: skip
         if shape in REAL_BLOCKS:
             plans += memory_plan(r)
     if plans:
         print(
-            "\n| model | px | params | bf16 weights | checkpointed inputs per pair | pairs per micro-batch on 80 GB "
-            "(6 GiB for LoRA, AdamW, VAE-free cache rows, one recomputed block) |\n|---|---|---|---|---|---|"
+            "\n| model | px | params | bf16 weights | checkpointed block inputs per pair | pairs per micro-batch on 80 GB, "
+            "estimated (6 GiB assumed for LoRA, AdamW, one recomputed block's activations) |\n|---|---|---|---|---|---|"
         )
         print("\n".join(plans))
 

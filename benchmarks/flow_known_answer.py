@@ -76,7 +76,16 @@ def main() -> None:
                 tag = f"{base}-{family}-{threads}" + (f"-{args.mutation}" if args.mutation else "")
                 path = args.out / f"{tag}.json"
                 if not path.exists():
-                    command = [sys.executable, __file__, "--out", str(args.out), "--_one", base, str(threads), family]
+                    command = [
+                        sys.executable,
+                        __file__,
+                        "--out",
+                        str(args.out),
+                        "--_one",
+                        base,
+                        str(threads),
+                        family,
+                    ]
                     command += ["--mutation", args.mutation] if args.mutation else []
                     subprocess.run(command, check=True, env={**os.environ, "ATEN_CPU_CAPABILITY": family})
                 outcomes = json.loads(path.read_text())
