@@ -192,7 +192,8 @@ class DPOConfig:
     mixed_precision: str = field(
         default="auto",
         metadata={
-            "help": "no, fp16 or bf16; auto = fp16 on GPU, no on CPU",
+            "help": "no, fp16 or bf16; auto = on GPU fp16 for UNets (the release's), bf16 for SD3/FLUX (diffusers' "
+            "scripts'), no on CPU",
             "choices": ("auto", "no", "fp16", "bf16"),
         },
     )

@@ -1,10 +1,13 @@
-"""``python -m dpo.train``: train Diffusion-DPO LoRA safety experts on CoProV2 (one call: ``dpo.train_experts(config)``).
+"""``python -m dpo.train``: train Diffusion-DPO (UNets) or Flow-DPO (SD3/SD3.5, FLUX.1) LoRA safety experts on
+CoProV2 (one call: ``dpo.train_experts(config)``).
 
 Examples::
 
     python -m dpo.train --dataset me/coprov2 --category violence --base stable-diffusion-v1-5/stable-diffusion-v1-5 --output_dir experts/violence
     accelerate launch -m dpo.train --dataset coprov2-out/dataset --category each --output_dir experts
     python -m dpo.train --dataset release_pickapic_formatted --category Harrasment --output_dir experts/harassment
+    python -m dpo.train --dataset me/coprov2 --category violence --base black-forest-labs/FLUX.1-dev --resolution 512 \
+        --gradient_checkpointing --output_dir experts-flux/violence
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ def make_parser() -> DataclassArgumentParser:
         DPOConfig,
         prog="python -m dpo.train",
         description=(
-            "Train a Diffusion-DPO LoRA safety expert per harm category (SafetyDPO): for each unsafe prompt of "
-            "CoProV2 the safe image is preferred over the unsafe one. The reference model is the base UNet with "
-            "its adapters off; VAE latents and text embeddings are cached once per (dataset, base model). "
+            "Train a Diffusion-DPO LoRA safety expert per harm category (SafetyDPO; Flow-DPO on SD3/SD3.5 and FLUX.1 "
+            "bases): for each unsafe prompt of CoProV2 the safe image is preferred over the unsafe one. The reference "
+            "model is the base's denoiser with its adapters off; VAE latents and text embeddings are cached once per "
+            "(dataset, base model). "
             "Checkpoints resume exactly; the result is a diffusers LoRA (pipe.load_lora_weights) with a model card."
         ),
     )

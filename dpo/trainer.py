@@ -342,11 +342,10 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
     """Train (or resume) the expert for ``category`` (default ``config.category``); returns its folder and metrics."""
     category = category or config.category
     expert_dir = config.expert_dir(category)
-    mixed = (
-        config.mixed_precision
-        if config.mixed_precision != "auto"
-        else ("fp16" if torch.cuda.is_available() else "no")
-    )
+    mixed = config.mixed_precision
+    if mixed == "auto":  # the family's precision on a GPU (tiny models are written concurrency-safe)
+        base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+        mixed = family_of(base, config.revision).gpu_precision if torch.cuda.is_available() else "no"
     accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
     inputs = prepare_inputs(config, category, accelerator)
     config, family, device = inputs.config, inputs.family, accelerator.device

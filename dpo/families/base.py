@@ -69,6 +69,8 @@ class Family:
     default_beta: ClassVar[float]
     #: How the model card describes the objective.
     method: ClassVar[str]
+    #: ``--mixed_precision auto`` on a GPU: the precision the family's diffusers scripts train in.
+    gpu_precision: ClassVar[str] = "bf16"
     #: Whether ``--retain_mode text`` applies: its term reads LoRAs whose inputs are the text encoder's states.
     text_retain: ClassVar[bool] = False
 

@@ -54,6 +54,7 @@ class FlowFamily(Family):
         "cross": ("add_k_proj", "add_v_proj"),
     }
     options = ("max_sequence_length", "weighting_scheme")
+    gpu_precision = "bf16"  # diffusers' SD3 and FLUX scripts: fp16 overflows in these transformers
     #: diffusers' training script's defaults for this family.
     default_max_sequence_length: ClassVar[int]
     default_weighting_scheme: ClassVar[str]

@@ -28,6 +28,7 @@ class UNetFamily(Family):
         "cross": ("attn2.to_k", "attn2.to_v"),
     }
     default_beta = RELEASE_BETA
+    gpu_precision = "fp16"  # the release's
     text_retain = True
     method = (
         "Diffusion-DPO as in the SafetyDPO release: winner and loser share noise, timestep and caption; "
