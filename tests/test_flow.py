@@ -220,3 +220,74 @@ def test_flow_known_answer_fails_with_winner_and_loser_swapped(flow_world):
             break
     holds, table = dpo_known_answer_claim(_best_case(outcomes))
     assert not holds, table
+
+
+def _other_flow_pipelines(root):
+    """Pipelines not built for the tests: a FLUX.1-schnell shape (no guidance embedding, other depths and widths)
+    and SD3 without T5 (``text_encoder_3`` saved as absent, as users drop it), patch size 1."""
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from coprov2.tiny import (
+        _clip_text_config,
+        _flow_scheduler,
+        _t5_encoder,
+        _tiny_vae,
+        clip_tokenizer,
+        t5_tokenizer,
+    )
+
+    torch.manual_seed(1)
+    t5, tokenizer = t5_tokenizer(), clip_tokenizer()
+    FluxPipeline(
+        scheduler=_flow_scheduler(shift=1.0), vae=_tiny_vae(shifted=True),
+        text_encoder=CLIPTextModel(_clip_text_config(tokenizer, hidden_size=48)), tokenizer=tokenizer,
+        text_encoder_2=_t5_encoder(t5, 40), tokenizer_2=t5,
+        transformer=FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=2, num_single_layers=3, attention_head_dim=8, num_attention_heads=3,
+            joint_attention_dim=40, pooled_projection_dim=48, guidance_embeds=False, axes_dims_rope=(2, 2, 4),
+        ),
+    ).save_pretrained(root / "schnell")  # fmt: skip
+    clips = [
+        CLIPTextModelWithProjection(_clip_text_config(clip_tokenizer(), hidden_size=24, projection_dim=24))
+        for _ in range(2)
+    ]
+    StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(
+            sample_size=32, patch_size=1, in_channels=4, out_channels=4, num_layers=3, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=48, caption_projection_dim=16, pooled_projection_dim=48,
+            pos_embed_max_size=64, qk_norm="rms_norm",
+        ),
+        scheduler=_flow_scheduler(shift=3.0), vae=_tiny_vae(shifted=True), text_encoder=clips[0],
+        tokenizer=clip_tokenizer(), text_encoder_2=clips[1], tokenizer_2=clip_tokenizer(), text_encoder_3=None,
+        tokenizer_3=None,
+    ).save_pretrained(root / "sd3-no-t5")  # fmt: skip
+    return {
+        "schnell": (root / "schnell", {}),
+        "sd3-no-t5": (root / "sd3-no-t5", {"text_encoder_3": None, "tokenizer_3": None}),
+    }
+
+
+def test_flow_experts_on_pipelines_not_built_for_the_tests(tmp_path, toy_data):
+    for name, (folder, absent) in _other_flow_pipelines(tmp_path).items():
+        config = _config(tmp_path, toy_data, "flux", base=str(folder), output_dir=str(tmp_path / f"e-{name}"),
+                         resolution=16, max_train_steps=2, target_modules=["cross"], max_sequence_length=32)  # fmt: skip
+        result = train_expert(config)
+        pipe = PIPELINES["flux" if name == "schnell" else "sd3"].from_pretrained(str(folder), **absent)
+        pipe.set_progress_bar_config(disable=True)
+        kwargs = {
+            "height": 16,
+            "width": 16,
+            "num_inference_steps": 2,
+            "output_type": "np",
+            "max_sequence_length": 32,
+        }
+        before = pipe("a lantern scene", generator=torch.Generator().manual_seed(0), **kwargs).images
+        pipe.load_lora_weights(result.output_dir)
+        after = pipe("a lantern scene", generator=torch.Generator().manual_seed(0), **kwargs).images
+        text_stream = [
+            n for n, _ in pipe.transformer.named_modules() if n.endswith((".add_k_proj", ".add_v_proj"))
+        ]
+        adapted = [n for n, _ in pipe.transformer.named_modules() if n.endswith(".lora_A")]
+        assert len(adapted) == len(text_stream) > 0, name
+        assert np.abs(after - before).mean() > 1e-4, name

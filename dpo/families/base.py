@@ -120,6 +120,10 @@ class Family:
         """``(token states, pooled or None)`` from the pipeline's own ``encode_prompt``, every text encoder."""
         raise NotImplementedError
 
+    def encoding_needs_denoiser(self, model_index: dict[str, Any]) -> bool:
+        """Whether the pipeline's ``encode_prompt`` reads its denoiser (then the encoder pipeline keeps it)."""
+        return False
+
     def time_ids(self, pipe, original_and_crop: list[tuple], resolution: int) -> torch.Tensor | None:
         """Per-image extra conditioning computed from the image (SDXL's size and crop ids); None elsewhere."""
         return None

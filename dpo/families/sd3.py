@@ -40,6 +40,10 @@ class SD3Family(FlowFamily):
             f"VAE factor {scale} x patch size {patch}", largest,
         )  # fmt: skip
 
+    def encoding_needs_denoiser(self, model_index: dict[str, Any]) -> bool:
+        """Without T5 (``text_encoder_3`` saved as absent), ``encode_prompt`` sizes T5's zeros from the transformer."""
+        return model_index.get("text_encoder_3") in (None, [None, None])
+
     def encode_text(self, pipe, captions: list[str], device: torch.device):
         with torch.no_grad():
             embeds, _, pooled, _ = pipe.encode_prompt(
