@@ -10,6 +10,8 @@ from typing import Any
 
 from huggingface_hub import ModelCard, ModelCardData
 
+from cards.licence import Licence, base_licence
+
 TEMPLATE = "templates/lora.md"
 
 
@@ -33,13 +35,18 @@ def lora_model_card(
     datasets: list[str] | None = None,
     repo_or_folder: str = "path/to/this/folder",
     expectations: str | None = None,
+    licence: Licence | None = None,
 ) -> ModelCard:
-    """The card of one LoRA; ``expectations`` (markdown) says what our benchmarks found about artifacts of its kind."""
+    """The card of one LoRA; ``expectations`` (markdown) says what our benchmarks found about artifacts of its kind;
+    ``licence``: the base's (default: :func:`cards.licence.base_licence` of ``base_model``), which a LoRA carries."""
+    licence = licence or base_licence(base_model)
     card_data = ModelCardData(
         base_model=base_model,
         datasets=datasets or None,
         library_name="diffusers",
-        license="openrail++",
+        license=licence.license,
+        license_name=licence.name,
+        license_link=licence.link,
         pipeline_tag="text-to-image",
         tags=["lora", "diffusers", "safety", "alignguard", *tags],
     )

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import diffusers
 from diffusers import DiffusionPipeline
 
+from cards.licence import base_licence
 from cards.model_card import lora_model_card
 from cards.push import push_folder
 from coprov2.canonical import canonicalize
@@ -69,6 +70,7 @@ def save_expert(model, inputs: TrainingInputs, category: str, folder: Path, metr
         tags=[family.objective, f"category-{category}"],
         datasets=[config.dataset] if "/" in config.dataset and not Path(config.dataset).exists() else None,
         repo_or_folder=config.push_to_hub or str(folder),
+        licence=base_licence(base_name, inputs.base),
     )
     card.save(folder / "README.md")
     summary = {"category": category, "base": base_name, "metrics": metrics, "settings": settings}

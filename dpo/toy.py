@@ -522,6 +522,8 @@ TOY_BASES = {
 #: release's scaled to velocity errors, ``dpo/families/flow.py``), the retain samples drawn at FLUX's guidance, and
 #: the toy's T5 length.
 FLOW_KNOWN_ANSWER = {"beta": None, "retain_guidance": 3.5, **TOY_FAMILY_OPTIONS}
+#: The known-answer experts' settings beyond :func:`toy_expert_config`'s, by the toy base's family.
+KNOWN_ANSWER_BY_FAMILY = {"unet": {}, "flux": FLOW_KNOWN_ANSWER}
 
 
 def make_toy_world(root: Path, concepts: int = 1, rebuild: bool = False, tiny: str = "sd15"):
@@ -603,11 +605,11 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
 
 
 def known_answer_settings(world) -> dict:
-    """The known-answer experts' settings beyond :func:`toy_expert_config`'s for ``world``'s base: none for the
-    UNet toy, :data:`FLOW_KNOWN_ANSWER` for a flow one."""
+    """The known-answer experts' settings beyond :func:`toy_expert_config`'s for ``world``'s base
+    (:data:`KNOWN_ANSWER_BY_FAMILY`)."""
     from dpo.families import family_of
 
-    return dict(FLOW_KNOWN_ANSWER) if family_of(str(world[2])).options else {}
+    return dict(KNOWN_ANSWER_BY_FAMILY[family_of(str(world[2])).name])
 
 
 def train_known_answer_experts(world, **settings) -> list:

@@ -81,10 +81,14 @@ def load_encoder_pipeline(
     cache miss never holds the denoiser twice (the peers hold it, the VAE and the text encoders for the whole run).
     ``with_denoiser``: the whole pipeline, to sample the retain set (``dpo/retain.py``) before training starts."""
     model_index = DiffusionPipeline.load_config(base, revision=revision)
-    kwargs = {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in model_index else {}
+    kwargs = (
+        {"safety_checker": None, "requires_safety_checker": False} if "safety_checker" in model_index else {}
+    )
     # A component saved as absent (SD3 without T5: ``text_encoder_3: [null, null]``) is passed as None, as
     # ``from_pretrained`` wants it; the pipeline's ``encode_prompt`` then encodes without it, as at inference.
-    kwargs |= {name: None for name, value in model_index.items() if isinstance(value, list) and value == [None, None]}
+    kwargs |= {
+        name: None for name, value in model_index.items() if isinstance(value, list) and value == [None, None]
+    }
     if not (with_denoiser or family.encoding_needs_denoiser(model_index)):
         kwargs[family.denoiser] = None
     pipe = DiffusionPipeline.from_pretrained(base, revision=revision, **kwargs)
