@@ -3,7 +3,8 @@
 Inputs: calibration prompts from every category (a CoProV2 dataset or a text file); the base
 pipeline's own samples for them (``output_type="latent"``), noised at several timesteps. For each
 expert, loaded with ``pipe.load_lora_weights`` and made the only active adapter, forward hooks on
-every adapted layer hand the layer's inputs ``x_e`` to a recorder, in one streaming pass:
+every adapted layer hand the layer's inputs ``x_e`` to a recorder, in one streaming pass (the denoiser fed
+as its family feeds it, ``dpo/families``: a UNet or an SD3/FLUX transformer):
 
 - Co-Merge's (``ScoreRecorder``): the mean ``|h_e|`` per output channel (``h_e = scale_e B_e A_e x_e``)
   and the mean ``|x_e|`` per input channel;
@@ -26,7 +27,8 @@ from diffusers import DiffusionPipeline
 from tqdm.auto import tqdm
 
 from coprov2.errors import UserError
-from dpo.families import family_of_pipeline
+from dpo.config import DPOConfig
+from dpo.families import Conditioning, family_of_pipeline
 from merge.experts import Expert, LoraLayer
 
 DEFAULT_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -73,20 +75,6 @@ def own_category_prompts(
         expert_prompts.append(list(range(len(prompts), len(prompts) + len(own))))
         prompts += own
     return prompts, expert_prompts
-
-
-def _conditioning(pipe, prompts: list[str], device, resolution: int):
-    embeds, pooled = family_of_pipeline(pipe).encode_text(pipe, prompts, device)
-    if pooled is None:
-        return embeds, None
-    time_ids = pipe._get_add_time_ids(
-        (resolution, resolution),
-        (0, 0),
-        (resolution, resolution),
-        embeds.dtype,
-        text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
-    ).repeat(len(prompts), 1)
-    return embeds, {"text_embeds": pooled, "time_ids": time_ids.to(device)}
 
 
 def branch_sums(lora: LoraLayer, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -188,24 +176,6 @@ class GramRecorder:
             self.count[layer] = 0
 
 
-#: Layers whose inputs are the text encoder's token states (cross-attention keys and values).
-TEXT_INPUT_LAYERS = (".attn2.to_k", ".attn2.to_v")
-
-
-def prompt_token_mask(pipe, prompts: list[str]) -> torch.Tensor:
-    """``[P, L]``: True on each prompt's own tokens (its words and its end token), False on the start
-    token and the padding, which every prompt shares."""
-    mask = pipe.tokenizer(
-        prompts,
-        padding="max_length",
-        max_length=pipe.tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    ).attention_mask.bool()
-    mask[:, 0] = False
-    return mask
-
-
 def calibration_pass(
     base: str,
     experts: list[Expert],
@@ -223,8 +193,14 @@ def calibration_pass(
     expert_prompts: list[list[int]] | None = None,
     preserve_prompts: list[str] | None = None,
     text_tokens: str = "all",
+    family_options: dict[str, Any] | None = None,
 ) -> None:
-    """Feed ``recorder`` every adapted layer's inputs, expert by expert, in one pass over the UNet.
+    """Feed ``recorder`` every adapted layer's inputs, expert by expert, in one pass over the denoiser.
+
+    The base's family (``dpo/families``) renders, encodes, noises and calls the denoiser as it was trained
+    (``family_options``: the experts' family options, T5's length for SD3/FLUX); its text-stream layers
+    (``placements["cross"]``: cross-attention keys and values of a UNet, ``add_k_proj``/``add_v_proj`` of an
+    MM-DiT) are the ones whose inputs are prompt tokens.
 
     ``expert_prompts[e]`` (default: all) are the indices of the prompts expert ``e`` is measured on;
     the noise of a (prompt, timestep) is the same whichever expert sees it. ``preserve_prompts`` are
@@ -243,7 +219,9 @@ def calibration_pass(
         groups.append((None, list(range(len(prompts), len(everything)))))
     pipe = DiffusionPipeline.from_pretrained(base).to(device)
     pipe.set_progress_bar_config(disable=True)
-    resolution = resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
+    family = family_of_pipeline(pipe).configure(pipe.vae.config, DPOConfig(**(family_options or {})))
+    model = getattr(pipe, family.denoiser)
+    resolution = family.resolution(base, None, resolution, pipe.vae.config)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         clean = pipe(
@@ -251,19 +229,22 @@ def calibration_pass(
             height=resolution,
             width=resolution,
             num_inference_steps=sample_steps,
-            guidance_scale=1.0,
+            guidance_scale=family.sampling_guidance,
             generator=generator,
             output_type="latent",
-        ).images.cpu()
-    text, added = _conditioning(pipe, everything, device, resolution)
-    tokens = prompt_token_mask(pipe, everything)
+            **family.pipeline_kwargs(),
+        ).images
+        clean = family.from_pipeline_latents(pipe, clean, resolution).cpu()
+    cond = family.inference_conditioning(pipe, everything, device, resolution)
+    tokens = family.prompt_token_mask(pipe, everything)
+    text_layers = tuple(f".{suffix}" for suffix in family.placements["cross"])
     names = [f"expert{e}" for e in range(len(experts))]
     for source, name in zip(sources, names, strict=True):
         pipe.load_lora_weights(source, adapter_name=name)
     current: dict[str, Any] = {"expert": 0, "rows": None}
 
     def hook(layer: str):
-        keep_prompt_tokens = text_tokens == "prompt" and layer.endswith(TEXT_INPUT_LAYERS)
+        keep_prompt_tokens = text_tokens == "prompt" and layer.endswith(text_layers)
 
         def record(module, args, output):
             x = args[0].detach().float()
@@ -273,9 +254,7 @@ def calibration_pass(
 
         return record
 
-    handles = [
-        pipe.unet.get_submodule(layer).register_forward_hook(hook(layer)) for layer in experts[0].layers
-    ]
+    handles = [model.get_submodule(layer).register_forward_hook(hook(layer)) for layer in experts[0].layers]
     try:
         noise = {
             t: torch.randn(clean.shape, generator=torch.Generator().manual_seed(seed + t)) for t in timesteps
@@ -294,19 +273,20 @@ def calibration_pass(
         for e, t, rows_in, last in tqdm(work, desc="calibrate", unit="batch", disable=not progress):
             current["expert"], current["rows"] = e, rows_in
             if e is None:
-                pipe.unet.disable_adapters()
+                model.disable_adapters()
             else:
-                pipe.unet.enable_adapters()
+                model.enable_adapters()
                 pipe.set_adapters(names[e])
             step = torch.full((len(rows_in),), t, dtype=torch.long)
-            noisy = pipe.scheduler.add_noise(clean[rows_in], noise[t][rows_in], step).to(
-                device, pipe.unet.dtype
-            )
-            batch_added = {k: v[rows_in.to(v.device)] for k, v in added.items()} if added else None
-            with torch.no_grad():
-                pipe.unet(
-                    noisy, step.to(device), text[rows_in.to(text.device)], added_cond_kwargs=batch_added
+            noisy = family.add_noise(pipe.scheduler, clean[rows_in], noise[t][rows_in], step).to(device)
+            batch = Conditioning(
+                *(
+                    None if x is None else x[rows_in.to(x.device)]
+                    for x in (cond.text, cond.pooled, cond.time_ids)
                 )
+            )
+            with torch.no_grad():
+                family.predict(model, noisy, step.to(device), batch, model.dtype)
             if last:
                 recorder.finish(e)
     finally:

@@ -1,8 +1,9 @@
 """LoRA experts as per-layer ``(A, B, scale)``, read through diffusers' own LoRA loader, and written back.
 
 ``lora_state_dict`` (diffusers) reads a folder, a file or a Hub id and returns the state dict with
-the adapter metadata our experts carry (rank, alpha, target modules). Layers are keyed by the UNet
-module name; ``delta = scale * B @ A`` is what the layer adds to the base weight.
+the adapter metadata our experts carry (rank, alpha, target modules). Layers are keyed by the denoiser's
+module name (a UNet's, or an SD3/FLUX transformer's); ``delta = scale * B @ A`` is what the layer adds to the
+base weight.
 """
 
 from __future__ import annotations
@@ -20,9 +21,13 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from coprov2.canonical import canonicalize
 from coprov2.errors import UserError
 from coprov2.paths import check_model
+from dpo.families import family_of
 from dpo.save import pipeline_class
 
-_KEY = re.compile(r"^(?:unet\.)?(?P<layer>.+)\.(?:lora\.down|lora_A)(?:\.default)?\.weight$")
+#: A LoRA down/A weight's key: the denoiser it adapts (diffusers' prefix: ``unet`` or ``transformer``) and its layer.
+_KEY = re.compile(
+    r"^(?:(?P<denoiser>unet|transformer)\.)?(?P<layer>.+)\.(?:lora\.down|lora_A)(?:\.default)?\.weight$"
+)
 
 
 @dataclass
@@ -42,23 +47,26 @@ class Expert:
     base_model: str | None = None
     target_modules: list[str] = field(default_factory=list)
     category: str | None = None  # the category it was trained on, where its training summary says
+    denoiser: str = "unet"  # what its layers adapt: the base family's ``unet`` or ``transformer``
+    settings: dict = field(default_factory=dict)  # its training settings, where its training summary says
 
     @property
     def rank(self) -> int:
         return max(layer.A.shape[0] for layer in self.layers.values())
 
 
-def _provenance(source: str) -> tuple[str | None, str | None]:
-    """``(base model, category)`` an expert names in its training summary or card (None where it names none)."""
+def _provenance(source: str) -> tuple[str | None, str | None, dict]:
+    """``(base model, category, training settings)`` an expert names in its training summary or card (None and
+    no settings where it names none)."""
     folder = Path(source)
     if (folder / "training_summary.json").exists():
         summary = json.loads((folder / "training_summary.json").read_text())
-        return summary["base"], summary.get("category")
+        return summary["base"], summary.get("category"), summary.get("settings", {})
     if (folder / "README.md").exists():
         from huggingface_hub import ModelCard
 
-        return ModelCard.load(folder / "README.md").data.base_model, None
-    return None, None
+        return ModelCard.load(folder / "README.md").data.base_model, None, {}
+    return None, None, {}
 
 
 def load_expert(source: str, name: str | None = None) -> Expert:
@@ -79,7 +87,13 @@ def load_expert(source: str, name: str | None = None) -> Expert:
             f"expert {source}: cannot read a LoRA from it{where}: {type(error).__name__}: {str(error)[:300]}"
         ) from None
     metadata = metadata or {}
-    alpha = metadata.get("unet.lora_alpha")
+    denoisers = {m["denoiser"] or "unet" for m in map(_KEY.match, state) if m}
+    if len(denoisers) > 1:
+        raise UserError(
+            f"expert {source}: adapts both a UNet and a transformer; one expert adapts one denoiser"
+        )
+    denoiser = denoisers.pop() if denoisers else "unet"
+    alpha = metadata.get(f"{denoiser}.lora_alpha")
     layers: dict[str, LoraLayer] = {}
     for key, down in state.items():
         match = _KEY.match(key)
@@ -98,10 +112,14 @@ def load_expert(source: str, name: str | None = None) -> Expert:
                 )
         layers[layer] = LoraLayer(A=down.float(), B=state[up_key].float(), scale=float(layer_alpha) / rank)
     if not layers:
-        raise UserError(f"expert {source}: no UNet LoRA layers found (keys like {next(iter(state), 'none')})")
-    targets = sorted(metadata.get("unet.target_modules") or {layer.rsplit(".", 1)[-1] for layer in layers})
-    base_model, category = _provenance(source)
-    return Expert(name or Path(source).name, layers, base_model, targets, category)
+        raise UserError(
+            f"expert {source}: no denoiser LoRA layers found (keys like {next(iter(state), 'none')})"
+        )
+    targets = sorted(
+        metadata.get(f"{denoiser}.target_modules") or {layer.rsplit(".", 1)[-1] for layer in layers}
+    )
+    base_model, category, settings = _provenance(source)
+    return Expert(name or Path(source).name, layers, base_model, targets, category, denoiser, settings)
 
 
 def check_compatible(experts: list[Expert], base: str | None = None) -> None:
@@ -110,6 +128,11 @@ def check_compatible(experts: list[Expert], base: str | None = None) -> None:
         raise UserError("no experts given")
     reference = experts[0]
     for expert in experts:
+        if expert.denoiser != reference.denoiser:
+            raise UserError(
+                f"expert {expert.name} adapts a {expert.denoiser}, expert {reference.name} a {reference.denoiser}: "
+                "experts of different base families cannot be merged; merge each family's experts on its own base"
+            )
         if base and expert.base_model and expert.base_model != base:
             raise UserError(f"expert {expert.name} was trained on {expert.base_model}, not on {base}")
         if expert.base_model and reference.base_model and expert.base_model != reference.base_model:
@@ -146,8 +169,6 @@ def save_merged(
         state[f"{layer}.lora_B.weight"] = B.contiguous()
     metadata = {"r": rank, "lora_alpha": rank, "target_modules": sorted(targets), "init_lora_weights": True}
     folder.mkdir(parents=True, exist_ok=True)
-    pipeline_class(base).save_lora_weights(
-        folder, unet_lora_layers=state, unet_lora_adapter_metadata=metadata
-    )
+    family_of(base).save_lora_weights(pipeline_class(base), folder, state, metadata)
     canonicalize(folder / "pytorch_lora_weights.safetensors")
     return folder / "pytorch_lora_weights.safetensors"

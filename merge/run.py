@@ -15,6 +15,7 @@ from coprov2.errors import UserError, check_finite, check_ranges
 from coprov2.paths import check_model
 from coprov2.tiny import resolve_tiny_model
 from dpo.config import default_cache_dir
+from dpo.families import family_of
 from dpo.retain import NEUTRAL_PROMPTS
 from merge.calibrate import (
     DEFAULT_TIMESTEPS,
@@ -137,6 +138,21 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 }
 
 
+def _family_options(base: str, experts: list[Expert]) -> dict[str, Any]:
+    """The base family's options the experts were trained with (T5's length on SD3/FLUX), for the calibration
+    pass to feed the denoiser as training did; refused when the experts disagree."""
+    options: dict[str, Any] = {}
+    for name in family_of(base).options:
+        values = {json.dumps(e.settings.get(name)) for e in experts if e.settings.get(name) is not None}
+        if len(values) > 1:
+            raise UserError(
+                f"the experts were trained with different {name} ({', '.join(sorted(values))}); merge experts trained alike"
+            )
+        if values:
+            options[name] = json.loads(values.pop())
+    return options
+
+
 def run_merge(config: MergeConfig) -> dict[str, Any]:
     """Load, check, (calibrate,) merge, save and card; returns a summary of what was done."""
     if not config.experts:
@@ -161,6 +177,7 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
             "progress": config.progress,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "expert_prompts": expert_prompts,
+            "family_options": _family_options(base, experts),
         }
         if config.method == "regmean":
             preserve = calibration_prompts(config.preserve_prompts or str(PRESERVE_PROMPTS))

@@ -293,3 +293,66 @@ def test_flow_experts_on_pipelines_not_built_for_the_tests(tmp_path, toy_data):
         adapted = [n for n, _ in pipe.transformer.named_modules() if n.endswith(".lora_A")]
         assert len(adapted) == len(text_stream) > 0, name
         assert np.abs(after - before).mean() > 1e-4, name
+
+
+@pytest.fixture(scope="module")
+def flux_experts(tmp_path_factory, toy_data):
+    """Two text-stream (``cross``) FLUX experts and one of the UNet family, trained briefly."""
+    root = tmp_path_factory.mktemp("flow-merge")
+    folders = []
+    for seed, category in enumerate(("concept-0", "concept-1")):
+        config = _config(root, toy_data, "flux", category=category, output_dir=str(root / category), seed=seed,
+                         target_modules=["cross"], max_sequence_length=16, max_train_steps=3)  # fmt: skip
+        folders.append(train_expert(config).output_dir)
+    unet = train_expert(
+        _config(root, toy_data, "sd15", output_dir=str(root / "unet"), resolution=8, max_train_steps=1)
+    )
+    return root, folders, unet.output_dir
+
+
+@pytest.mark.parametrize("method", ["regmean", "comerge", "sum"])
+def test_flux_experts_merge_and_the_merge_loads_in_the_flux_pipeline(flux_experts, toy_data, method):
+    """Every method over FLUX LoRA layouts; the fusion's calibration runs the transformer with the family's inputs
+    (16 T5 tokens, as the experts were trained: read from their summaries) and keeps only the prompts' own T5 tokens
+    in the text stream's keys and values (``--text_tokens prompt``)."""
+    from merge import load_expert
+    from merge.__main__ import main
+
+    root, folders, _ = flux_experts
+    out = root / f"merged-{method}"
+    args = ["--experts", *map(str, folders), "--base", "tiny:flux", "--method", method, "--output_dir", str(out),
+            "--cache_dir", str(root.parent / "flow-cache"), "--calibration", str(toy_data), "--resolution", "32",
+            "--calibration_timesteps", "300", "700", "--no_progress"]  # fmt: skip
+    args += ["--text_tokens", "prompt"] if method == "regmean" else []
+    assert main(args) == 0
+    merged, experts = load_expert(str(out)), [load_expert(str(f)) for f in folders]
+    assert merged.denoiser == "transformer" and set(merged.layers) == set(experts[0].layers)
+    assert all(layer.endswith((".add_k_proj", ".add_v_proj")) for layer in merged.layers)
+    if method == "sum":
+        layer = next(iter(merged.layers))
+        expected = sum(e.layers[layer].delta() for e in experts)
+        torch.testing.assert_close(merged.layers[layer].delta(), expected, atol=1e-5, rtol=1e-4)
+    pipe = FluxPipeline.from_pretrained(str(root.parent / "flow-cache" / "tiny-models" / "flux"))
+    pipe.load_lora_weights(out)
+    layer = next(iter(merged.layers))
+    module = pipe.transformer.get_submodule(layer)
+    loaded = (
+        module.lora_B["default_0"].weight @ module.lora_A["default_0"].weight * module.scaling["default_0"]
+    )
+    torch.testing.assert_close(loaded, merged.layers[layer].delta(), atol=1e-6, rtol=1e-5)
+    assert "license: other" in (out / "README.md").read_text()
+
+
+def test_experts_of_two_families_are_refused_in_one_merge(flux_experts, tmp_path):
+
+    root, folders, unet = flux_experts
+    args = ["--experts", str(folders[0]), str(unet), "--base", "tiny:flux", "--method", "sum",
+            "--output_dir", str(tmp_path / "mixed"), "--cache_dir", str(root.parent / "flow-cache"), "--no_progress"]  # fmt: skip
+    command = [sys.executable, "-m", "merge", *args]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if not line.startswith("[transformers]")]
+    assert (
+        len(lines) == 1 and "adapts a unet, expert" in lines[0] and "different base families" in lines[0]
+    ), lines
+    assert not any((tmp_path / "mixed").glob("*"))

@@ -462,12 +462,12 @@ def test_own_category_calibration_scores_each_expert_on_its_own_prompts(two_expe
 def test_prompt_token_mask_leaves_out_the_start_token_and_the_padding(tiny_models):
     from diffusers import DiffusionPipeline
 
-    from merge.calibrate import prompt_token_mask
+    from dpo.families.unet import UNetFamily
 
     pipe = DiffusionPipeline.from_pretrained(str(tiny_models["sd15"]))
     prompts = ["a red kite", "a very long caption about a quiet harbor at dawn"]
     ids = pipe.tokenizer(prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length).input_ids
-    mask = prompt_token_mask(pipe, prompts)
+    mask = UNetFamily().prompt_token_mask(pipe, prompts)
     for row, tokens in zip(mask.tolist(), ids, strict=True):
         end = tokens.index(pipe.tokenizer.eos_token_id)
         assert row == [False] + [True] * end + [False] * (len(tokens) - end - 1), "words and end token only"

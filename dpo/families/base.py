@@ -120,6 +120,17 @@ class Family:
         """``(token states, pooled or None)`` from the pipeline's own ``encode_prompt``, every text encoder."""
         raise NotImplementedError
 
+    def inference_conditioning(self, pipe, prompts: list[str], device, resolution: int) -> Conditioning:
+        """What the denoiser reads for ``prompts`` when the pipeline renders them at ``resolution`` (the merge's
+        calibration pass feeds the denoiser so)."""
+        text, pooled = self.encode_text(pipe, prompts, device)
+        return Conditioning(text, pooled)
+
+    def prompt_token_mask(self, pipe, prompts: list[str]) -> torch.Tensor:
+        """``[P, L]`` over the token states the text-stream layers (``placements["cross"]``) read: True on each
+        prompt's own tokens, False on what every prompt shares (start token, padding)."""
+        raise NotImplementedError
+
     def encoding_needs_denoiser(self, model_index: dict[str, Any]) -> bool:
         """Whether the pipeline's ``encode_prompt`` reads its denoiser (then the encoder pipeline keeps it)."""
         return False
@@ -207,3 +218,23 @@ def check_resolution(
     if resolution != native:
         logger.warning("training %s at %d px; its native resolution is %d px", base, resolution, native)
     return resolution
+
+
+def clip_mask(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """``[P, 77]``: each prompt's own CLIP tokens (words and end token); not the start token nor the padding."""
+    mask = tokenizer(
+        prompts,
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).attention_mask.bool()
+    mask[:, 0] = False
+    return mask
+
+
+def t5_mask(tokenizer, prompts: list[str], length: int) -> torch.Tensor:
+    """``[P, length]``: each prompt's own T5 tokens (words and end token), not the padding."""
+    return tokenizer(
+        prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+    ).attention_mask.bool()

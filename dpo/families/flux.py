@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dpo.families.base import RELEASE_BETA, Conditioning, check_resolution
+from dpo.families.base import RELEASE_BETA, Conditioning, check_resolution, t5_mask
 from dpo.families.flow import FlowFamily
 
 #: ``FluxPipeline.default_sample_size``: the pipeline's native resolution is this x the VAE factor.
@@ -57,6 +57,10 @@ class FluxFamily(FlowFamily):
                 max_sequence_length=self.max_sequence_length,
             )  # fmt: skip
         return embeds, pooled
+
+    def prompt_token_mask(self, pipe, prompts: list[str]) -> torch.Tensor:
+        """The text stream is T5's ``max_sequence_length`` token states."""
+        return t5_mask(pipe.tokenizer_2, prompts, self.max_sequence_length)
 
     def from_pipeline_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         return pipe._unpack_latents(latents, resolution, resolution, pipe.vae_scale_factor)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from dpo.families.base import Conditioning, check_resolution
+from dpo.families.base import Conditioning, check_resolution, clip_mask, t5_mask
 from dpo.families.flow import FlowFamily
 
 
@@ -51,6 +51,14 @@ class SD3Family(FlowFamily):
                 do_classifier_free_guidance=False, max_sequence_length=self.max_sequence_length,
             )  # fmt: skip
         return embeds, pooled
+
+    def prompt_token_mask(self, pipe, prompts: list[str]) -> torch.Tensor:
+        """The text stream is CLIP's 77 token states (both CLIPs side by side) followed by T5's; without T5 its part
+        is zeros the length of CLIP's, False."""
+        clip = clip_mask(pipe.tokenizer, prompts)
+        if pipe.text_encoder_3 is None:
+            return torch.cat([clip, torch.zeros_like(clip)], dim=1)
+        return torch.cat([clip, t5_mask(pipe.tokenizer_3, prompts, self.max_sequence_length)], dim=1)
 
     def predict(self, model, noisy, timesteps, cond: Conditioning, dtype: torch.dtype) -> torch.Tensor:
         return model(

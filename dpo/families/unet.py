@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from coprov2.errors import UserError
-from dpo.families.base import RELEASE_BETA, Conditioning, Family, check_resolution
+from dpo.families.base import RELEASE_BETA, Conditioning, Family, check_resolution, clip_mask
 from dpo.families.flow import FlowFamily
 
 
@@ -79,6 +79,21 @@ class UNetFamily(Family):
                 return embeds, pooled
             embeds, _ = pipe.encode_prompt(captions, device, 1, do_classifier_free_guidance=False)
             return embeds, None
+
+    def inference_conditioning(self, pipe, prompts: list[str], device, resolution: int) -> Conditioning:
+        """SDXL adds the pipeline's own size and crop ids of an uncropped ``resolution`` image."""
+        embeds, pooled = self.encode_text(pipe, prompts, device)
+        if pooled is None:
+            return Conditioning(embeds)
+        time_ids = pipe._get_add_time_ids(
+            (resolution, resolution), (0, 0), (resolution, resolution), embeds.dtype,
+            text_encoder_projection_dim=pipe.text_encoder_2.config.projection_dim,
+        ).repeat(len(prompts), 1)  # fmt: skip
+        return Conditioning(embeds, pooled, time_ids.to(device))
+
+    def prompt_token_mask(self, pipe, prompts: list[str]) -> torch.Tensor:
+        """CLIP's tokens: the start token and the padding are False."""
+        return clip_mask(pipe.tokenizer, prompts)
 
     def time_ids(self, pipe, original_and_crop: list[tuple], resolution: int) -> torch.Tensor | None:
         """SDXL's ids per image: original size, crop corner, target size (the release computes them so)."""
