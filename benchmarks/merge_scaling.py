@@ -31,6 +31,11 @@ and a 95% Student-t interval. The report ends with the goals of issue #21 (``GOA
     python benchmarks/merge_scaling.py --seeds 1 --out DIR --no-report   # one seed per process
     python benchmarks/merge_scaling.py --seeds --out DIR           # report what DIR holds
     python benchmarks/merge_scaling.py --placement cross --all-single none --seeds 0 1 2 --out DIR
+    python benchmarks/merge_scaling.py --tiny flux --ns 2 7 --methods regmean comerge sum --all-single none --out DIR
+
+``--tiny flux``: the same world on the tiny FLUX pipeline (``dpo.toy.pretrain_denoiser_toy_base``), Flow-DPO experts
+with the flow known answer's settings (``dpo.toy.FLOW_KNOWN_ANSWER``), merged over FLUX's LoRA layout and
+calibrated through its family (T5's length from the experts' summaries).
 
 Everything is resumable: trained LoRAs and finished (seed, N) cells are kept under ``DIR`` (placement
 ``cross`` under ``DIR/cross``). Outputs there: ``results.json``, ``results.md``, ``retained_gain.png``.
@@ -51,13 +56,15 @@ from diffusers import DiffusionPipeline
 from coprov2.tiny import resolve_tiny_model
 from dpo import DPOConfig, train_expert
 from dpo.config import PLACEMENT_NAMES
+from dpo.families import family_of
 from dpo.toy import (
+    KNOWN_ANSWER_BY_FAMILY,
     KNOWN_ANSWER_STEPS,
     NEUTRAL_CAPTIONS,
+    TOY_BASES,
     TOY_RESOLUTION,
     colour_centroid,
     displacement,
-    pretrain_toy_base,
     sample_latents,
     share_closer,
     toy_concepts,
@@ -73,7 +80,7 @@ from merge.calibrate import (
 )
 from merge.experts import load_expert, save_merged
 from merge.methods import merge_experts
-from merge.run import PRESERVE_PROMPTS
+from merge.run import PRESERVE_PROMPTS, family_options
 
 #: (row name, method, calibration, options): the Co-Merge variants of ``merge/methods.py`` (calibration
 #: ``all``/``own``: scores on every category's prompts or each expert's own), the closed-form fusion
@@ -132,9 +139,12 @@ def dpo_config(
     retain = dict(retain or {})
     if category == "all" and retain.get("retain_prompts") == "other":
         retain["retain_prompts"] = "neutral"
+    family = KNOWN_ANSWER_BY_FAMILY[
+        family_of(str(base)).name
+    ]  # the flow known answer's beta, guidance, T5 length
     return toy_expert_config(
         data, category, base, out, cache, max_train_steps=steps, rank=rank, seed=seed,
-        target_modules=[placement], checkpointing_steps=10**6, logging_steps=10**6, **retain,
+        target_modules=[placement], checkpointing_steps=10**6, logging_steps=10**6, **family, **retain,
     )  # fmt: skip
 
 
@@ -179,6 +189,7 @@ class Judge:
 def calibrate(scope: str, base: Path, loaded, experts: list[Path], prompts, own, preserve, seed: int):
     """One calibration of ``MERGES``: Co-Merge's scores (``all``/``own``) or the fusion's Grams (``grams-<tokens>``)."""
     common = {"resolution": TOY_RESOLUTION, "seed": seed, "progress": False}
+    common["family_options"] = family_options(str(base), loaded)
     sources = [str(e) for e in experts]
     if scope == "all":
         return activation_scores(str(base), loaded, sources, prompts, **common)
@@ -488,6 +499,9 @@ def main() -> None:
     )
     parser.add_argument("--retain-prompts", default="other", help="its retain set (All-single: neutral)")
     parser.add_argument("--retain-mode", choices=("unet", "text"), default="unet")
+    parser.add_argument(
+        "--tiny", choices=sorted(TOY_BASES), default="sd15", help="the toy base's tiny pipeline"
+    )
     parser.add_argument("--no-report", action="store_true")
     parser.add_argument("--out", default="merge-scaling")
     args = parser.parse_args()
@@ -497,8 +511,9 @@ def main() -> None:
     root = Path(args.out)
     start = time.perf_counter()
     concepts = toy_concepts(max(args.ns))
-    base = pretrain_toy_base(
-        resolve_tiny_model("tiny:sd15", root / "tiny"), root / "base", concepts, steps=args.base_steps
+    pretrain = TOY_BASES[args.tiny][1]
+    base = pretrain(
+        resolve_tiny_model(f"tiny:{args.tiny}", root / "tiny"), root / "base", concepts, steps=args.base_steps
     )
     if not (root / "data").exists():
         write_toy_dataset(root / "data", concepts)

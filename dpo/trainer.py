@@ -277,6 +277,7 @@ def prepare_inputs(config: DPOConfig, category: str, accelerator: Accelerator) -
     vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
     family = generic.configure(vae_config, config)
     config = config.for_family(family)
+    family.check_target_modules(base, config.revision, config.target_modules)
     kept_prompts = (
         retain_prompts(config.retain_prompts, pairs, category) if config.retain_weight > 0 else None
     )

@@ -138,7 +138,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 }
 
 
-def _family_options(base: str, experts: list[Expert]) -> dict[str, Any]:
+def family_options(base: str, experts: list[Expert]) -> dict[str, Any]:
     """The base family's options the experts were trained with (T5's length on SD3/FLUX), for the calibration
     pass to feed the denoiser as training did; refused when the experts disagree."""
     options: dict[str, Any] = {}
@@ -177,7 +177,7 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
             "progress": config.progress,
             "device": "cuda" if torch.cuda.is_available() else "cpu",
             "expert_prompts": expert_prompts,
-            "family_options": _family_options(base, experts),
+            "family_options": family_options(base, experts),
         }
         if config.method == "regmean":
             preserve = calibration_prompts(config.preserve_prompts or str(PRESERVE_PROMPTS))

@@ -183,6 +183,14 @@ def test_bad_bases_and_options_are_one_line(tmp_path, toy_data):
         UserError, match=r"--retain_mode text reads .* on a flux base .*; use --retain_mode unet"
     ):
         train_expert(_config(tmp_path, toy_data, "flux", retain_weight=1.0, retain_mode="text"))
+    with pytest.raises(
+        UserError, match=r"--target_modules attn2.to_k: no module of .*flux's transformer \(flux family\)"
+    ):
+        train_expert(_config(tmp_path, toy_data, "flux", target_modules=["attn2.to_k", "add_v_proj"]))
+    with pytest.raises(
+        UserError, match=r"--target_modules add_k_proj: no module of .*sd15's unet \(unet family\)"
+    ):
+        train_expert(_config(tmp_path, toy_data, "sd15", resolution=8, target_modules=["add_k_proj"]))
     with pytest.raises(UserError, match=r"--max_sequence_length is for rectified-flow bases"):
         train_expert(_config(tmp_path, toy_data, "sd15", resolution=8, max_sequence_length=77))
     assert not (tmp_path / "flux").exists() and not (tmp_path / "sd3").exists(), "nothing written"

@@ -195,6 +195,31 @@ class Family:
 
         return get_peft_model_state_dict(model)
 
+    def check_target_modules(self, base: str, revision: str | None, targets: list[str]) -> None:
+        """Every ``--target_modules`` suffix names a module of the base's denoiser (built empty from its config,
+        no weights read), else one line naming them and what this family offers; before any work, so a UNet's
+        ``attn2.to_k`` given for a transformer (or the reverse) never reaches peft's traceback."""
+        from accelerate import init_empty_weights
+
+        with init_empty_weights():
+            names = [name for name, _ in self.denoiser_class(base, revision).from_config(
+                self.denoiser_class(base, revision).load_config(base, subfolder=self.denoiser, revision=revision)
+            ).named_modules()]  # fmt: skip
+        missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
+        if missing:
+            offered = "; ".join(f"{name}: {' '.join(suffixes)}" for name, suffixes in self.placements.items())
+            raise UserError(
+                f"--target_modules {' '.join(missing)}: no module of {base}'s {self.denoiser} ({self.name} family) "
+                f"ends so; name a placement ({offered}) or suffixes of its module names"
+            )
+
+    def denoiser_class(self, base: str, revision: str | None) -> type:
+        """The diffusers class of the base's denoiser, as its ``model_index.json`` names it."""
+        import diffusers
+        from diffusers import DiffusionPipeline
+
+        return getattr(diffusers, DiffusionPipeline.load_config(base, revision=revision)[self.denoiser][1])
+
     def save_lora_weights(self, pipeline_class: type, folder, layers: dict, metadata: dict) -> None:
         """The diffusers LoRA file that ``pipe.load_lora_weights`` of this family's pipelines reads."""
         pipeline_class.save_lora_weights(

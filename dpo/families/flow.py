@@ -83,11 +83,7 @@ class FlowFamily(Family):
         return FlowMatchEulerDiscreteScheduler.from_pretrained(base, subfolder="scheduler", revision=revision)
 
     def load_denoiser(self, base: str, revision: str | None, dtype: torch.dtype) -> torch.nn.Module:
-        import diffusers
-        from diffusers import DiffusionPipeline
-
-        _, name = DiffusionPipeline.load_config(base, revision=revision)["transformer"]
-        return getattr(diffusers, name).from_pretrained(
+        return self.denoiser_class(base, revision).from_pretrained(
             base, subfolder="transformer", revision=revision, torch_dtype=dtype
         )
 
