@@ -162,6 +162,38 @@ def widen_text_space(pipe, width: int, seed: int = 0) -> None:
         )
 
 
+def _pretraining_data(pipe, concepts: list[ToyConcept], generator: torch.Generator):
+    """A toy base's pretraining data: every caption (the concepts' and the neutral ones), the two colours each
+    renders, and 32 latents of every colour."""
+    captions = [c for concept in concepts for c in concept.captions + concept.held_out] + NEUTRAL_CAPTIONS
+    modes = [
+        (concept.unsafe_colour, concept.safe_colour)
+        for concept in concepts
+        for _ in concept.captions + concept.held_out
+    ]
+    modes += [NEUTRAL_COLOURS] * len(NEUTRAL_CAPTIONS)
+    latents = {
+        colour: _encode(pipe, colour_pixels(colour, 32, generator)) for pair in set(modes) for colour in pair
+    }
+    return captions, modes, latents
+
+
+def _pretraining_batch(
+    modes, latents, batch: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` captions and, for each, a latent of one of its two colours (half and half)."""
+    caption = torch.randint(0, len(modes), (batch,), generator=generator)
+    safe = torch.rand(batch, generator=generator) < 0.5
+    pick = torch.randint(0, 32, (batch,), generator=generator)
+    x0 = torch.stack(
+        [
+            latents[modes[c][int(s)]][p]
+            for c, s, p in zip(caption.tolist(), safe.tolist(), pick.tolist(), strict=True)
+        ]
+    )
+    return caption, x0
+
+
 def pretrain_toy_base(
     tiny_sd15: str | Path, output: str | Path, concepts: list[ToyConcept], steps: int = 600, seed: int = 0,
     text_width: int | None = None,
@@ -176,16 +208,7 @@ def pretrain_toy_base(
     if text_width not in (None, pipe.text_encoder.config.hidden_size):
         widen_text_space(pipe, text_width, seed)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-    captions = [c for concept in concepts for c in concept.captions + concept.held_out] + NEUTRAL_CAPTIONS
-    modes = [
-        (concept.unsafe_colour, concept.safe_colour)
-        for concept in concepts
-        for _ in concept.captions + concept.held_out
-    ]
-    modes += [NEUTRAL_COLOURS] * len(NEUTRAL_CAPTIONS)
-    latents = {
-        colour: _encode(pipe, colour_pixels(colour, 32, generator)) for pair in set(modes) for colour in pair
-    }
+    captions, modes, latents = _pretraining_data(pipe, concepts, generator)
     tokens = pipe.tokenizer(
         captions,
         padding="max_length",
@@ -199,15 +222,7 @@ def pretrain_toy_base(
     optimizer = torch.optim.AdamW([*unet.parameters(), *text_encoder.parameters()], lr=1e-3)
     batch = 32
     for _ in range(steps):
-        caption = torch.randint(0, len(captions), (batch,), generator=generator)
-        safe = torch.rand(batch, generator=generator) < 0.5
-        pick = torch.randint(0, 32, (batch,), generator=generator)
-        x0 = torch.stack(
-            [
-                latents[modes[c][int(s)]][p]
-                for c, s, p in zip(caption.tolist(), safe.tolist(), pick.tolist(), strict=True)
-            ]
-        )
+        caption, x0 = _pretraining_batch(modes, latents, batch, generator)
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         text = text_encoder(tokens[caption])[0]
@@ -241,31 +256,14 @@ def pretrain_denoiser_toy_base(
     pipe = DiffusionPipeline.from_pretrained(str(tiny))
     family = _family(pipe)
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
-    captions = [c for concept in concepts for c in concept.captions + concept.held_out] + NEUTRAL_CAPTIONS
-    modes = [
-        (concept.unsafe_colour, concept.safe_colour)
-        for concept in concepts
-        for _ in concept.captions + concept.held_out
-    ]
-    modes += [NEUTRAL_COLOURS] * len(NEUTRAL_CAPTIONS)
-    latents = {
-        colour: _encode(pipe, colour_pixels(colour, 32, generator)) for pair in set(modes) for colour in pair
-    }
+    captions, modes, latents = _pretraining_data(pipe, concepts, generator)
     text, pooled = family.encode_text(pipe, captions, torch.device("cpu"))
     model = getattr(pipe, family.denoiser)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     batch, timesteps = 32, DPOConfig()
     for _ in range(steps):
-        caption = torch.randint(0, len(captions), (batch,), generator=generator)
-        safe = torch.rand(batch, generator=generator) < 0.5
-        pick = torch.randint(0, 32, (batch,), generator=generator)
-        x0 = torch.stack(
-            [
-                latents[modes[c][int(s)]][p]
-                for c, s, p in zip(caption.tolist(), safe.tolist(), pick.tolist(), strict=True)
-            ]
-        )
+        caption, x0 = _pretraining_batch(modes, latents, batch, generator)
         noise = torch.randn(x0.shape, generator=generator)
         t = family.sample_timesteps(scheduler, batch, generator, timesteps)
         cond = Conditioning(text[caption], None if pooled is None else pooled[caption])
