@@ -41,6 +41,31 @@ def check_paths(config: BuildConfig) -> None:
             raise UserError(f"--{option} {value}: no such file or folder")
 
 
+def check_render_size(config: BuildConfig) -> None:
+    """Before the LLM stages: ``--t2i_height``/``--t2i_width`` fit the renderer's VAE factor and its denoiser's
+    downsampling or patch size (``dpo/families``: SD3's latent x patch, FLUX's 2x2 packing). A Hub id whose files
+    cannot be read here yet is left to the render stage."""
+    from diffusers import AutoencoderKL
+
+    from dpo.families import family_of
+
+    model = config.resolve_model(config.t2i_model)
+    if config.t2i_height is None and config.t2i_width is None:
+        return
+    try:
+        family = family_of(model, option="--t2i_model")
+        vae = AutoencoderKL.load_config(model, subfolder="vae")
+    except OSError:
+        return
+    for option in ("t2i_height", "t2i_width"):
+        size = getattr(config, option)
+        if size is not None:
+            try:
+                family.resolution(model, None, size, vae)
+            except UserError as error:
+                raise UserError(f"--{option} {size}: {error}") from None
+
+
 def make_stages(config: BuildConfig) -> list[Stage]:
     """The sharded stages up to ``config.stage`` (``dataset`` is an export, run after them)."""
     device = distributed_state().device
@@ -76,6 +101,7 @@ def build(config: BuildConfig) -> dict[str, Any]:
         # tiny:<kind> models are written once, by the main process, before the others look for them
         for name in ("llm_model", "t2i_model", "clip_model"):
             config.resolve_model(getattr(config, name))
+    check_render_size(config)
     manifest: dict[str, Any] = {}
     for stage in make_stages(config):
         manifest = run_stage(stage, config.output_dir, config.progress, config.wait_for_lock)

@@ -364,3 +364,25 @@ def test_experts_of_two_families_are_refused_in_one_merge(flux_experts, tmp_path
         len(lines) == 1 and "adapts a unet, expert" in lines[0] and "different base families" in lines[0]
     ), lines
     assert not any((tmp_path / "mixed").glob("*"))
+
+
+@pytest.mark.parametrize(("kind", "option", "size", "rule"), [
+    ("sd3", "t2i_height", 30, r"multiple of 4 \(VAE factor 2 x patch size 2\)"),
+    ("flux", "t2i_width", 34, r"multiple of 4 \(VAE factor 2 x 2x2 packing\)"),
+])  # fmt: skip
+def test_the_builder_checks_a_transformer_renderers_size_before_any_stage(tmp_path, kind, option, size, rule):
+    """``coprov2.build --t2i_model tiny:sd3|tiny:flux`` with a size the renderer cannot produce: one line naming the
+    option, the value and the rule, exit 2, before the taxonomy and LLM stages write anything."""
+    out = tmp_path / "build"
+    command = [sys.executable, "-m", "coprov2.build", "--preset", "smoke", "--t2i_model", f"tiny:{kind}",
+               f"--{option}", str(size), "--output_dir", str(out)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and f"--{option} {size}: resolution {size} does not fit" in lines[0], done.stderr[
+        -1500:
+    ]
+    import re
+
+    assert re.search(rule, lines[0]), lines[0]
+    assert not (out / "taxonomy").exists() and not (out / "prompts").exists()

@@ -241,7 +241,7 @@ def check_resolution(
             f"({why}){bound}; the model's native resolution is {native}"
         )
     if resolution != native:
-        logger.warning("training %s at %d px; its native resolution is %d px", base, resolution, native)
+        logger.warning("%s at %d px: its native resolution is %d px", base, resolution, native)
     return resolution
 
 
