@@ -22,6 +22,7 @@ from dpo.toy import (
     KNOWN_ANSWER_SEEDS,
     expert_outcome,
     known_answer_mutation,
+    known_answer_settings,
     make_toy_world,
     toy_concepts,
     train_known_answer_experts,
@@ -222,9 +223,8 @@ def test_flow_known_answer_fails_with_winner_and_loser_swapped(flow_world):
     outcomes = []
     for seed in KNOWN_ANSWER_SEEDS:
         with known_answer_mutation("flipped_sign"):
-            expert = train_toy_expert(
-                *flow_world, f"swapped-seed-{seed}", seed=seed, beta=None, retain_guidance=3.5
-            )
+            settings = known_answer_settings(flow_world)  # the flow known answer's: beta, guidance, T5 length
+            expert = train_toy_expert(*flow_world, f"swapped-seed-{seed}", seed=seed, **settings)
         outcomes.append(expert_outcome(concept, base, expert))
         if not dpo_known_answer_claim(_best_case(outcomes))[0]:
             break
