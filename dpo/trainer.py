@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import cast_training_params
@@ -347,11 +347,13 @@ def train_expert(config: DPOConfig, category: str | None = None) -> ExpertResult
     """Train (or resume) the expert for ``category`` (default ``config.category``); returns its folder and metrics."""
     category = category or config.category
     expert_dir = config.expert_dir(category)
+    cpu = not torch.cuda.is_available()
     mixed = config.mixed_precision
-    if mixed == "auto":  # the family's precision on a GPU (tiny models are written concurrency-safe)
-        base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
-        mixed = family_of(base, config.revision).gpu_precision if torch.cuda.is_available() else "no"
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    if mixed == "auto":  # the family's precision on a GPU: read before the Accelerator, which takes it
+        with PartialState(cpu=cpu).main_process_first():  # one process writes a tiny base
+            base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+        mixed = "no" if cpu else family_of(base, config.revision).gpu_precision
+    accelerator = Accelerator(mixed_precision=mixed, cpu=cpu)
     inputs = prepare_inputs(config, category, accelerator)
     config, family, device = inputs.config, inputs.family, accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed, torch.float32)
