@@ -229,13 +229,13 @@ class DPOConfig:
         if (
             self.retain_weight > 0
             and self.retain_mode == "text"
-            and not (family.text_retain and set(targets) <= set(cross))
+            and not (family.reads_encoder_states and set(targets) <= set(cross))
         ):
-            fix = f"use --target_modules cross ({' '.join(cross)}) or " if family.text_retain else ""
+            fix = f"use --target_modules cross ({' '.join(cross)}) or " if family.reads_encoder_states else ""
             raise UserError(
                 f"--retain_mode text reads the cross-attention key/value LoRAs only (on the text encoder's states, "
                 f"as UNets have them), and --target_modules {' '.join(targets)} on a {family.name} base adapts "
-                f"{'more' if family.text_retain else 'layers that read other states'}; {fix}use --retain_mode unet"
+                f"{'more' if family.reads_encoder_states else 'layers that read other states'}; {fix}use --retain_mode unet"
             )
         return replace(self, beta=self.beta or family.default_beta, target_modules=targets)
 

@@ -40,7 +40,7 @@ from dpo.families.unet import UNetFamily
 #: the preserve prompts of the closed-form merge (``merge.run.PRESERVE_PROMPTS``).
 NEUTRAL_PROMPTS = Path(__file__).parent / "data" / "neutral_prompts.txt"
 #: Module name suffixes the ``text`` mode's term reads (the only family whose cross-attention reads the text
-#: encoder's states unchanged: ``Family.text_retain``).
+#: encoder's states unchanged: ``Family.reads_encoder_states``).
 CROSS_ATTENTION_KV = UNetFamily.placements["cross"]
 #: ``--retain_prompts`` by name; anything else is a ``.txt`` file, one caption per line.
 RETAIN_SOURCES = ("neutral", "other")

@@ -589,8 +589,10 @@ def expert_outcome(concept: ToyConcept, base: Path, result) -> dict[str, float]:
     after = sample_latents(pipe, trained), sample_latents(pipe, neutral)
     pipe.unload_lora_weights()
     lora = load_file(str(Path(result.output_dir) / "pytorch_lora_weights.safetensors"))
-    leaked = math.nan  # only where cross-attention reads the text encoder's states (``Family.text_retain``)
-    if _family(pipe).text_retain:
+    leaked = (
+        math.nan
+    )  # only where cross-attention reads the text encoder's states (``Family.reads_encoder_states``)
+    if _family(pipe).reads_encoder_states:
         leaked = leak(lora, text_states(pipe, list(concept.captions)), text_states(pipe, NEUTRAL_CAPTIONS))
     return {
         "leak": leaked,

@@ -268,10 +268,29 @@ def write_attack_csv(root: Path) -> Path:
     return path
 
 
+def check_attacked_encoder(config: AttackConfig) -> None:
+    """The base's family (``dpo/families``: an unknown one is one line) reads the text encoder's states this search
+    runs in (``text_encoder/``, CLIP). SD3 and FLUX transformers read other embeddings (T5's states; of CLIP, FLUX
+    only the pooled vector): a search in CLIP's space would attack what they barely read, so it is refused until
+    the attack searches the embeddings they receive."""
+    from dpo.families import family_of
+
+    base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+    family = family_of(base, config.revision)
+    if not family.reads_encoder_states:
+        raise UserError(
+            f"--base {config.base}: a {family.name} transformer reads {family.prompt_states}; this Ring-A-Bell "
+            "searches the CLIP text_encoder's token states only, which it barely reads, so the attack would measure "
+            "the wrong space; evaluate a published attack set by name instead (python -m evaluation --prompts "
+            "ringabell-...)"
+        )
+
+
 def attack(config: AttackConfig) -> Path:
     """Run the attack (resuming a stopped one) and write ``attack.csv``; returns its path."""
     if not config.base.startswith("tiny:"):
         check_model(config.base, "--base")
+    check_attacked_encoder(config)
     stage = AttackStage(config)  # reads and checks the pairs and targets before anything is written
     check_writable_dir(config.output_dir, "--output_dir")
     root = Path(config.output_dir)

@@ -386,3 +386,28 @@ def test_the_builder_checks_a_transformer_renderers_size_before_any_stage(tmp_pa
 
     assert re.search(rule, lines[0]), lines[0]
     assert not (out / "taxonomy").exists() and not (out / "prompts").exists()
+
+
+def test_the_attack_refuses_a_transformer_base_and_an_unknown_family(tmp_path, toy_data):
+    """Ring-A-Bell here searches CLIP's ``text_encoder`` states: on FLUX (T5's states) and SD3 (CLIPs joined with
+    T5) it would attack what the model barely reads, so it is one line, exit 2, nothing written; so is a base of
+    no known family. (Searching the embeddings the transformer receives is issue #36's, still open.)"""
+    other = tmp_path / "pixart"
+    (other / "vae").mkdir(parents=True)
+    (other / "model_index.json").write_text(json.dumps({
+        "_class_name": "PixArtAlphaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"],
+    }))  # fmt: skip
+    cases = {
+        "tiny:flux": "a flux transformer reads T5's token states",
+        "tiny:sd3": "a sd3 transformer reads CLIP-L's and CLIP-G's token states joined with T5's",
+        str(other): "not a supported base family; supported: unet, sd3, flux",
+    }
+    for base, message in cases.items():
+        out = tmp_path / f"attack-{len(message)}"
+        command = [sys.executable, "-m", "evaluation.attack", "--base", base, "--pairs", str(toy_data),
+                   "--category", "concept-0", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
+                   "--no_progress"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True)
+        lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+        assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-1500:]
+        assert not out.exists(), "nothing written"

@@ -71,8 +71,12 @@ class Family:
     method: ClassVar[str]
     #: ``--mixed_precision auto`` on a GPU: the precision the family's diffusers scripts train in.
     gpu_precision: ClassVar[str] = "bf16"
-    #: Whether ``--retain_mode text`` applies: its term reads LoRAs whose inputs are the text encoder's states.
-    text_retain: ClassVar[bool] = False
+    #: Whether the denoiser's text-input layers read the (first) text encoder's token states unchanged, as a
+    #: UNet's cross-attention does: then ``--retain_mode text`` (a term on those layers' LoRAs) and the
+    #: Ring-A-Bell search in that encoder's space (``evaluation/ringabell.py``) measure what the model reads.
+    reads_encoder_states: ClassVar[bool] = False
+    #: What the denoiser reads of the prompt, for messages.
+    prompt_states: ClassVar[str] = "the text encoder's token states"
 
     #: The ``DPOConfig`` options this family takes beyond the common ones (the others refuse them).
     options: ClassVar[tuple[str, ...]] = ()

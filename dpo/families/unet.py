@@ -29,7 +29,7 @@ class UNetFamily(Family):
     }
     default_beta = RELEASE_BETA
     gpu_precision = "fp16"  # the release's
-    text_retain = True
+    reads_encoder_states = True
     method = (
         "Diffusion-DPO as in the SafetyDPO release: winner and loser share noise, timestep and caption; "
         "loss `-logsigmoid(-0.5 * beta * ((L_w - L_l) - (L_w - L_l)_ref))` on noise-prediction errors; the reference "
