@@ -290,8 +290,8 @@ def attack(config: AttackConfig) -> Path:
     """Run the attack (resuming a stopped one) and write ``attack.csv``; returns its path."""
     if not config.base.startswith("tiny:"):
         check_model(config.base, "--base")
-    check_attacked_encoder(config)
     stage = AttackStage(config)  # reads and checks the pairs and targets before anything is written
+    check_attacked_encoder(config)
     check_writable_dir(config.output_dir, "--output_dir")
     root = Path(config.output_dir)
     run_stage(stage, root, config.progress, config.wait_for_lock)

@@ -388,7 +388,7 @@ def test_the_builder_checks_a_transformer_renderers_size_before_any_stage(tmp_pa
     assert not (out / "taxonomy").exists() and not (out / "prompts").exists()
 
 
-def test_the_attack_refuses_a_transformer_base_and_an_unknown_family(tmp_path, toy_data):
+def test_the_attack_refuses_a_transformer_base_and_an_unknown_family(tmp_path):
     """Ring-A-Bell here searches CLIP's ``text_encoder`` states: on FLUX (T5's states) and SD3 (CLIPs joined with
     T5) it would attack what the model barely reads, so it is one line, exit 2, nothing written; so is a base of
     no known family. (Searching the embeddings the transformer receives is issue #36's, still open.)"""
@@ -402,9 +402,11 @@ def test_the_attack_refuses_a_transformer_base_and_an_unknown_family(tmp_path, t
         "tiny:sd3": "a sd3 transformer reads CLIP-L's and CLIP-G's token states joined with T5's",
         str(other): "not a supported base family; supported: unet, sd3, flux",
     }
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("prompt,prompt1\na red lantern scene,a lantern scene\n")
     for base, message in cases.items():
         out = tmp_path / f"attack-{len(message)}"
-        command = [sys.executable, "-m", "evaluation.attack", "--base", base, "--pairs", str(toy_data),
+        command = [sys.executable, "-m", "evaluation.attack", "--base", base, "--pairs", str(pairs),
                    "--category", "concept-0", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
                    "--no_progress"]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
