@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from coprov2.errors import UserError
 from dpo.config import DPOConfig
-from dpo.families import Conditioning, family_of_pipeline
+from dpo.families import family_of_pipeline
 from merge.experts import Expert, LoraLayer
 
 DEFAULT_TIMESTEPS = (100, 300, 500, 700, 900)
@@ -279,12 +279,7 @@ def calibration_pass(
                 pipe.set_adapters(names[e])
             step = torch.full((len(rows_in),), t, dtype=torch.long)
             noisy = family.add_noise(pipe.scheduler, clean[rows_in], noise[t][rows_in], step).to(device)
-            batch = Conditioning(
-                *(
-                    None if x is None else x[rows_in.to(x.device)]
-                    for x in (cond.text, cond.pooled, cond.time_ids)
-                )
-            )
+            batch = cond.rows(rows_in)
             with torch.no_grad():
                 family.predict(model, noisy, step.to(device), batch, model.dtype)
             if last:

@@ -40,6 +40,12 @@ class Conditioning:
             *(None if x is None else x.to(device) for x in (self.text, self.pooled, self.time_ids))
         )
 
+    def rows(self, index: torch.Tensor) -> Conditioning:
+        """The rows ``index`` of every part."""
+        return Conditioning(
+            *(None if x is None else x[index.to(x.device)] for x in (self.text, self.pooled, self.time_ids))
+        )
+
     def cat(self, other: Conditioning) -> Conditioning:
         """Rows of ``self`` then of ``other`` (the retain rows ride in the pairs' batch)."""
 
@@ -205,10 +211,10 @@ class Family:
         ``attn2.to_k`` given for a transformer (or the reverse) never reaches peft's traceback."""
         from accelerate import init_empty_weights
 
+        denoiser = self.denoiser_class(base, revision)
+        config = denoiser.load_config(base, subfolder=self.denoiser, revision=revision)
         with init_empty_weights():
-            names = [name for name, _ in self.denoiser_class(base, revision).from_config(
-                self.denoiser_class(base, revision).load_config(base, subfolder=self.denoiser, revision=revision)
-            ).named_modules()]  # fmt: skip
+            names = [name for name, _ in denoiser.from_config(config).named_modules()]
         missing = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in names)]
         if missing:
             offered = "; ".join(f"{name}: {' '.join(suffixes)}" for name, suffixes in self.placements.items())
