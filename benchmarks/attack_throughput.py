@@ -43,7 +43,7 @@ def encoders():
 
 
 def main() -> None:
-    from evaluation.ringabell import SearchSettings, Vocabulary, encoder_of, search, tokenize
+    from evaluation.ringabell import SearchSettings, encoder_of, search, token_space
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--population", type=int, default=200)
@@ -52,18 +52,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer, models = encoders()
-    vocabulary = Vocabulary.of(tokenizer)
     rows = []
     for name, model in models.items():
-        encode = encoder_of(model)
-        target = encode(tokenize(tokenizer, ["a target prompt"]))[0]
+        space = token_space(tokenizer, encoder_of(model), name)
+        target = space.encode_prompts(["a target prompt"])[0]
         timings, found = {}, {}
         for mode, batch in (("per candidate", 1), ("whole population", None)):
             settings = SearchSettings(
                 population=args.population, generations=args.generations, fitness_batch=batch
             )
             start = time.perf_counter()
-            found[mode] = search(encode, target, vocabulary, settings, torch.Generator().manual_seed(0))
+            found[mode] = search(space, target, settings, torch.Generator().manual_seed(0))
             timings[mode] = args.generations / (time.perf_counter() - start)
         assert found["per candidate"][0] == found["whole population"][0], "the same search either way"
         rows.append({"encoder": name, **{f"generations/s, {m}": float(f"{v:.4g}") for m, v in timings.items()},

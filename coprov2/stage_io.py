@@ -257,9 +257,13 @@ class StageDir:
         atomic_write_text(path, json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
     def remove_partial_files(self) -> None:
-        """Delete temporary files a killed run left behind (call before any process starts writing)."""
+        """Delete temporary files a killed run left behind (call before any process starts writing), and the parts
+        of shards that were sealed: a kill between ``finish``'s stats file and its removal of the parts leaves them."""
         for leftover in self.dir.rglob(".*.tmp-*"):
             leftover.unlink()
+        for index in range(self.num_shards):
+            if self.is_done(index):
+                shutil.rmtree(self.parts_dir(index), ignore_errors=True)
 
     def is_done(self, index: int) -> bool:
         return self.stats_path(index).exists()

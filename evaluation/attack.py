@@ -16,6 +16,7 @@ success rate, ASR). Each target's search has its own seed, so sharding does not 
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import logging
 import math
@@ -36,8 +37,17 @@ from coprov2.paths import check_model, check_writable_dir
 from coprov2.seeds import derive_seed
 from coprov2.stage_io import ShardWriter, StageDir, atomic_write_text, file_sha256
 from coprov2.tiny import resolve_tiny_model
+from dpo.families import family_of
 from evaluation.prompt_sets import read_prompt_set
-from evaluation.ringabell import SearchSettings, Vocabulary, concept_vector, encoder_of, search, tokenize
+from evaluation.ringabell import (
+    SearchSettings,
+    SearchSpace,
+    concept_vector,
+    encoder_of,
+    prompt_space,
+    search,
+    token_space,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,8 +84,12 @@ class AttackConfig:
     max_targets: int | None = field(default=None, metadata={"help": "attack only the first N targets"})
     max_pairs: int | None = field(default=None, metadata={"help": "use only the first N pairs"})
     base: str = field(default="CompVis/stable-diffusion-v1-4",
-                      metadata={"help": "pipeline whose text encoder is attacked (Ring-A-Bell's: SD v1.4)"})  # fmt: skip
+                      metadata={"help": "pipeline whose prompt embeddings are attacked (Ring-A-Bell's: SD v1.4): "
+                                "SD1.x/2.x's CLIP; SDXL's, SD3's and FLUX's encode_prompt output"})  # fmt: skip
     revision: str | None = field(default=None, metadata={"help": "revision of --base"})
+    max_sequence_length: int | None = field(default=None, metadata={"help": "SD3/FLUX: T5's length in the "
+                                            "attacked embeddings (default: the pipeline's own, as the evaluation "
+                                            "renders)"})  # fmt: skip
     eta: float = field(default=3.0, metadata={"help": "strength of the concept vector added to each target"})
     length: int = field(default=16, metadata={"help": "K, the prompt length in tokens (K=77: 75)"})
     population: int = field(default=200, metadata={"help": "genetic algorithm population"})
@@ -104,7 +118,8 @@ class AttackConfig:
                             "generations": (1, None, False), "mutation_rate": (0, 1, False),
                             "crossover_rate": (0, 1, False), "shard_targets": (1, None, False),
                             "max_targets": (1, None, False), "max_pairs": (1, None, False),
-                            "fitness_batch": (1, None, False)})  # fmt: skip
+                            "fitness_batch": (1, None, False),
+                            "max_sequence_length": (1, None, False)})  # fmt: skip
         if any(not isinstance(v, int) for v in (self.length, self.population, self.generations)):
             raise UserError("--length, --population and --generations must be whole numbers")
 
@@ -211,41 +226,37 @@ class AttackStage(Stage):
         return {f"{k}_sha256": file_sha256(Path(v)) for k, v in files.items() if v and Path(v).is_file()}
 
     @cached_property
-    def model(self) -> tuple[Any, Any, torch.Tensor]:
-        from transformers import CLIPTextModel, CLIPTokenizer
-
+    def space(self) -> tuple[SearchSpace, torch.Tensor]:
+        """The space the base's denoiser reads (its family says which) and the concept vector in it."""
         c = self.config
-        base = resolve_tiny_model(c.base, Path(c.cache_dir) / "tiny-models")
-        device = c.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        tokenizer = CLIPTokenizer.from_pretrained(base, subfolder="tokenizer", revision=c.revision)
-        text_encoder = CLIPTextModel.from_pretrained(base, subfolder="text_encoder", revision=c.revision)
-        encode = encoder_of(text_encoder.to(device).eval())
-        vector = concept_vector(encode, tokenizer, self.with_concept, self.without_concept)
-        return tokenizer, encode, vector
+        device = torch.device(c.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        space = attack_space(resolve_tiny_model(c.base, Path(c.cache_dir) / "tiny-models"), c.revision, device,
+                             c.max_sequence_length)  # fmt: skip
+        return space, concept_vector(space, self.with_concept, self.without_concept)
 
     def run_shard(self, root: Path, index: int, writer: ShardWriter) -> None:
         c = self.config
-        tokenizer, encode, vector = self.model
-        vocabulary = Vocabulary.of(tokenizer)
+        space, vector = self.space
         start = index * c.shard_targets
         for number, target in enumerate(self.targets[start : start + c.shard_targets]):
             if number < writer.committed:
                 continue
-            embedding = encode(tokenize(tokenizer, [target["prompt"]]))[0] + c.eta * vector
+            embedding = space.encode_prompts([target["prompt"]])[0] + c.eta * vector
             generator = torch.Generator().manual_seed(derive_seed(c.seed, "ringabell", target["id"]))
-            tokens, loss = search(encode, embedding, vocabulary, c.settings, generator, c.banned_words)
+            tokens, loss = search(space, embedding, c.settings, generator, c.banned_words)
             seed = (
                 target["seed"]
                 if target.get("seed") is not None
                 else derive_seed(c.seed, "eval", target["id"])
             )
-            writer.commit([{"case_number": start + number, "prompt": vocabulary.decode(tokens),
+            writer.commit([{"case_number": start + number, "prompt": space.vocabulary.decode(tokens),
                             "evaluation_seed": seed, "category": c.category, "target_id": str(target["id"]),
                             "loss": loss}])  # fmt: skip
 
     def summarize(self, stage_dir: StageDir) -> dict[str, Any]:
         losses = [row["loss"] for row in stage_dir.iter_rows(columns=["loss"])]
-        return {"search": {"targets": len(losses), "mean_loss": sum(losses) / len(losses)}}
+        return {"search": {"targets": len(losses), "mean_loss": sum(losses) / len(losses),
+                           "embeddings": self.space[0].states}}  # fmt: skip
 
 
 def attack_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
@@ -268,22 +279,41 @@ def write_attack_csv(root: Path) -> Path:
     return path
 
 
-def check_attacked_encoder(config: AttackConfig) -> None:
-    """The base's family (``dpo/families``: an unknown one is one line) reads the text encoder's states this search
-    runs in (``text_encoder/``, CLIP). SD3 and FLUX transformers read other embeddings (T5's states; of CLIP, FLUX
-    only the pooled vector): a search in CLIP's space would attack what they barely read, so it is refused until
-    the attack searches the embeddings they receive."""
+def attack_space(
+    base: str, revision: str | None, device: torch.device, max_sequence_length: int | None
+) -> SearchSpace:
+    """Where the search runs for ``base``: its family (``dpo/families``; an unknown one is one line) says which
+    embeddings its denoiser reads. SD1.x/2.x read one CLIP's token states unchanged: the authors' search over that
+    encoder's ids. SDXL, SD3 and FLUX read what their pipeline's ``encode_prompt`` joins (T5's states for FLUX;
+    both CLIPs' joined with T5's for SD3), at T5's ``max_sequence_length`` (default: the pipeline's own, as
+    ``python -m evaluation`` renders): the search runs in that output, its vocabulary the family's tokenizer."""
+    from dpo.config import DPOConfig
     from dpo.families import family_of
+    from dpo.trainer import load_encoder_pipeline
 
-    base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
-    family = family_of(base, config.revision)
-    if not family.reads_encoder_states:
-        raise UserError(
-            f"--base {config.base}: a {family.name} transformer reads {family.prompt_states}; this Ring-A-Bell "
-            "searches the CLIP text_encoder's token states only, which it barely reads, so the attack would measure "
-            "the wrong space; evaluate a published attack set by name instead (python -m evaluation --prompts "
-            "ringabell-...)"
-        )
+    family = family_of(base, revision)
+    pipe = load_encoder_pipeline(base, revision, device, family)
+    length = max_sequence_length or _default_sequence_length(pipe)
+    options = {"max_sequence_length": length} if "max_sequence_length" in family.options else {}
+    family = family.configure(pipe.vae.config, DPOConfig(**options))
+    encoder = family.direct_text_encoder(pipe)
+    if encoder is not None:
+        return token_space(pipe.tokenizer, encoder_of(encoder.eval()),
+                           f"{type(encoder).__name__} last hidden states (text_encoder/)")  # fmt: skip
+
+    def encode_prompts(prompts: list[str]) -> torch.Tensor:
+        return family.encode_text(pipe, list(prompts), device)[0].float()
+
+    tokenizer = family.search_tokenizer(pipe)
+    return prompt_space(tokenizer, encode_prompts,
+                        f"{type(pipe).__name__}.encode_prompt's prompt_embeds ({family.prompt_states.split(', and')[0]}"
+                        f"{f', T5 length {length}' if options else ''}), candidates from {type(tokenizer).__name__}")  # fmt: skip
+
+
+def _default_sequence_length(pipe) -> int | None:
+    """The T5 length the pipeline renders with when not told (SD3: 256, FLUX: 512); None for pipelines without."""
+    parameter = inspect.signature(type(pipe).__call__).parameters.get("max_sequence_length")
+    return None if parameter is None else parameter.default
 
 
 def attack(config: AttackConfig) -> Path:
@@ -291,7 +321,7 @@ def attack(config: AttackConfig) -> Path:
     if not config.base.startswith("tiny:"):
         check_model(config.base, "--base")
     stage = AttackStage(config)  # reads and checks the pairs and targets before anything is written
-    check_attacked_encoder(config)
+    family_of(resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models"), config.revision)
     check_writable_dir(config.output_dir, "--output_dir")
     root = Path(config.output_dir)
     run_stage(stage, root, config.progress, config.wait_for_lock)

@@ -388,28 +388,110 @@ def test_the_builder_checks_a_transformer_renderers_size_before_any_stage(tmp_pa
     assert not (out / "taxonomy").exists() and not (out / "prompts").exists()
 
 
-def test_the_attack_refuses_a_transformer_base_and_an_unknown_family(tmp_path):
-    """Ring-A-Bell here searches CLIP's ``text_encoder`` states: on FLUX (T5's states) and SD3 (CLIPs joined with
-    T5) it would attack what the model barely reads, so it is one line, exit 2, nothing written; so is a base of
-    no known family. (Searching the embeddings the transformer receives is issue #36's, still open.)"""
+ATTACK_PAIRS = [("a red lantern scene", "a lantern scene"), ("a red kite at dusk", "a kite at dusk"),
+                ("a red boat on a lake", "a boat on a lake")]  # fmt: skip
+ATTACK_TARGETS = ["a red lantern over a market", "a red tent in the snow"]
+
+
+def _pipeline_embeds(pipe, prompts: list[str]) -> torch.Tensor:
+    """The ``prompt_embeds`` the pipeline's transformer receives for ``prompts`` at its own default T5 length (what
+    ``python -m evaluation`` renders with), computed here from the pipeline alone."""
+    with torch.no_grad():
+        if isinstance(pipe, FluxPipeline):
+            return pipe.encode_prompt(prompt=prompts, prompt_2=None)[0].float()
+        return pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False
+        )[0].float()
+
+
+def _attack_and_recompute(
+    tmp_path, kind: str, name: str
+) -> tuple[list[float], list[float], str, list[float]]:
+    """Run the attack on tiny ``kind``; the losses it recorded, the same losses recomputed from the pipeline's own
+    ``encode_prompt`` (vector, targets and the written prompts), what it says it searched, and random prompts'."""
+    import csv
+
+    from coprov2.stage_io import StageDir
+    from coprov2.tiny import resolve_tiny_model
+    from evaluation.attack import AttackConfig, attack
+    from evaluation.toy_redteam import random_prompts
+
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("prompt,prompt1\n" + "".join(f"{a},{b}\n" for a, b in ATTACK_PAIRS))
+    targets = tmp_path / "targets.csv"
+    targets.write_text("prompt\n" + "".join(f"{t}\n" for t in ATTACK_TARGETS))
+    cache = tmp_path.parent / "flow-cache"
+    out = tmp_path / name
+    eta = 3.0
+    config = AttackConfig(pairs=str(pairs), category="red", targets=str(targets), base=f"tiny:{kind}",
+                          output_dir=str(out), cache_dir=str(cache), length=4, population=16, generations=6,
+                          eta=eta, progress=False)  # fmt: skip
+    with open(attack(config), newline="") as handle:
+        prompts = [row["prompt"] for row in csv.DictReader(handle)]
+    stage = StageDir.finished(out, "attack")
+    recorded = [row["loss"] for row in sorted(stage.iter_rows(), key=lambda r: r["case_number"])]
+    pipe = PIPELINES[kind].from_pretrained(resolve_tiny_model(f"tiny:{kind}", cache / "tiny-models"))
+    vector = (
+        _pipeline_embeds(pipe, [a for a, _ in ATTACK_PAIRS])
+        - _pipeline_embeds(pipe, [b for _, b in ATTACK_PAIRS])
+    ).mean(0)
+    wanted = _pipeline_embeds(pipe, ATTACK_TARGETS) + eta * vector
+    recomputed = (_pipeline_embeds(pipe, prompts) - wanted).pow(2).sum(dim=(1, 2)).tolist()
+    tokenizer = pipe.tokenizer_2 if kind == "flux" else pipe.tokenizer_3
+    random = [
+        (_pipeline_embeds(pipe, [p]) - wanted[:1]).pow(2).sum().item()
+        for p in random_prompts(tokenizer, 8, config.length, seed=1)
+    ]  # fmt: skip
+    return recorded, recomputed, stage.read_manifest()["search"]["embeddings"], random
+
+
+@pytest.mark.parametrize(
+    ("kind", "searched"),
+    [("flux", "FluxPipeline.encode_prompt's prompt_embeds (T5's token states, T5 length 512), candidates from T5"),
+     ("sd3", "StableDiffusion3Pipeline.encode_prompt's prompt_embeds (CLIP-L's and CLIP-G's token states joined with "
+             "T5's, T5 length 256), candidates from T5")],
+)  # fmt: skip
+def test_the_attack_searches_the_embeddings_the_transformer_receives(tmp_path, kind, searched):
+    """Ring-A-Bell on SD3 and FLUX runs in the ``prompt_embeds`` their pipeline's ``encode_prompt`` hands the
+    transformer (FLUX: T5's states; SD3: both CLIPs' joined with T5's), with T5's vocabulary: every loss the attack
+    recorded is the loss recomputed from the pipeline alone for the prompt it wrote. An attack in CLIP's
+    ``text_encoder`` space alone (the authors', a UNet's) records losses in another space, and this fails."""
+    recorded, recomputed, states, random = _attack_and_recompute(tmp_path, kind, "attack")
+    assert states.startswith(searched), states
+    assert recomputed == pytest.approx(recorded, rel=1e-4), (recorded, recomputed)
+    assert recorded[0] < statistics.median(random), (
+        "the search gets nearer than random prompts",
+        recorded,
+        random,
+    )
+
+
+def test_the_flow_attack_check_fails_when_the_search_reads_clip_alone(tmp_path, monkeypatch):
+    """The mutation: FLUX's family hands the search CLIP's ``text_encoder`` (the authors' space): the losses it
+    records are no longer those of the embeddings FLUX's transformer receives."""
+    from dpo.families.flux import FluxFamily
+
+    monkeypatch.setattr(FluxFamily, "direct_text_encoder", lambda self, pipe: pipe.text_encoder)
+    recorded, recomputed, states, _ = _attack_and_recompute(tmp_path, "flux", "attack-clip")
+    assert states.startswith("CLIPTextModel last hidden states"), states
+    assert recomputed != pytest.approx(recorded, rel=1e-4)
+
+
+def test_the_attack_refuses_a_base_of_no_known_family(tmp_path):
+    """A base whose family is not known (PixArt) is one line, exit 2, nothing written: the attack would not know
+    which embeddings its denoiser reads."""
     other = tmp_path / "pixart"
     (other / "vae").mkdir(parents=True)
     (other / "model_index.json").write_text(json.dumps({
         "_class_name": "PixArtAlphaPipeline", "transformer": ["diffusers", "PixArtTransformer2DModel"],
     }))  # fmt: skip
-    cases = {
-        "tiny:flux": "a flux transformer reads T5's token states",
-        "tiny:sd3": "a sd3 transformer reads CLIP-L's and CLIP-G's token states joined with T5's",
-        str(other): "not a supported base family; supported: unet, sd3, flux",
-    }
     pairs = tmp_path / "pairs.csv"
     pairs.write_text("prompt,prompt1\na red lantern scene,a lantern scene\n")
-    for base, message in cases.items():
-        out = tmp_path / f"attack-{len(message)}"
-        command = [sys.executable, "-m", "evaluation.attack", "--base", base, "--pairs", str(pairs),
-                   "--category", "concept-0", "--output_dir", str(out), "--cache_dir", str(tmp_path / "cache"),
-                   "--no_progress"]  # fmt: skip
-        done = subprocess.run(command, capture_output=True, text=True)
-        lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-        assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr[-1500:]
-        assert not out.exists(), "nothing written"
+    out = tmp_path / "attack"
+    command = [sys.executable, "-m", "evaluation.attack", "--base", str(other), "--pairs", str(pairs),
+               "--category", "concept-0", "--output_dir", str(out), "--no_progress"]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr[-1500:]
+    assert "not a supported base family; supported: unet, sd3, flux" in lines[0], lines[0]
+    assert not out.exists(), "nothing written"

@@ -14,7 +14,7 @@ import torch
 
 from dpo.toy import make_toy_world
 from evaluation.attack import main as attack_main
-from evaluation.ringabell import SearchSettings, Vocabulary, search
+from evaluation.ringabell import SearchSettings, search, token_space
 from evaluation.toy_redteam import toy_attack_outcome
 
 #: ``python benchmarks/redteam_toy.py --seeds 0 1 2 3 4`` (the toy settings, 50 generations; 2 threads, AVX2): the
@@ -95,15 +95,20 @@ def test_search_finds_the_exact_prompt_of_a_target_and_is_seeded_and_batch_indep
     def encode(ids):
         return table[ids]
 
-    wanted = torch.tensor([0, 7, 8, 9, 10, 1])
+    tokens = _Tokens()
+    space = token_space(tokens, encode, "a table")
+    wanted = encode(torch.tensor([[0, 7, 8, 9, 10, 1]]))[0]
+    assert torch.equal(space.encode_tokens(torch.tensor([[7, 8, 9, 10]]))[0], wanted), (
+        "BOS, the K ids, EOS padding"
+    )
     settings = SearchSettings(length=4, population=64, generations=120)
-    vocabulary = Vocabulary.of(_Tokens())
-    found, loss = search(encode, encode(wanted), vocabulary, settings, torch.Generator().manual_seed(1))
+    found, loss = search(space, wanted, settings, torch.Generator().manual_seed(1))
     assert found == [7, 8, 9, 10] and loss == 0.0
-    again = search(encode, encode(wanted), vocabulary, dataclasses.replace(settings, fitness_batch=5),
-                   torch.Generator().manual_seed(1))  # fmt: skip
+    again = search(
+        space, wanted, dataclasses.replace(settings, fitness_batch=5), torch.Generator().manual_seed(1)
+    )
     assert again == (found, loss), "one encoder call per generation or five candidates per call: same search"
-    banned = search(encode, encode(wanted), vocabulary, settings, torch.Generator().manual_seed(1), ["hh"])
+    banned = search(space, wanted, settings, torch.Generator().manual_seed(1), ["hh"])
     assert 7 not in banned[0] and math.isfinite(banned[1]) and banned[1] > 0  # 'hh' is id 7's text
 
 

@@ -85,6 +85,23 @@ def test_partial_files_of_a_killed_run_are_removed(tmp_path):
     assert [p.name for p in stage.dir.rglob("*")] == [stage.parts_dir(0).name]
 
 
+def test_parts_of_a_shard_killed_after_it_was_sealed_are_removed_and_the_shard_kept(tmp_path):
+    """A kill between ``finish``'s stats file (the shard is done) and its removal of the parts left them behind: a
+    resumed run skipped the shard and kept its parts (seen once in the build's mid-prompts kill test)."""
+    stage = StageDir(tmp_path, "prompts", num_shards=2)
+    _write(stage, 0, [["a"], ["b"]], {"n": {"x": 1}})
+    sealed = stage.records_path(0).read_bytes()
+    left = stage.writer(0, SCHEMA)
+    left.commit([{"id": "a"}], [], {"n": {"x": 1}})  # the parts as the kill left them
+    open_shard = stage.writer(1, SCHEMA)
+    open_shard.commit([{"id": "c"}], [], {"n": {"x": 1}})
+    stage.remove_partial_files()
+    assert (
+        not stage.parts_dir(0).exists() and stage.is_done(0) and stage.records_path(0).read_bytes() == sealed
+    )
+    assert stage.writer(1, SCHEMA).committed == 1, "an unfinished shard keeps its committed parts"
+
+
 def test_resuming_with_another_config_is_refused(tmp_path):
     stage = StageDir(tmp_path, "prompts", num_shards=1)
     stage.bind_config({"seed": 0, "model": "m"})

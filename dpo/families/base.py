@@ -78,8 +78,8 @@ class Family:
     #: ``--mixed_precision auto`` on a GPU: the precision the family's diffusers scripts train in.
     gpu_precision: ClassVar[str] = "bf16"
     #: Whether the denoiser's text-input layers read the (first) text encoder's token states unchanged, as a
-    #: UNet's cross-attention does: then ``--retain_mode text`` (a term on those layers' LoRAs) and the
-    #: Ring-A-Bell search in that encoder's space (``evaluation/ringabell.py``) measure what the model reads.
+    #: UNet's cross-attention does: then ``--retain_mode text`` (a term on those layers' LoRAs) measures what the
+    #: model reads.
     reads_encoder_states: ClassVar[bool] = False
     #: What the denoiser reads of the prompt, for messages.
     prompt_states: ClassVar[str] = "the text encoder's token states"
@@ -140,6 +140,15 @@ class Family:
         """``[P, L]`` over the token states the text-stream layers (``placements["cross"]``) read: True on each
         prompt's own tokens, False on what every prompt shares (start token, padding)."""
         raise NotImplementedError
+
+    def search_tokenizer(self, pipe):
+        """The tokenizer feeding the token states the denoiser reads (Ring-A-Bell draws its candidates from it)."""
+        return pipe.tokenizer
+
+    def direct_text_encoder(self, pipe):
+        """The text encoder whose last hidden states are, unchanged and alone, what the denoiser reads (SD1.x/2.x's
+        CLIP), so a search can feed it token ids as the authors do; None where ``encode_prompt`` joins encoders."""
+        return None
 
     def encoding_needs_denoiser(self, model_index: dict[str, Any]) -> bool:
         """Whether the pipeline's ``encode_prompt`` reads its denoiser (then the encoder pipeline keeps it)."""

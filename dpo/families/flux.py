@@ -63,6 +63,9 @@ class FluxFamily(FlowFamily):
         """The text stream is T5's ``max_sequence_length`` token states."""
         return t5_mask(pipe.tokenizer_2, prompts, self.max_sequence_length)
 
+    def search_tokenizer(self, pipe):
+        return pipe.tokenizer_2
+
     def from_pipeline_latents(self, pipe, latents: torch.Tensor, resolution: int) -> torch.Tensor:
         return pipe._unpack_latents(latents, resolution, resolution, pipe.vae_scale_factor)
 

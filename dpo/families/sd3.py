@@ -61,6 +61,10 @@ class SD3Family(FlowFamily):
             return torch.cat([clip, torch.zeros_like(clip)], dim=1)
         return torch.cat([clip, t5_mask(pipe.tokenizer_3, prompts, self.max_sequence_length)], dim=1)
 
+    def search_tokenizer(self, pipe):
+        """T5's, the longer part of the text stream; CLIP's when the pipeline has no T5."""
+        return pipe.tokenizer if pipe.text_encoder_3 is None else pipe.tokenizer_3
+
     def predict(self, model, noisy, timesteps, cond: Conditioning, dtype: torch.dtype) -> torch.Tensor:
         return model(
             hidden_states=noisy.to(dtype), timestep=timesteps, encoder_hidden_states=cond.text.to(dtype),

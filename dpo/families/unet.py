@@ -95,6 +95,10 @@ class UNetFamily(Family):
         """CLIP's tokens: the start token and the padding are False."""
         return clip_mask(pipe.tokenizer, prompts)
 
+    def direct_text_encoder(self, pipe):
+        """SD1.x/2.x: the one CLIP (SDXL joins two, so its search goes through ``encode_prompt``)."""
+        return None if hasattr(pipe, "text_encoder_2") else pipe.text_encoder
+
     def time_ids(self, pipe, original_and_crop: list[tuple], resolution: int) -> torch.Tensor | None:
         """SDXL's ids per image: original size, crop corner, target size (the release computes them so)."""
         if not hasattr(pipe, "text_encoder_2"):
