@@ -24,7 +24,7 @@ from coprov2.gate.stage import GateStage
 from coprov2.images.stage import ImagesStage
 from coprov2.llm import LLMBackend, make_backend
 from coprov2.locking import folder_lock
-from coprov2.paths import check_model, check_writable_dir
+from coprov2.paths import check_hub_access, check_writable_dir
 from coprov2.prompts.stage import PromptsStage
 
 logger = logging.getLogger("coprov2.build")
@@ -33,8 +33,9 @@ logger = logging.getLogger("coprov2.build")
 def check_paths(config: BuildConfig) -> None:
     """Before any work: the output folder is writable, every model and input file exists."""
     check_writable_dir(config.output_dir, "--output_dir")
-    for option in ("llm_model", "t2i_model", "clip_model"):
-        check_model(getattr(config, option), f"--{option}")
+    for option, filename in (("llm_model", "config.json"), ("t2i_model", "model_index.json"),
+                             ("clip_model", "config.json")):  # fmt: skip
+        check_hub_access(getattr(config, option), f"--{option}", filename=filename)
     for option in ("concepts", "templates_dir", "gate_image_embeddings"):
         value = getattr(config, option)
         if value not in (None, "default") and not Path(value).exists():
@@ -45,25 +46,13 @@ def check_render_size(config: BuildConfig) -> None:
     """Before the LLM stages: ``--t2i_height``/``--t2i_width`` fit the renderer's VAE factor and its denoiser's
     downsampling or patch size (``dpo/families``: SD3's latent x patch, FLUX's 2x2 packing). A Hub id whose files
     cannot be read here yet is left to the render stage."""
-    from diffusers import AutoencoderKL
+    from dpo.families import check_sizes
 
-    from dpo.families import family_of
-
-    model = config.resolve_model(config.t2i_model)
-    if config.t2i_height is None and config.t2i_width is None:
-        return
     try:
-        family = family_of(model, option="--t2i_model")
-        vae = AutoencoderKL.load_config(model, subfolder="vae")
+        check_sizes(config.resolve_model(config.t2i_model), None,
+                    {"--t2i_height": config.t2i_height, "--t2i_width": config.t2i_width}, "--t2i_model")  # fmt: skip
     except OSError:
         return
-    for option in ("t2i_height", "t2i_width"):
-        size = getattr(config, option)
-        if size is not None:
-            try:
-                family.resolution(model, None, size, vae)
-            except UserError as error:
-                raise UserError(f"--{option} {size}: {error}") from None
 
 
 def make_stages(config: BuildConfig) -> list[Stage]:

@@ -25,7 +25,7 @@ from pyarrow.dataset import ParquetFragmentScanOptions
 from coprov2.dataset.release_csv import read_release_csv
 from coprov2.dataset.release_layout import from_release_category
 from coprov2.errors import UserError
-from coprov2.paths import check_model
+from coprov2.paths import check_hub_access
 from coprov2.stage_io import file_sha256
 
 logger = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def load_preference_pairs(dataset: str, config: str | None = None, split: str = 
         pairs = _release_csv(path / f"CoProv2_{split}.csv")
     else:
         if not path.exists():
-            check_model(dataset, "--dataset")  # a Hub id then, well-formed
+            check_hub_access(dataset, "--dataset", repo_type="dataset", filename="README.md")
         try:
             pairs = _hf_dataset(dataset, config, split)
         except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:

@@ -17,7 +17,7 @@ import sys
 
 from coprov2.cli import DataclassArgumentParser
 from coprov2.errors import run_cli
-from coprov2.paths import check_model, check_writable_dir
+from coprov2.paths import check_hub_access, check_writable_dir
 from dpo.config import DPOConfig
 from dpo.trainer import train
 
@@ -49,7 +49,7 @@ def _main(argv: list[str] | None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
     check_writable_dir(config.output_dir, "--output_dir")
-    check_model(config.base, "--base")
+    check_hub_access(config.base, "--base", config.revision)
     for result in train(config):
         print(f"expert {result.category}: {result.output_dir} {result.metrics}")
     return 0

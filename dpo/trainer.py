@@ -264,6 +264,19 @@ class _Encoder:
         return self.pipe
 
 
+def resolve_for_base(config: DPOConfig, base: str) -> tuple[Family, DPOConfig, int]:
+    """The base's family configured for the run, the config resolved for it (beta, target modules) and the
+    training resolution; every option the base cannot take (another family's options or LoRA targets, a size
+    its VAE and denoiser cannot make) is one ``UserError`` naming it. Reads configs only, no weights: the workflow
+    runs it for a whole recipe before its first step."""
+    generic = family_of(base, config.revision)
+    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
+    family = generic.configure(vae_config, config)
+    config = config.for_family(family)
+    family.check_target_modules(base, config.revision, config.target_modules)
+    return family, config, family.resolution(base, config.revision, config.resolution, vae_config)
+
+
 def prepare_inputs(config: DPOConfig, category: str, accelerator: Accelerator) -> TrainingInputs:
     """The base's family, the config resolved for it, the resolution checked, the pairs and their caches:
     everything a run needs before the denoiser loads, each bad input refused before any work."""
@@ -273,15 +286,10 @@ def prepare_inputs(config: DPOConfig, category: str, accelerator: Accelerator) -
         pairs = load_preference_pairs(config.dataset, config.dataset_config, config.split)
         eval_pairs, eval_rows = _eval_rows(config, category)
     rows = pairs.indices(category)
-    generic = family_of(base, config.revision)
-    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
-    family = generic.configure(vae_config, config)
-    config = config.for_family(family)
-    family.check_target_modules(base, config.revision, config.target_modules)
+    family, config, resolution = resolve_for_base(config, base)
     kept_prompts = (
         retain_prompts(config.retain_prompts, pairs, category) if config.retain_weight > 0 else None
     )
-    resolution = family.resolution(base, config.revision, config.resolution, vae_config)
     encoder = _Encoder(base, config.revision, device, family)
     model_key = f"{base}@{config.revision}"
     with accelerator.main_process_first():

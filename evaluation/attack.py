@@ -33,7 +33,7 @@ import torch
 from coprov2.cli import DataclassArgumentParser
 from coprov2.errors import UserError, check_ranges, run_cli
 from coprov2.executor import Stage, run_stage
-from coprov2.paths import check_model, check_writable_dir
+from coprov2.paths import check_hub_access, check_writable_dir
 from coprov2.seeds import derive_seed
 from coprov2.stage_io import ShardWriter, StageDir, atomic_write_text, file_sha256
 from coprov2.tiny import resolve_tiny_model
@@ -169,7 +169,7 @@ def _category_rows(source: str, category: str, split: str) -> list[dict[str, Any
     from evaluation.metrics.ip import categories_of
 
     if not Path(source).exists():
-        check_model(source, "--pairs")
+        check_hub_access(source, "--pairs", repo_type="dataset", filename="README.md")
     try:
         configs = datasets.get_dataset_config_names(source)
         if category in configs:
@@ -319,7 +319,7 @@ def _default_sequence_length(pipe) -> int | None:
 def attack(config: AttackConfig) -> Path:
     """Run the attack (resuming a stopped one) and write ``attack.csv``; returns its path."""
     if not config.base.startswith("tiny:"):
-        check_model(config.base, "--base")
+        check_hub_access(config.base, "--base", config.revision)
     stage = AttackStage(config)  # reads and checks the pairs and targets before anything is written
     family_of(resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models"), config.revision)
     check_writable_dir(config.output_dir, "--output_dir")

@@ -29,7 +29,7 @@ from PIL import Image
 from coprov2.cli import DataclassArgumentParser
 from coprov2.errors import UserError, check_finite, run_cli
 from coprov2.executor import Stage, run_stage
-from coprov2.paths import check_model, check_writable_dir
+from coprov2.paths import check_hub_access, check_writable_dir
 from coprov2.prompts.similarity import distribution, token_jaccard, word_sequence_ratio
 from coprov2.stage_io import ShardWriter, StageDir, atomic_write_text, batched
 from coprov2.tiny import resolve_tiny_model
@@ -184,7 +184,7 @@ def evaluate_dataset(config: DatasetEvalConfig) -> dict[str, Any]:
         raise UserError("--dataset: no dataset given (a CoProV2 folder or Hub repo id)")
     check_writable_dir(config.output_dir, "--output_dir")
     if not Path(config.dataset).exists():
-        check_model(config.dataset, "--dataset")
+        check_hub_access(config.dataset, "--dataset", repo_type="dataset", filename="README.md")
     for split in config.splits:
         _stream(config, split)
     tiny_dir = Path(config.cache_dir) / "tiny-models"

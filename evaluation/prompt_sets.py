@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from coprov2.errors import UserError
-from coprov2.paths import check_model
+from coprov2.paths import check_hub_access
 
 PROMPT_COLUMNS = ("prompt", "unsafe_prompt")
 #: Our column <- the first of these the set has (release, I2P, CoProV2 names).
@@ -145,7 +145,7 @@ def read_prompt_set(
         columns, records = (_csv_records if path.suffix == ".csv" else _jsonl_records)(path)
     else:
         if not path.exists():
-            check_model(source, "--prompts")
+            check_hub_access(source, "--prompts", repo_type="dataset", filename="README.md")
         columns, records = _dataset_records(source, config, split)
     prompt = _column(columns, source)
     mapping = {ours: next((c for c in theirs if c in columns), None) for ours, theirs in COLUMNS.items()}

@@ -17,7 +17,7 @@ from typing import Any
 from cards.eval_results import eval_results, write_eval_results
 from coprov2.errors import UserError
 from coprov2.executor import distributed_state, run_stage
-from coprov2.paths import check_model, check_writable_dir
+from coprov2.paths import check_hub_access, check_writable_dir
 from coprov2.tiny import resolve_tiny_model
 from evaluation.config import EvalConfig
 from evaluation.metrics.clipscore import shared_embedder
@@ -67,7 +67,7 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
 
     check_writable_dir(config.output_dir, "--output_dir")
     if any(folder is None for _, _, folder in models):
-        check_model(config.base, "--base")
+        check_hub_access(config.base, "--base")
     if config.prompts:
         read_prompt_set(config.prompts, config.prompts_config, config.prompts_split)
     for _, lora, folder in models:

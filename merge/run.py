@@ -12,7 +12,7 @@ import torch
 from cards.model_card import lora_model_card
 from cards.push import push_folder
 from coprov2.errors import UserError, check_finite, check_ranges
-from coprov2.paths import check_model
+from coprov2.paths import check_hub_access, check_model
 from coprov2.tiny import resolve_tiny_model
 from dpo.config import default_cache_dir
 from dpo.families import family_of
@@ -161,6 +161,7 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
         raise UserError(
             f"--method {config.method} needs --calibration (a CoProV2 dataset or a .txt of prompts)"
         )
+    check_hub_access(config.base, "--base")
     base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
     experts = [load_expert(source) for source in config.experts]
     check_compatible(experts, config.base)

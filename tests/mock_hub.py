@@ -25,6 +25,8 @@ class MockHub:
     committed: dict[str, bytes] = field(default_factory=dict)
     commits: int = 0
     refuse: set[str] = field(default_factory=set)
+    #: What ``auth-check`` answers per repo id: ``ok`` or ``gated``; any other id is not found.
+    access: dict[str, str] = field(default_factory=dict)
 
     def handle(self, request: httpx2.Request) -> httpx2.Response:
         self.requests.append(request)
@@ -33,6 +35,14 @@ class MockHub:
             return httpx2.Response(200, json={})
         if path in self.refuse:
             return httpx2.Response(403, json={"error": "You don't have the rights to create this repo"})
+        if path.endswith(
+            "/auth-check"
+        ):  # HfApi.auth_check; the Hub's error codes, as hf_raise_for_status reads them
+            answer = self.access.get(path.split("/", 3)[3].removesuffix("/auth-check"))
+            if answer == "ok":
+                return httpx2.Response(200, json={})
+            code, status = ("GatedRepo", 403) if answer == "gated" else ("RepoNotFound", 404)
+            return httpx2.Response(status, headers={"X-Error-Code": code}, json={"error": code})
         if path == "/api/repos/create":
             body = json.loads(request.content)
             self.created.append(body)

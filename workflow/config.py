@@ -9,6 +9,7 @@ sets itself (dataset, category, base, output folders, the LoRAs to evaluate) can
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,59 @@ class WorkflowConfig:
                 check()
             except UserError as error:
                 raise UserError(f"{section}: {error}") from None
+
+    def hub_ids(self) -> list[tuple[str, str, str, str]]:
+        """``(option, id, repo type, a file it must have)`` of every model and dataset the recipe's steps open."""
+        evaluation = self.eval_config(self.dataset_path, [])
+        ids = [("base", self.base, "model", "model_index.json")]
+        if self.dataset is not None:
+            ids.append(("dataset", self.dataset, "dataset", "README.md"))
+        build = self.build_config()
+        if build is not None:
+            ids += [("build.llm_model", build.llm_model, "model", "config.json"),
+                    ("build.t2i_model", build.t2i_model, "model", "model_index.json"),
+                    ("build.clip_model", build.clip_model, "model", "config.json")]  # fmt: skip
+        if "clipscore" in evaluation.metrics:
+            ids.append(("evaluation.clip_model", evaluation.clip_model, "model", "config.json"))
+        if "ip" in evaluation.metrics and "q16" in evaluation.ip_detectors:
+            ids.append(("evaluation.q16_clip_model", evaluation.q16_clip_model, "model", "config.json"))
+        return ids
+
+    def check_models(self) -> None:
+        """Before the first step: every model and dataset the recipe opens can be opened (one line naming the key,
+        the id and the likely fix otherwise), and what the base's family decides is checked on its configs (no
+        weights), one line per bad option: LoRA targets it has no module for (a UNet's ``attn2`` on a
+        transformer), the other family's options, sizes its VAE and denoiser cannot make (training, calibration,
+        evaluation, rendering). A tiny base is written to a scratch folder for this, so a refused recipe leaves
+        nothing in ``output_dir``."""
+        from coprov2.build import check_render_size
+        from coprov2.paths import check_hub_access
+        from coprov2.tiny import resolve_tiny_model
+        from dpo.families import check_sizes
+        from dpo.trainer import resolve_for_base
+
+        for option, name, repo_type, filename in self.hub_ids():
+            check_hub_access(name, option, repo_type=repo_type, filename=filename)
+        with tempfile.TemporaryDirectory() as scratch:
+            base = resolve_tiny_model(self.base, Path(scratch))
+            checks = {
+                "dpo": lambda: resolve_for_base(self.dpo_config("violence"), base),
+                "merge": lambda: check_sizes(base, None, {"--resolution": self.merge.get("resolution")}),
+                "evaluation": lambda: check_sizes(
+                    base,
+                    None,
+                    {"--height": self.evaluation.get("height"), "--width": self.evaluation.get("width")},
+                ),
+                "build": lambda: (
+                    self.build is None
+                    or check_render_size(dataclasses.replace(self.build_config(), output_dir=scratch))
+                ),
+            }
+            for section, check in checks.items():
+                try:
+                    check()
+                except UserError as error:
+                    raise UserError(f"{section}: {error}") from None
 
     @property
     def root(self) -> Path:

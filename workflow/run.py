@@ -210,6 +210,7 @@ def _redteam_steps(
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
     """Run (or resume) every step of ``config``; returns each step's record, and writes it to ``workflow/summary.json``."""
+    config.check_models()  # before output_dir is made: a refused recipe leaves nothing behind
     check_writable_dir(config.output_dir, "output_dir")
     records = run_steps(workflow_steps(config), config.root)
     (config.root / "workflow").mkdir(parents=True, exist_ok=True)

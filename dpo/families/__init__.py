@@ -23,6 +23,26 @@ def family_of(base: str, revision: str | None = None, option: str = "--base") ->
     return family_of_index(DiffusionPipeline.load_config(base, revision=revision), f"{option} {base}")
 
 
+def check_sizes(
+    base: str, revision: str | None, sizes: dict[str, int | None], option: str = "--base"
+) -> None:
+    """Each ``{option: size}`` (an image side the base renders or trains at; None: its default) fits the base's VAE
+    factor and its denoiser's downsampling or patch size (the family's rule), else one line naming the option, the
+    value and what the base accepts. Reads the base's configs only."""
+    from diffusers import AutoencoderKL
+
+    sizes = {name: size for name, size in sizes.items() if size is not None}
+    if not sizes:
+        return
+    family = family_of(base, revision, option)
+    vae = AutoencoderKL.load_config(base, subfolder="vae", revision=revision)
+    for name, size in sizes.items():
+        try:
+            family.resolution(base, revision, size, vae)
+        except UserError as error:
+            raise UserError(f"{name} {size}: {error}") from None
+
+
 def family_of_pipeline(pipe) -> Family:
     """The family of a loaded pipeline (its ``config`` is its ``model_index.json``)."""
     return family_of_index(dict(pipe.config), type(pipe).__name__)
@@ -42,4 +62,12 @@ def family_of_index(model_index: dict, what: str) -> Family:
     )
 
 
-__all__ = ["FAMILIES", "Conditioning", "Family", "family_of", "family_of_index", "family_of_pipeline"]
+__all__ = [
+    "FAMILIES",
+    "Conditioning",
+    "Family",
+    "check_sizes",
+    "family_of",
+    "family_of_index",
+    "family_of_pipeline",
+]
