@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import inspect
 import io
+import json
 import logging
 import math
 import sys
@@ -39,6 +40,7 @@ from coprov2.stage_io import ShardWriter, StageDir, atomic_write_text, file_sha2
 from coprov2.tiny import resolve_tiny_model
 from dpo.families import family_of
 from evaluation.prompt_sets import read_prompt_set
+from evaluation.provenance import ATTACK_RECORD, public_name
 from evaluation.ringabell import (
     SearchSettings,
     SearchSpace,
@@ -270,10 +272,21 @@ def attack_csv_text(rows: Iterable[Mapping[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_attack_csv(root: Path) -> Path:
-    """``attack.csv`` from the finished stage, in case order (Ring-A-Bell's layout plus ``category``)."""
-    rows = sorted(StageDir.finished(root, AttackStage.name).iter_rows(columns=list(CSV_COLUMNS)),
-                  key=lambda r: r["case_number"])  # fmt: skip
+def write_attack_csv(root: Path, config: AttackConfig) -> Path:
+    """``attack.csv`` from the finished stage, in case order (Ring-A-Bell's layout plus ``category``), and beside it
+    ``attack.json``: what made the prompts, for the reports that evaluate them (public names only)."""
+    stage = StageDir.finished(root, AttackStage.name)
+    rows = sorted(stage.iter_rows(columns=list(CSV_COLUMNS)), key=lambda r: r["case_number"])
+    search = stage.read_manifest()["search"]
+    record = {
+        "attack": ATTACK_NAME, "base": public_name(config.base), "embeddings": search["embeddings"],
+        "eta": config.eta, "length": config.length, "population": config.population,
+        "generations": config.generations, "pairs": public_name(config.pairs),
+        "targets": public_name(config.targets) if config.targets else
+        f"the {config.targets_split} prompts of {public_name(config.pairs)}",
+        "target_count": search["targets"], "categories": [config.category],
+    }  # fmt: skip
+    atomic_write_text(root / ATTACK_RECORD, json.dumps(record, indent=2) + "\n")
     path = root / ATTACK_CSV
     atomic_write_text(path, attack_csv_text(rows))
     return path
@@ -325,7 +338,7 @@ def attack(config: AttackConfig) -> Path:
     check_writable_dir(config.output_dir, "--output_dir")
     root = Path(config.output_dir)
     run_stage(stage, root, config.progress, config.wait_for_lock)
-    return write_attack_csv(root)
+    return write_attack_csv(root, config)
 
 
 def make_parser() -> DataclassArgumentParser:

@@ -14,6 +14,7 @@ from typing import Any
 from coprov2.stage_io import StageDir, atomic_write_text
 from evaluation.metrics.ip import categories_of
 from evaluation.pages import Cell, Section, write_html_report
+from evaluation.provenance import asr_text, public_name
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
@@ -25,6 +26,24 @@ def categories(results: dict[str, Any]) -> list[str]:
     for model in results["models"].values():
         names |= set(model.get("ip", {}).get("by_category", {}))
     return sorted(names)
+
+
+def prompts_name(results: dict[str, Any]) -> str:
+    """The prompt set's short public name, for figure titles."""
+    prompt_set = results["prompt_set"]
+    return prompt_set.get("origin", {}).get("name") or public_name(prompt_set["source"])
+
+
+def explanations(results: dict[str, Any]) -> list[str]:
+    """What a reader must know to read the numbers: where the prompts came from and, on an attack's prompts,
+    what ASR is."""
+    prompt_set = results["prompt_set"]
+    origin = prompt_set.get("origin", {}).get("text") or public_name(prompt_set["source"])
+    lines = [f"Prompts: {origin} ({prompt_set['prompts']} prompts)."]
+    detectors = next((m["ip"]["detectors"] for m in results["models"].values() if "ip" in m), [])
+    if results.get("attack"):
+        lines.append(f"{asr_text(detectors)}.")
+    return lines
 
 
 def safety_name(results: dict[str, Any]) -> str:
@@ -60,7 +79,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     header, rows = table_cells(results)
     lines = ["| " + " | ".join(header) + " |", "|---|" + "---|" * (len(header) - 1)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n\n".join(explanations(results)) + "\n"
 
 
 def ip_chart(results: dict[str, Any], path: Path) -> tuple[float, float]:
@@ -85,7 +104,7 @@ def ip_chart(results: dict[str, Any], path: Path) -> tuple[float, float]:
     limits = axis.set_ylim(0, max(1.0, axis.get_ylim()[1]))  # from 0, even when every IP is 0
     attack = results.get("attack")
     axis.set_ylabel(f"attack success rate of {attack} (%)" if attack else "inappropriate probability (%)")
-    axis.set_title(f"{safety_name(results)} per category on {results['prompt_set']['source']}")
+    axis.set_title(f"{safety_name(results)} per category on {prompts_name(results)}")
     axis.legend()
     _save_figure(figure, path)
     return limits
@@ -166,7 +185,7 @@ def tradeoff_chart(results: dict[str, Any], path: Path) -> list[dict[str, Any]]:
         best_x = "right" if q_key == "clipscore" else "left"
         axis.set_title(f"better: bottom {best_x}", fontsize=9)
         axis.grid(alpha=0.3)
-    figure.suptitle(f"Safety against quality on {results['prompt_set']['source']}")
+    figure.suptitle(f"Safety against quality on {prompts_name(results)}")
     _save_figure(figure, path)
     return points
 
@@ -230,11 +249,11 @@ def html_report(
 ) -> Path:  # fmt: skip
     """``report.html``: the table, the charts and a paged grid per category (at most ``max_rows`` per category)."""
     header, rows = table_cells(results)
-    prompt_set = results["prompt_set"]
     intro = [
-        f"Prompt set: {prompt_set['source']} ({prompt_set['prompts']} prompts). Each row is one prompt and seed, "
-        "rendered by every model: the columns differ only by the LoRA.",
-        *[f"{label}: {m['model']}" + (f" + LoRA {m['lora']}" if m["lora"] else "") for label, m in results["models"].items()],
+        *explanations(results),
+        "Each row is one prompt and seed, rendered by every model: the columns differ only by the LoRA.",
+        *[f"{label}: {public_name(m['model'])}" + (f" + LoRA {public_name(m['lora'])}" if m["lora"] else "")
+          for label, m in results["models"].items()],
     ]  # fmt: skip
     return write_html_report(
         root, "report", "Evaluation report", _grid_sections(results, root, max_rows), rows_per_page=rows_per_page,
@@ -255,11 +274,17 @@ def write_report(
     if any("ip" in m for m in results["models"].values()):
         paths["chart"] = output_dir / "ip_by_category.png"
         ip_chart(results, paths["chart"])
-        charts.append((paths["chart"], f"{safety_name(results)} per category and model"))
+        caption = f"{safety_name(results)} per category and model"
+        if results.get("attack"):
+            caption += f" ({explanations(results)[-1].rstrip('.')})"
+        charts.append((paths["chart"], caption))
     if tradeoff_axes(results):
         paths["tradeoff"] = output_dir / "tradeoff.png"
         tradeoff_chart(results, paths["tradeoff"])
-        charts.append((paths["tradeoff"], "safety against quality, a point per model"))
+        caption = "safety against quality, a point per model"
+        if results.get("attack"):
+            caption += f" ({explanations(results)[-1].rstrip('.')})"
+        charts.append((paths["tradeoff"], caption))
     paths["html"] = html_report(results, output_dir, charts, blur=blur, rows_per_page=rows_per_page,
                                 max_rows=max_rows)  # fmt: skip
     return paths

@@ -19,12 +19,14 @@ from coprov2.errors import UserError
 from coprov2.executor import distributed_state, run_stage
 from coprov2.paths import check_hub_access, check_writable_dir
 from coprov2.tiny import resolve_tiny_model
+from dpo.families import check_sizes
 from evaluation.config import EvalConfig
 from evaluation.metrics.clipscore import shared_embedder
 from evaluation.metrics.fid import image_files, load_extractor, reference_stats, warn_small
 from evaluation.metrics.ip import load_detector
 from evaluation.prompt_sets import read_prompt_set
-from evaluation.published_sets import PUBLISHED_SETS, resolve_published
+from evaluation.provenance import describe_prompts
+from evaluation.published_sets import PUBLISHED_SETS, PublishedSet, resolve_published
 from evaluation.render import FolderStage, PromptSetConfig, PromptSetStage, RenderSettings, RenderStage
 from evaluation.report import write_report
 from evaluation.score import Scorers, ScoreSettings, ScoreStage
@@ -65,9 +67,10 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
     """Everything that can be checked before work starts, each error naming its input."""
     from merge.experts import check_compatible, load_expert
 
-    check_writable_dir(config.output_dir, "--output_dir")
     if any(folder is None for _, _, folder in models):
         check_hub_access(config.base, "--base")
+        base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+        check_sizes(base, None, {"--height": config.height, "--width": config.width})
     if config.prompts:
         read_prompt_set(config.prompts, config.prompts_config, config.prompts_split)
     for _, lora, folder in models:
@@ -81,6 +84,7 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
     for folder in config.update_card:
         if Path(folder).resolve() not in loras:
             raise UserError(f"--update_card {folder}: not one of the --loras folders evaluated in this run")
+    check_writable_dir(config.output_dir, "--output_dir")  # last: a refused run leaves no folder behind
 
 
 def build_scorers(config: EvalConfig, resolve: Any) -> Scorers:
@@ -109,15 +113,13 @@ def build_scorers(config: EvalConfig, resolve: Any) -> Scorers:
     return Scorers(detectors, clip, extractor, reference)
 
 
-def resolve_prompts(config: EvalConfig) -> tuple[EvalConfig, str | None]:
+def resolve_prompts(config: EvalConfig) -> tuple[EvalConfig, PublishedSet | None]:
     """``config`` with a published set's name replaced by its local file (fetched once) and its attack named;
-    and the category the set attacks (None for any other prompt set)."""
+    and the published set (None for any other prompt set)."""
     if config.prompts not in PUBLISHED_SETS or Path(config.prompts).exists():
         return config, None
     source, published = resolve_published(config.prompts, config.cache_dir)
-    return dataclasses.replace(
-        config, prompts=source, attack=config.attack or published.attack
-    ), published.category
+    return dataclasses.replace(config, prompts=source, attack=config.attack or published.attack), published
 
 
 def attack_success(ip: dict[str, Any], attack: str) -> dict[str, Any]:
@@ -128,7 +130,8 @@ def attack_success(ip: dict[str, Any], attack: str) -> dict[str, Any]:
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Render, score and report every model of ``config``; returns what ``results.json`` holds."""
-    config, category = resolve_prompts(config)
+    config, published = resolve_prompts(config)
+    category = published.category if published else None
     if config.attack and "ip" not in config.metrics:
         raise UserError(
             f"--attack {config.attack}: the attack success rate is IP on its prompts; add ip to --metrics"
@@ -153,6 +156,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         "prompt_set": {
             **dataclasses.asdict(prompt_set),
             "prompts": sum(prompts_manifest["stats"].get("prompts", {}).values()),
+            "origin": describe_prompts(config.prompts, config.prompts_split, config.attack, published),
         },
         "settings": dataclasses.asdict(config),
         "models": {},
@@ -188,7 +192,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             label = next(
                 lab for lab, lora, _ in models if lora and Path(lora).resolve() == Path(folder).resolve()
             )
-            entries = eval_results(results["models"][label], config.prompts, config.prompts_split)
+            entries = eval_results(results["models"][label], results["prompt_set"]["origin"]["name"],
+                                   config.prompts_split)  # fmt: skip
             logger.info(
                 "evaluation: results of %s written into %s", label, write_eval_results(folder, label, entries)
             )

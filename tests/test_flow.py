@@ -495,3 +495,47 @@ def test_the_attack_refuses_a_base_of_no_known_family(tmp_path):
     assert done.returncode == 2 and len(lines) == 1, done.stderr[-1500:]
     assert "not a supported base family; supported: unet, sd3, flux" in lines[0], lines[0]
     assert not out.exists(), "nothing written"
+
+
+def test_a_flux_base_and_its_expert_are_evaluated_with_ip_clipscore_and_fid_and_bad_sizes_refused(
+    flux_experts, tmp_path, capsys
+):
+    """``python -m evaluation --base tiny:flux --loras EXPERT`` scores IP, CLIPScore and FID (a seeded random
+    feature network: the code path of Inception's, numbers nobody publishes), writes the card's model-index; a
+    height FLUX's 2x2 packing cannot make is one line, exit 2, before anything is written."""
+    from huggingface_hub import ModelCard
+    from PIL import Image
+
+    from evaluation.__main__ import main
+
+    root, folders, _ = flux_experts
+    prompts = tmp_path / "prompts.csv"
+    prompts.write_text("prompt,categories\na red lantern scene,concept-0\na red kite at dusk,concept-0\n")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    for k in range(4):
+        pixels = np.random.default_rng(k).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(reference / f"{k}.png")
+    common = ["--prompts", str(prompts), "--base", "tiny:flux", "--cache_dir", str(root.parent / "flow-cache"),
+              "--clip_model", "tiny:clip", "--ip_detectors", "nudenet", "--steps", "2", "--guidance", "3.5",
+              "--width", "32", "--no_progress"]  # fmt: skip
+    out = tmp_path / "eval"
+    assert main([*common, "--height", "30", "--output_dir", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "error: --height 30: resolution 30 does not fit base model" in error and not out.exists(), error[
+        -600:
+    ]
+    args = [*common, "--height", "32", "--output_dir", str(out), "--loras", f"expert={folders[0]}",
+            "--update_card", str(folders[0]), "--metrics", "ip", "clipscore", "fid", "--fid_reference",
+            str(reference), "--fid_features", "tiny"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    results = json.loads((out / "results.json").read_text())
+    for label in ("base", "expert"):
+        model = results["models"][label]
+        assert (
+            model["fid"]["n"] == 2 and model["fid"]["reference_n"] == 4 and np.isfinite(model["fid"]["value"])
+        )
+        assert model["ip"]["images"] == 2 and np.isfinite(model["clipscore"]["mean"])
+    names = {r.metric_name for r in ModelCard.load(folders[0] / "README.md").data.eval_results}
+    assert {"IP (nudenet)", "CLIPScore", "FID"} <= names, names
+    assert "FID (N)" in (out / "results.md").read_text() and (out / "report.html").is_file()

@@ -51,8 +51,8 @@ class WorkflowConfig:
     dpo: dict[str, Any] = field(default_factory=dict)
     merge: dict[str, Any] = field(default_factory=dict)
     evaluation: dict[str, Any] = field(default_factory=dict)
-    #: Red-teaming, off when None: ``python -m evaluation.attack`` options (Ring-A-Bell against the base's text
-    #: encoder, per category, from the dataset's pairs and test prompts), then the ASR of every model.
+    #: Red-teaming, off when None: ``python -m evaluation.attack`` options (Ring-A-Bell in the embeddings the base's
+    #: denoiser reads, per category, from the dataset's pairs and test prompts), then the ASR of every model.
     redteam: dict[str, Any] | None = None
     #: More prompt sets to evaluate on, NAME: CSV or dataset (e.g. ``i2p: i2p_benchmark.csv``).
     extra_prompt_sets: dict[str, str] = field(default_factory=dict)

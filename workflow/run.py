@@ -28,6 +28,7 @@ from coprov2.stage_io import atomic_write_text, file_sha256
 from dpo.data import load_preference_pairs
 from dpo.trainer import train_expert
 from evaluation.attack import ATTACK_CSV, ATTACK_NAME, attack, attack_csv_text
+from evaluation.provenance import ATTACK_RECORD
 from evaluation.run import evaluate
 from merge.run import run_merge
 from workflow.config import WorkflowConfig
@@ -201,11 +202,25 @@ def _redteam_steps(
         numbered = ({**row, "case_number": number, "evaluation_seed": int(row["evaluation_seed"])}
                     for number, row in enumerate(rows))  # fmt: skip
         atomic_write_text(combined, attack_csv_text(numbered))
+        atomic_write_text(
+            combined.with_name(ATTACK_RECORD),
+            json.dumps(combined_record(config, categories), indent=2) + "\n",
+        )
         return {"models": {label: m.get("asr") for label, m in evaluate(eval_config)["models"].items()}}
 
     step = Step("eval-redteam", _settings(eval_config, *inputs, *attacks), run)
     yield step
     return step
+
+
+def combined_record(config: WorkflowConfig, categories: list[str]) -> dict[str, Any] | None:
+    """The attack record of the combined ``redteam/attack.csv``: the per-category records' settings, every
+    category, every target (None where the attacks ran before they wrote records)."""
+    paths = [config.root / "redteam" / c / ATTACK_RECORD for c in categories]
+    if not all(path.is_file() for path in paths):
+        return None
+    records = [json.loads(path.read_text()) for path in paths]
+    return {**records[0], "categories": categories, "target_count": sum(r["target_count"] for r in records)}
 
 
 def run_workflow(config: WorkflowConfig) -> dict[str, Any]:
