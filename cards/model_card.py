@@ -11,6 +11,7 @@ from typing import Any
 from huggingface_hub import ModelCard, ModelCardData
 
 from cards.licence import Licence, base_licence
+from cards.public import USAGE_PLACEHOLDER, public_name, public_settings
 
 TEMPLATE = "templates/lora.md"
 
@@ -33,13 +34,16 @@ def lora_model_card(
     measured: dict[str, Any],
     tags: list[str],
     datasets: list[str] | None = None,
-    repo_or_folder: str = "path/to/this/folder",
+    repo_or_folder: str | None = None,
     expectations: str | None = None,
     licence: Licence | None = None,
 ) -> ModelCard:
     """The card of one LoRA; ``expectations`` (markdown) says what our benchmarks found about artifacts of its kind;
-    ``licence``: the base's (default: :func:`cards.licence.base_licence` of ``base_model``), which a LoRA carries."""
+    ``licence``: the base's (default: :func:`cards.licence.base_licence` of ``base_model``), which a LoRA carries.
+    ``repo_or_folder``: the Hub repo the usage snippet loads (None: a placeholder ``cards.push`` fills in when the
+    folder is pushed). No local path is published: settings and the base are named by ``cards.public``."""
     licence = licence or base_licence(base_model)
+    base_model = public_name(base_model)
     card_data = ModelCardData(
         base_model=base_model,
         datasets=datasets or None,
@@ -58,8 +62,8 @@ def lora_model_card(
         summary=summary,
         method=method,
         base_model=base_model,
-        settings={k: _format(v) for k, v in settings.items()},
+        settings={k: _format(v) for k, v in public_settings(settings).items()},
         measured={k: _format(v) for k, v in measured.items()},
-        repo_or_folder=repo_or_folder,
+        repo_or_folder=repo_or_folder or USAGE_PLACEHOLDER,
         expectations=expectations,
     )

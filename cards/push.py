@@ -18,7 +18,9 @@ import httpx2
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 
+from cards.public import USAGE_PLACEHOLDER
 from coprov2.errors import UserError
+from coprov2.stage_io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,10 @@ def push_folder(
         return plan
     if constants.is_offline_mode():
         raise UserError("offline: set HF_HUB_OFFLINE=0 or use --dry_run")
+    card = folder / "README.md"
+    text = card.read_text(encoding="utf-8")
+    if USAGE_PLACEHOLDER in text:  # the usage snippet loads the repo it is pushed to from now on
+        atomic_write_text(card, text.replace(USAGE_PLACEHOLDER, repo_id))
     api = api or HfApi()
     for step in plan:
         arguments = {k: v for k, v in step.items() if k not in ("call", "files")}

@@ -11,6 +11,7 @@ from diffusers import DiffusionPipeline
 
 from cards.licence import base_licence
 from cards.model_card import lora_model_card
+from cards.public import public_name, public_settings
 from cards.push import push_folder
 from coprov2.canonical import canonicalize
 from dpo.families import family_of
@@ -55,13 +56,16 @@ def save_expert(model, inputs: TrainingInputs, category: str, folder: Path, metr
         "resolution": inputs.resolution,
         "training pairs": rows,
     }
+    repo = config.push_to_hub and (
+        config.push_to_hub if config.category != "each" else f"{config.push_to_hub}-{category}"
+    )
     card = lora_model_card(
         title=f"Safety expert: {category}"
         if category != "all"
         else "Safety expert: all categories (All-single)",
         summary=(
             f"A {family.objective_title} LoRA for `{base_name}` trained on {rows} CoProV2 pairs of category `{category}` "
-            f"from {inputs.pairs.source}: for each unsafe prompt, the safe image is preferred over the unsafe one."
+            f"from {public_name(inputs.pairs.source)}: for each unsafe prompt, the safe image is preferred over the unsafe one."
         ),
         method=family.method,
         base_model=base_name,
@@ -69,14 +73,14 @@ def save_expert(model, inputs: TrainingInputs, category: str, folder: Path, metr
         measured=metrics,
         tags=[family.objective, f"category-{category}"],
         datasets=[config.dataset] if "/" in config.dataset and not Path(config.dataset).exists() else None,
-        repo_or_folder=config.push_to_hub or str(folder),
+        repo_or_folder=repo,
         licence=base_licence(base_name, inputs.base),
     )
     card.save(folder / "README.md")
-    summary = {"category": category, "base": base_name, "metrics": metrics, "settings": settings}
+    summary = {"category": category, "base": public_name(base_name), "metrics": metrics,
+               "settings": public_settings(settings)}  # fmt: skip
     (folder / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
-    if config.push_to_hub:
-        repo = config.push_to_hub if config.category != "each" else f"{config.push_to_hub}-{category}"
+    if repo:
         push_folder(
             folder,
             repo,

@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import torch
 
+from cards.public import public_name
 from coprov2.cli import DataclassArgumentParser
 from coprov2.errors import UserError, check_ranges, run_cli
 from coprov2.executor import Stage, run_stage
@@ -40,7 +41,7 @@ from coprov2.stage_io import ShardWriter, StageDir, atomic_write_text, file_sha2
 from coprov2.tiny import resolve_tiny_model
 from dpo.families import family_of
 from evaluation.prompt_sets import read_prompt_set
-from evaluation.provenance import ATTACK_RECORD, public_name
+from evaluation.provenance import ATTACK_RECORD
 from evaluation.ringabell import (
     SearchSettings,
     SearchSpace,

@@ -2,8 +2,8 @@
 the embeddings it searched, its settings, the targets it started from), a published set (its name, source and
 licence), a dataset (its id and split) or a file; and what the attack success rate is where one is shown.
 
-Every name here is public: a Hub id as it is, a local file or folder by its own name (a dataset folder by its
-card's ``pretty_name`` and folder name), never an absolute path, since reports and cards are published.
+Every name here is public (``cards.public.public_name``): a Hub id as it is, a local file or folder by its own
+name, never an absolute path, since reports and cards are published.
 """
 
 from __future__ import annotations
@@ -12,26 +12,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cards.public import public_name
+
 #: Written by ``python -m evaluation.attack`` beside its ``attack.csv``: what made the prompts.
 ATTACK_RECORD = "attack.json"
 #: The attacks this project runs, by the name ``--attack`` gives them.
 ATTACK_TITLES = {"ringabell": "Ring-A-Bell (Tsai et al., ICLR 2024)"}
-
-
-def public_name(source: str) -> str:
-    """``source`` as a report or card may print it: a Hub id (or a published set's name) unchanged; a local path
-    by its last part, and a dataset folder with a card as ``<pretty_name>, folder <folder name>/``."""
-    path = Path(source).expanduser()
-    if not path.exists():
-        return source
-    card = path / "README.md"
-    if path.is_dir() and card.is_file():
-        from huggingface_hub import DatasetCard
-
-        pretty = DatasetCard.load(card).data.to_dict().get("pretty_name")
-        if pretty:
-            return f"{pretty}, folder {path.resolve().name}/"
-    return path.resolve().name
 
 
 def attack_record(prompts: str) -> dict[str, Any] | None:

@@ -11,10 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from cards.public import public_name
 from coprov2.stage_io import StageDir, atomic_write_text
 from evaluation.metrics.ip import categories_of
 from evaluation.pages import Cell, Section, write_html_report
-from evaluation.provenance import asr_text, public_name
+from evaluation.provenance import asr_text
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:

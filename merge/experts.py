@@ -18,6 +18,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 from huggingface_hub.errors import OfflineModeIsEnabled
 
+from cards.public import public_name
 from coprov2.canonical import canonicalize
 from coprov2.errors import UserError
 from coprov2.paths import check_model
@@ -133,7 +134,9 @@ def check_compatible(experts: list[Expert], base: str | None = None) -> None:
                 f"expert {expert.name} adapts a {expert.denoiser}, expert {reference.name} a {reference.denoiser}: "
                 "experts of different base families cannot be merged; merge each family's experts on its own base"
             )
-        if base and expert.base_model and expert.base_model != base:
+        if (
+            base and expert.base_model and expert.base_model not in (base, public_name(base))
+        ):  # a summary's is public
             raise UserError(f"expert {expert.name} was trained on {expert.base_model}, not on {base}")
         if expert.base_model and reference.base_model and expert.base_model != reference.base_model:
             raise UserError(

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from cards.model_card import lora_model_card
+from cards.public import public_name, public_settings
 from cards.push import push_folder
 from coprov2.errors import UserError, check_finite, check_ranges
 from coprov2.paths import check_hub_access, check_model
@@ -213,9 +214,9 @@ def run_merge(config: MergeConfig) -> dict[str, Any]:
         "calibration_prompts": len(prompts),
         "preserve_prompts": len(preserve),
         **info,
-        "settings": {
-            k: v for k, v in asdict(config).items() if k not in ("progress", "dry_run", "cache_dir")
-        },
+        "settings": public_settings(
+            {k: v for k, v in asdict(config).items() if k not in ("progress", "dry_run", "cache_dir")}
+        ),
     }
     if row_scores is not None:
         wins = torch.stack(
@@ -297,15 +298,15 @@ def _calibration_text(config: MergeConfig) -> str:
         return ""
     scope = "its own category's prompts" if config.calibration_scope == "own" else "every category's prompts"
     if config.method == "regmean":
-        preserve = config.preserve_prompts or "the shipped dpo/data/neutral_prompts.txt"
+        preserve = public_name(config.preserve_prompts or "") or "the shipped dpo/data/neutral_prompts.txt"
         return (
-            f" Calibration: {config.calibration}, timesteps {config.calibration_timesteps}; each expert's inputs "
+            f" Calibration: {public_name(config.calibration)}, timesteps {config.calibration_timesteps}; each expert's inputs "
             f"from {scope}, preserve prompts from {preserve} (lambda {config.regmean_lambda}, cross-attention "
             f"key/value tokens: {config.text_tokens})."
         )
     scores = " Scores normalised per expert (by its mean in the layer)." if config.normalize_scores else ""
     return (
-        f" Calibration: {config.calibration}, timesteps {config.calibration_timesteps}; each expert scored on "
+        f" Calibration: {public_name(config.calibration)}, timesteps {config.calibration_timesteps}; each expert scored on "
         f"{scope}.{scores}"
     )
 
@@ -319,7 +320,7 @@ def _card(config: MergeConfig, summary: dict[str, Any]):
     measured.update({f"channels won by {name}": n for name, n in summary.get("channels_won", {}).items()})
     return lora_model_card(
         title=f"Merged safety LoRA ({config.method})",
-        summary=f"{len(config.experts)} safety experts for `{config.base}` merged into one LoRA with `{config.method}`: "
+        summary=f"{len(config.experts)} safety experts for `{public_name(config.base)}` merged into one LoRA with `{config.method}`: "
         + ", ".join(f"`{name}`" for name in summary["experts"])
         + ".",
         method=_DEFINITIONS[config.method] + _calibration_text(config),
@@ -327,6 +328,6 @@ def _card(config: MergeConfig, summary: dict[str, Any]):
         settings={k: v for k, v in summary["settings"].items() if v is not None and k != "experts"},
         measured=measured,
         tags=["merge", config.method],
-        repo_or_folder=config.push_to_hub or config.output_dir,
+        repo_or_folder=config.push_to_hub,
         expectations=SCALING_NOTE,
     )

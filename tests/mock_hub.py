@@ -23,6 +23,8 @@ class MockHub:
     created: list[dict] = field(default_factory=list)
     settings: list[dict] = field(default_factory=list)
     committed: dict[str, bytes] = field(default_factory=dict)
+    #: Every file of every commit, ``(repo id, path, bytes)``, in order.
+    uploads: list[tuple[str, str, bytes]] = field(default_factory=list)
     commits: int = 0
     refuse: set[str] = field(default_factory=set)
     #: What ``auth-check`` answers per repo id: ``ok`` or ``gated``; any other id is not found.
@@ -73,7 +75,9 @@ class MockHub:
             for line in request.content.decode().splitlines():
                 op = json.loads(line)
                 if op["key"] == "file":
-                    self.committed[op["value"]["path"]] = base64.b64decode(op["value"]["content"])
+                    content = base64.b64decode(op["value"]["content"])
+                    self.committed[op["value"]["path"]] = content
+                    self.uploads.append((path.split("/commit/")[0], op["value"]["path"], content))
             return httpx2.Response(
                 200, json={"commitUrl": "https://huggingface.co/c/1", "commitOid": self.head}
             )

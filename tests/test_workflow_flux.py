@@ -167,3 +167,26 @@ def test_recipes_a_transformer_base_cannot_take_and_ids_that_cannot_be_opened_ar
             error[-800:],
         )
     assert not (tmp_path / "out").exists(), "nothing written"
+
+
+@pytest.mark.slow
+def test_pushed_cards_and_files_hold_no_local_path_and_name_their_repo(flux_run, monkeypatch):
+    """The finished run pushed to the (mock) Hub, as ``--push_experts``/``--push_merged`` push it: every step is
+    skipped but the push; no uploaded file (cards, model-index, summaries, metrics) holds the run's absolute
+    folder, and each card's usage snippet loads the repo it went to."""
+    from workflow.config import load_recipe
+    from workflow.run import run_workflow
+
+    hub = install_mock_hub(monkeypatch)
+    config = load_recipe(RECIPE, output_dir=str(flux_run), push_experts="me/flux-safety-{category}",
+                         push_merged="me/flux-safety-merged", progress=False)  # fmt: skip
+    records = run_workflow(config)
+    assert [name for name, r in records.items() if not r.get("skipped")] == ["push"], records
+    uploads = [(repo.removeprefix("/api/models/"), path, content) for repo, path, content in hub.uploads]
+    assert {repo for repo, _, _ in uploads} == {"me/flux-safety-hate", "me/flux-safety-violence",
+                                               "me/flux-safety-merged"}  # fmt: skip
+    folder = str(flux_run.parent).encode()
+    leaks = [(repo, path) for repo, path, content in uploads if folder in content]
+    assert not leaks, leaks
+    cards = {repo: content.decode() for repo, path, content in uploads if path == "README.md"}
+    assert len(cards) == 3 and all(f'load_lora_weights("{repo}")' in card for repo, card in cards.items())
