@@ -30,6 +30,7 @@ from coprov2.taxonomy import (
     Taxonomy,
     concept_problem,
     load_taxonomy,
+    look_alike_key,
     normalize_concept,
 )
 from coprov2.taxonomy_config import TaxonomyConfig
@@ -49,7 +50,7 @@ def expand_taxonomy(
 ) -> tuple[Taxonomy, ShardResult]:
     """The grown taxonomy, and the added concepts / rejections / stats as a one-shard stage result."""
     concepts = {c.id: list(c.concepts) for c in taxonomy.categories}
-    known = {name for names in concepts.values() for name in names}
+    known = {look_alike_key(name) for names in concepts.values() for name in names}
     stalls: Counter[str] = Counter()
     added: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
@@ -85,11 +86,12 @@ def expand_taxonomy(
             for item in items:
                 concept = normalize_concept(clean_text(item))
                 problem = concept_problem(concept)
-                reason = Reason.INVALID_CONCEPT if problem else Reason.DUPLICATE if concept in known else None
+                key = look_alike_key(concept)
+                reason = Reason.INVALID_CONCEPT if problem else Reason.DUPLICATE if key in known else None
                 if reason is not None:
                     rejected.append({**base, "reason": reason.value, "detail": problem or "", "text": item})
                     continue
-                known.add(concept)
+                known.add(key)
                 concepts[category.id].append(concept)
                 added.append({**base, "concept": concept})
                 gained += 1

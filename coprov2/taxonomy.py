@@ -62,6 +62,32 @@ def normalize_concept(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).lower().split())
 
 
+def look_alike_key(text: str) -> str:
+    """What two names that a reader cannot tell apart share (UTS #39's skeleton, for Latin): NFKC (full-width and
+    compatibility forms), then each letter of another script that Unicode's confusables data (via
+    ``confusable_homoglyphs``) lists as a look-alike of a Latin one replaced by it (Cyrillic U+0456 by ``i``,
+    U+041D by ``H``), then case folding (``ß`` and ``ss``). Concepts and category names are compared by this key;
+    they are stored as written (normalized)."""
+    from confusable_homoglyphs import categories, confusables
+
+    folded = []
+    for char in " ".join(unicodedata.normalize("NFKC", text).split()):
+        if categories.alias(char) not in ("LATIN", "COMMON"):
+            found = confusables.is_confusable(char, greedy=True, preferred_aliases=["latin"])
+            latin = [g["c"] for hit in found or [] for g in hit["homoglyphs"] if g["n"].startswith("LATIN ")]
+            char = latin[0] if latin else char
+        folded.append(char)
+    return "".join(folded).casefold()
+
+
+def _look_alike_note(first: str, second: str) -> str:
+    """Which characters make two names with the same :func:`look_alike_key` differ, for the error message."""
+    if first.casefold() == second.casefold():
+        return "they differ only by case (folded, \u00df is ss)"
+    odd = [f"{c!r} (U+{ord(c):04X} {unicodedata.name(c, '?')})" for c in second if c not in first]
+    return f"they differ only by look-alike characters: {', '.join(odd[:3]) or 'compatibility forms'}"
+
+
 def concept_problem(concept: str) -> str | None:
     """Why a (normalized) concept cannot be used, or None. Shared by the loader and the expansion."""
     if not concept:
@@ -145,7 +171,9 @@ def _string(path: str, node: yaml.Node, what: str) -> str:
     return node.value
 
 
-def _category(path: str, key: yaml.ScalarNode, node: yaml.Node, seen: dict[str, tuple[str, int]]) -> Category:
+def _category(
+    path: str, key: yaml.ScalarNode, node: yaml.Node, seen: dict[str, tuple[str, int, str]]
+) -> Category:
     category_id = _string(path, key, "a category id")
     if not _CATEGORY_ID.match(category_id):
         raise _fail(
@@ -183,15 +211,24 @@ def _category(path: str, key: yaml.ScalarNode, node: yaml.Node, seen: dict[str, 
         if problem:
             raise _fail(path, entry, f"concept {concept!r} in {category_id!r} {problem}", "rename it")
         line = entry.start_mark.line + 1
-        if concept in seen:
-            other, other_line = seen[concept]
+        key = look_alike_key(concept)
+        if key in seen:
+            other, other_line, other_concept = seen[key]
+            if other_concept == concept:
+                raise _fail(
+                    path,
+                    entry,
+                    f"concept {concept!r} in {category_id!r} duplicates line {other_line} (category {other!r})",
+                    "keep each concept in one category only",
+                )
             raise _fail(
                 path,
                 entry,
-                f"concept {concept!r} in {category_id!r} duplicates line {other_line} (category {other!r})",
-                "keep each concept in one category only",
+                f"concept {concept!r} in {category_id!r} and {other_concept!r} on line {other_line} (category "
+                f"{other!r}) are one concept to a reader: {_look_alike_note(other_concept, concept)}",
+                "keep one spelling, in plain letters",
             )
-        seen[concept] = (category_id, line)
+        seen[key] = (category_id, line, concept)
         concepts.append(concept)
     name = _string(path, fields["name"], "a category name") if "name" in fields else category_id
     description = " ".join(_string(path, fields["description"], "a description").split())
@@ -219,11 +256,22 @@ def parse_taxonomy(text: str, source: str = "<string>") -> Taxonomy:
     version = top.get("version")
     if version is not None and not (isinstance(version, yaml.ScalarNode) and version.value == "1"):
         raise _fail(source, top["version"], "unsupported taxonomy version", "set 'version: 1'")
-    seen: dict[str, tuple[str, int]] = {}
+    seen: dict[str, tuple[str, int, str]] = {}
     entries = _mapping(source, top["categories"], "'categories'")
     if not entries:
         raise _fail(source, top["categories"], "'categories' is empty", "add at least one category")
     categories = tuple(_category(source, key, value, seen) for key, value in entries)
+    names: dict[str, tuple[Category, yaml.Node]] = {}
+    for category, (key, _) in zip(categories, entries, strict=True):
+        other = names.setdefault(look_alike_key(category.name), (category, key))[0]
+        if other is not category:
+            raise _fail(
+                source,
+                key,
+                f"category {category.id!r} is named {category.name!r} and category {other.id!r} {other.name!r}: "
+                f"one name to a reader ({_look_alike_note(other.name, category.name)})",
+                "give the categories names a reader tells apart",
+            )
     return Taxonomy(categories, source)
 
 

@@ -55,6 +55,24 @@ BAD = {
         "  violence:\n    description: d\n    concepts:\n      - riot\n      - MOB\n",
         r"my\.yaml:10: concept 'mob' in 'violence' duplicates line 5 \(category 'hate'\)\. Fix: keep each concept in one category only",
     ),
+    "a Cyrillic look-alike of another category's concept": (
+        "categories:\n  hate:\n    description: d\n    concepts:\n      - mob\n"
+        "  violence:\n    description: d\n    concepts:\n      - riot\n      - m\u043eb\n",
+        r"my\.yaml:10: concept 'm\u043eb' in 'violence' and 'mob' on line 5 \(category 'hate'\) are one concept to a "
+        r"reader: they differ only by look-alike characters: '\u043e' \(U\+043E CYRILLIC SMALL LETTER O\)\. Fix: "
+        r"keep one spelling, in plain letters",
+    ),
+    "full-width and sharp-s forms of one concept": (
+        "categories:\n  hate:\n    description: d\n    concepts:\n      - strasse riot\n      - \uff53tra\u00dfe riot\n",
+        r"my\.yaml:6: concept 'stra\u00dfe riot' in 'hate' and 'strasse riot' on line 5 \(category 'hate'\) are one "
+        r"concept to a reader: they differ only by case \(folded, \u00df is ss\)",
+    ),
+    "category names a reader cannot tell apart": (
+        "categories:\n  hate:\n    name: Hate\n    description: d\n    concepts: [mob]\n"
+        "  violence:\n    name: \u041d\u0430te\n    description: d\n    concepts: [riot]\n",
+        r"my\.yaml:6: category 'violence' is named '\u041d\u0430te' and category 'hate' 'Hate': one name to a reader "
+        r"\(they differ only by look-alike characters: '\u041d' \(U\+041D CYRILLIC CAPITAL LETTER EN\), '\u0430'",
+    ),
     "non-string entry": (
         "categories:\n  hate:\n    description: d\n    concepts:\n      - mob\n      - 42\n",
         r"my\.yaml:6: a concept of 'hate' must be a string, got '42'\. Fix: quote it",
