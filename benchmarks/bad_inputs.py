@@ -1,5 +1,8 @@
 """Bad inputs, tried as a new user would, against this tree and a reference checkout (an earlier commit):
-for each case, the exit code and the last line the CLI printed (``traceback`` when it was one).
+for each case, the exit code, the last line the CLI printed (``traceback`` when it was one) and the seconds to it.
+
+Ids that cannot be opened are tried as this machine meets them (no network: the Hub's name does not resolve),
+and with ``HF_HUB_OFFLINE=1``.
 
     git worktree add /tmp/ref 9e2aee1
     python benchmarks/bad_inputs.py --reference /tmp/ref --work /tmp/bad-inputs
@@ -16,20 +19,23 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 SMOKE = ["--preset", "smoke", "--no_progress"]
 
 
-def _run(tree: Path, args: list[str], env: dict[str, str] | None = None) -> tuple[int, str]:
+def _run(tree: Path, args: list[str], env: dict[str, str] | None = None) -> tuple[int, str, float]:
     environment = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1", **(env or {})}
+    start = time.monotonic()
     result = subprocess.run(
         [sys.executable, *args], capture_output=True, text=True, cwd=tree, env=environment, timeout=900
     )
+    seconds = time.monotonic() - start
     lines = [line for line in result.stderr.splitlines() if line.strip() and "torchvision" not in line]
     traceback = any(line.startswith("Traceback") for line in lines)
     last = lines[-1] if lines else result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
-    return result.returncode, ("traceback: " if traceback else "") + last[:160]
+    return result.returncode, ("traceback: " if traceback else "") + last[:200], seconds
 
 
 def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, str] | None, callable]]:
@@ -84,6 +90,28 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
         folder.parent.mkdir(parents=True, exist_ok=True)
         folder.write_text("not a folder")
 
+    def prompts_csv(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "p.csv").write_text("prompt,categories\na lantern scene,violence\n")
+        (folder / "pairs.csv").write_text("prompt,prompt1\na red lantern scene,a lantern scene\n")
+
+    def recipe(text: str):
+        def prepare(folder: Path) -> None:
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "recipe.yaml").write_text(text.replace("{dir}", str(folder)))
+
+        return prepare
+
+    def look_alike(folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "concepts.yaml").write_text(
+            "categories:\n  hate:\n    description: d\n    concepts: [mob]\n"
+            "  violence:\n    description: d\n    concepts: [riot, m\u043eb]\n"
+        )
+
+    offline = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    evaluation = ["-m", "evaluation", "--output_dir", "{dir}/eval", "--cache_dir", "{dir}/cache",
+                  "--clip_model", "tiny:clip", "--ip_detectors", "nudenet", "--no_progress"]  # fmt: skip
     build = ["-m", "coprov2.build", *SMOKE]
     only_taxonomy = [*build, "--stage", "taxonomy", "--expand_to", "0"]
     return [
@@ -129,6 +157,36 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
          "--output_dir", "{dir}/expert"], None, empty_release_csv),
         ("from_release: images path missing", ["-m", "coprov2.dataset.from_release", "{dir}/CoProv2_train.csv",
          "{dir}/nowhere.zip", "{dir}/out"], None, empty_release_csv),
+        ("#37.4 evaluation --base tiny:flux --height 30", [*evaluation, "--prompts", "{dir}/p.csv", "--base",
+         "tiny:flux", "--height", "30"], None, prompts_csv),
+        ("#37.4 dpo.train --base tiny:flux --resolution 34", ["-m", "dpo.train", "--dataset", "{dir}", "--base",
+         "tiny:flux", "--resolution", "34", "--output_dir", "{dir}/expert", "--cache_dir", "{dir}/cache"], None,
+         one_pair_release),
+        ("#37.4 build --t2i_model tiny:flux --t2i_width 34", [*build, "--t2i_model", "tiny:flux", "--t2i_width",
+         "34"], None, nothing),
+        ("#37.4 recipe: FLUX base, dpo.target_modules attn2.to_k", ["-m", "workflow", "{dir}/recipe.yaml",
+         "--output_dir", "{dir}/run", "--no_progress"], None,
+         recipe("base: tiny:flux\ndataset: {dir}\ndpo: {target_modules: [attn2.to_k, attn2.to_v]}\n")),
+        ("#37.4 recipe: FLUX base, evaluation.height 30", ["-m", "workflow", "{dir}/recipe.yaml", "--output_dir",
+         "{dir}/run", "--no_progress"], None, recipe("base: tiny:flux\ndataset: {dir}\nevaluation: {height: 30}\n")),
+        ("#37.5 evaluation --base <missing id>", [*evaluation, "--prompts", "{dir}/p.csv", "--base",
+         "nobody/no-such-model"], None, prompts_csv),
+        ("#37.5 evaluation --base <missing id>, offline", [*evaluation, "--prompts", "{dir}/p.csv", "--base",
+         "nobody/no-such-model"], offline, prompts_csv),
+        ("#37.5 evaluation --prompts <unreachable Hub dataset>", [*evaluation, "--prompts",
+         "nobody/no-such-prompts", "--base", "tiny:sd15"], None, prompts_csv),
+        ("#37.5 evaluation --prompts ringabell-nudity (gated)", [*evaluation, "--prompts", "ringabell-nudity",
+         "--base", "tiny:sd15"], None, prompts_csv),
+        ("#37.5 build --t2i_model <missing id>", [*build, "--t2i_model", "nobody/no-such-model"], None, nothing),
+        ("#37.5 evaluation.attack --base <missing id>", ["-m", "evaluation.attack", "--base",
+         "nobody/no-such-model", "--pairs", "{dir}/pairs.csv", "--category", "violence", "--output_dir",
+         "{dir}/attack"], None, prompts_csv),
+        ("#37.5 dpo.train --dataset <missing id>", ["-m", "dpo.train", "--dataset", "nobody/no-such-dataset",
+         "--base", "tiny:sd15", "--output_dir", "{dir}/expert"], None, nothing),
+        ("#37.5 recipe: base <missing id>", ["-m", "workflow", "{dir}/recipe.yaml", "--output_dir", "{dir}/run",
+         "--no_progress"], None, recipe("base: nobody/no-such-model\ndataset: {dir}\n")),
+        ("#37.6 look-alike concepts (Cyrillic o)", [*only_taxonomy, "--concepts", "{dir}/concepts.yaml"], None,
+         look_alike),
     ]  # fmt: skip
 
 
@@ -162,9 +220,12 @@ def main() -> None:
                 argv += ["--output_dir", str(folder)]
             rows.setdefault(name, {})[label] = _run(tree, argv, env)
             print(f"{label:6s} | {name} | {rows[name][label]}", flush=True)
-    print("\n| case | before: exit, last line | after: exit, last line |\n|---|---|---|")
+    print("\n| case | before: exit, s, last line | after: exit, s, last line |\n|---|---|---|")
     for name, results in rows.items():
-        cells = [f"{results[k][0]}, `{results[k][1].replace('|', '/')}`" for k in ("before", "after")]
+        cells = [
+            f"{results[k][0]}, {results[k][2]:.1f} s, `{results[k][1].replace('|', '/')}`"
+            for k in ("before", "after")
+        ]
         print(f"| {name} | {cells[0]} | {cells[1]} |")
 
 

@@ -26,6 +26,7 @@ from coprov2.llm import LLMBackend, make_backend
 from coprov2.locking import folder_lock
 from coprov2.paths import check_hub_access, check_writable_dir
 from coprov2.prompts.stage import PromptsStage
+from coprov2.taxonomy import load_taxonomy
 
 logger = logging.getLogger("coprov2.build")
 
@@ -33,9 +34,17 @@ logger = logging.getLogger("coprov2.build")
 def check_paths(config: BuildConfig) -> None:
     """Before any work: the output folder is writable, every model and input file exists."""
     check_writable_dir(config.output_dir, "--output_dir")
-    for option, filename in (("llm_model", "config.json"), ("t2i_model", "model_index.json"),
-                             ("clip_model", "config.json")):  # fmt: skip
-        check_hub_access(getattr(config, option), f"--{option}", filename=filename)
+    if config.concepts not in (None, "default") and Path(config.concepts).exists():
+        load_taxonomy(config.concepts)  # a malformed taxonomy is the cheapest error to fix: said first
+    # Each model the stages up to --stage read: the LLM (vllm: a Hub id; another backend's is a server's name),
+    # the renderer (its tokenizer counts the prompts' tokens), the gate's CLIP.
+    last = STAGES.index(config.stage)
+    models = [("llm_model", "config.json", config.llm_backend == "vllm"),
+              ("t2i_model", "model_index.json", last >= STAGES.index("prompts")),
+              ("clip_model", "config.json", last >= STAGES.index("gate"))]  # fmt: skip
+    for option, filename, needed in models:
+        if needed:
+            check_hub_access(getattr(config, option), f"--{option}", filename=filename)
     for option in ("concepts", "templates_dir", "gate_image_embeddings"):
         value = getattr(config, option)
         if value not in (None, "default") and not Path(value).exists():

@@ -298,7 +298,11 @@ def _calibration_text(config: MergeConfig) -> str:
         return ""
     scope = "its own category's prompts" if config.calibration_scope == "own" else "every category's prompts"
     if config.method == "regmean":
-        preserve = public_name(config.preserve_prompts or "") or "the shipped dpo/data/neutral_prompts.txt"
+        preserve = (
+            public_name(config.preserve_prompts)
+            if config.preserve_prompts
+            else "the shipped dpo/data/neutral_prompts.txt"
+        )
         return (
             f" Calibration: {public_name(config.calibration)}, timesteps {config.calibration_timesteps}; each expert's inputs "
             f"from {scope}, preserve prompts from {preserve} (lambda {config.regmean_lambda}, cross-attention "

@@ -150,3 +150,33 @@ def test_bad_recipes_exit_2_before_any_work(tmp_path, capsys):
         error = capsys.readouterr().err
         assert error.startswith("error: ") and message in error and error.count("\n") == 1, (text, error)
     assert not (tmp_path / "out").exists(), "nothing written"
+
+
+@pytest.mark.slow
+def test_the_pushed_run_holds_no_local_path_and_its_cards_load_their_repos(cold_run, monkeypatch):
+    """The finished tiny run pushed to the (mock) Hub as ``--push_experts``/``--push_merged`` push it (every other
+    step skipped): no uploaded byte holds the run's absolute folder, each card's usage snippet loads its own repo,
+    and the model-index names the prompt set by its card's name, not a path."""
+    from tests.mock_hub import install_mock_hub
+    from workflow.config import load_recipe
+    from workflow.run import run_workflow
+
+    hub = install_mock_hub(monkeypatch)
+    config = load_recipe(RECIPE, output_dir=str(cold_run), push_experts="me/sd15-safety-{category}",
+                         push_merged="me/sd15-safety-merged", progress=False)  # fmt: skip
+    records = run_workflow(config)
+    assert [name for name, r in records.items() if not r.get("skipped")] == ["push"], records
+    uploads = [(repo.removeprefix("/api/models/"), path, content) for repo, path, content in hub.uploads]
+    repos = {f"me/sd15-safety-{c}" for c in [*CATEGORIES, "merged"]}
+    assert {repo for repo, _, _ in uploads} == repos
+    folder = str(cold_run.parent).encode()
+    leaks = [(repo, path) for repo, path, content in uploads if folder in content]
+    assert not leaks, leaks
+    cards = {repo: content.decode() for repo, path, content in uploads if path == "README.md"}
+    assert cards.keys() == repos and all(
+        f'load_lora_weights("{repo}")' in card for repo, card in cards.items()
+    )
+    assert (
+        "      name: CoProV2 (rebuilt), folder dataset/\n      type: CoProV2 (rebuilt), folder dataset/"
+        in cards["me/sd15-safety-hate"]
+    )
