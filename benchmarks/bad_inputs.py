@@ -95,10 +95,19 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
         (folder / "p.csv").write_text("prompt,categories\na lantern scene,violence\n")
         (folder / "pairs.csv").write_text("prompt,prompt1\na red lantern scene,a lantern scene\n")
 
+    def toy_dataset(folder: Path) -> None:
+        from dpo.toy import toy_concepts, write_toy_dataset
+
+        write_toy_dataset(folder, toy_concepts(1, captions=2, held_out=1), pairs_per_caption=1)
+
     def recipe(text: str):
+        """A recipe on a toy CoProV2 dataset written in the case folder (so only the bad option is bad)."""
+
         def prepare(folder: Path) -> None:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / "recipe.yaml").write_text(text.replace("{dir}", str(folder)))
+            toy_dataset(folder)
+            (folder / "recipe.yaml").write_text(
+                text.replace("{dir}", str(folder)) + "categories: [concept-0]\n"
+            )
 
         return prepare
 
@@ -159,9 +168,9 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
          "{dir}/nowhere.zip", "{dir}/out"], None, empty_release_csv),
         ("#37.4 evaluation --base tiny:flux --height 30", [*evaluation, "--prompts", "{dir}/p.csv", "--base",
          "tiny:flux", "--height", "30"], None, prompts_csv),
-        ("#37.4 dpo.train --base tiny:flux --resolution 34", ["-m", "dpo.train", "--dataset", "{dir}", "--base",
-         "tiny:flux", "--resolution", "34", "--output_dir", "{dir}/expert", "--cache_dir", "{dir}/cache"], None,
-         one_pair_release),
+        ("#37.4 dpo.train --base tiny:flux --resolution 34", ["-m", "dpo.train", "--dataset", "{dir}", "--category",
+         "concept-0", "--base", "tiny:flux", "--resolution", "34", "--output_dir", "{dir}/expert", "--cache_dir",
+         "{dir}/cache"], None, toy_dataset),
         ("#37.4 build --t2i_model tiny:flux --t2i_width 34", [*build, "--t2i_model", "tiny:flux", "--t2i_width",
          "34"], None, nothing),
         ("#37.4 recipe: FLUX base, dpo.target_modules attn2.to_k", ["-m", "workflow", "{dir}/recipe.yaml",
@@ -205,7 +214,7 @@ def main() -> None:
     for label, tree in trees.items():
         finished = args.work / label / "finished"
         if not (finished / "gate" / "manifest.json").exists():
-            code, last = _run(
+            code, last, _ = _run(
                 tree, ["-m", "coprov2.build", *SMOKE, "--stage", "gate", "--output_dir", str(finished)]
             )
             assert code == 0, last

@@ -3,20 +3,24 @@ evaluation -> cards); a run killed part-way and rerun ends with the same artifac
 the reports open in a real browser; bad recipes fail before any work."""
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
-from huggingface_hub import ModelCard
-from safetensors.torch import load_file
 
 import workflow
 from tests.browser import check_report
+from tests.workflow_runs import (
+    assert_no_local_path,
+    assert_same_evaluation,
+    assert_same_loras_and_cards,
+    command,
+    eval_results,
+    kill_in_evaluation_and_rerun,
+    lora,
+    push_to_mock_hub,
+)
+from tests.workflow_runs import cold_run as run_recipe
 from workflow.__main__ import main
 
 RECIPE = Path(workflow.__file__).parent / "recipes" / "tiny.yaml"
@@ -24,27 +28,13 @@ CATEGORIES = ["harassment", "hate", "illegal-activity", "self-harm", "sexual", "
 
 
 def _command(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "workflow", str(RECIPE), "--output_dir", str(out), "--no_progress", *extra]
+    return command(RECIPE, out, *extra)
 
 
 @pytest.fixture(scope="module")
 def cold_run(tmp_path_factory) -> Path:
     """The shipped tiny recipe, as is, uninterrupted: the reference of the resume test."""
-    out = tmp_path_factory.mktemp("workflow") / "cold"
-    result = subprocess.run(_command(out), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
-def _lora(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "pytorch_lora_weights.safetensors")
-
-
-def _eval_results(folder: Path) -> list[tuple]:
-    card = ModelCard.load(folder / "README.md")
-    return sorted(
-        (r.dataset_name, r.dataset_split or "", r.metric_name, r.metric_value) for r in card.data.eval_results
-    )
+    return run_recipe(RECIPE, tmp_path_factory.mktemp("workflow") / "cold")
 
 
 @pytest.mark.slow
@@ -57,8 +47,8 @@ def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
     assert sorted(results["models"]) == sorted(["base", *CATEGORIES, "merged"])
     assert results["prompt_set"]["source"] == str(cold_run / "coprov2" / "dataset")
     for folder in [cold_run / "experts" / c for c in CATEGORIES] + [cold_run / "merged"]:
-        assert _lora(folder), folder
-        names = {name for _, _, name, _ in _eval_results(folder)}
+        assert lora(folder), folder
+        names = {name for _, _, name, _ in eval_results(folder)}
         assert {"IP (nudenet)", "CLIPScore", "ASR (ringabell)"} <= names, folder
     assert (cold_run / "eval-test" / "report.html").is_file()
     redteam = json.loads((cold_run / "eval-redteam" / "results.json").read_text())
@@ -74,39 +64,18 @@ def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
 @pytest.mark.slow
 def test_a_killed_run_resumes_to_the_artifacts_of_an_uninterrupted_one(cold_run, tmp_path):
     out = tmp_path / "killed"
-    # the same dataset as the cold run (its build has its own kill tests): experts, merge and evaluation are compared
-    command = _command(out, "--dataset", str(cold_run / "coprov2" / "dataset"))
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (out / "eval-test" / "render-hate").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "the run never reached the evaluation"
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before the kill: nothing was interrupted"
-    assert (out / "workflow" / "merge.json").is_file() and not (out / "workflow" / "eval-test.json").exists()
-
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "experts/hate: skipped, done before" in rerun.stdout and "eval-test: done" in rerun.stdout
-    # what is compared: every expert's and the merge's LoRA tensors, every rendered image byte for byte,
-    # every model's metrics, and the model-index each card carries
-    for name in [f"experts/{c}" for c in CATEGORIES] + ["merged"]:
-        ours, reference = _lora(out / name), _lora(cold_run / name)
-        assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours), name
-        assert _eval_results(out / name) == _eval_results(cold_run / name), name
-    images = sorted(p.relative_to(out) for p in (out / "eval-test" / "images").rglob("*.png"))
-    assert len(images) == 9 * 3
-    assert images == sorted(
-        p.relative_to(cold_run) for p in (cold_run / "eval-test" / "images").rglob("*.png")
+    # the same dataset as the cold run (its build has its own kill tests): experts, merge and evaluation are compared:
+    # every expert's and the merge's LoRA tensors, every rendered image byte for byte, every model's metrics, and
+    # the model-index each card carries
+    kill_in_evaluation_and_rerun(RECIPE, cold_run, out)
+    assert_same_loras_and_cards(out, cold_run, CATEGORIES)
+    assert assert_same_evaluation(out, cold_run) == 9 * 3
+    again = subprocess.run(
+        _command(out, "--dataset", str(cold_run / "coprov2" / "dataset")),
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
-    assert all((out / p).read_bytes() == (cold_run / p).read_bytes() for p in images)
-
-    def metrics(root: Path) -> dict:
-        models = json.loads((root / "eval-test" / "results.json").read_text())["models"]
-        return {label: {k: v for k, v in m.items() if k != "lora"} for label, m in models.items()}
-
-    assert metrics(out) == metrics(cold_run)
-    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert (
         again.returncode == 0 and again.stdout.count("skipped, done before") == 2 * len(CATEGORIES) + 3
     )  # all but the given dataset: the experts, the merge, eval-test, an attack per category, eval-redteam
@@ -157,26 +126,10 @@ def test_the_pushed_run_holds_no_local_path_and_its_cards_load_their_repos(cold_
     """The finished tiny run pushed to the (mock) Hub as ``--push_experts``/``--push_merged`` push it (every other
     step skipped): no uploaded byte holds the run's absolute folder, each card's usage snippet loads its own repo,
     and the model-index names the prompt set by its card's name, not a path."""
-    from tests.mock_hub import install_mock_hub
-    from workflow.config import load_recipe
-    from workflow.run import run_workflow
-
-    hub = install_mock_hub(monkeypatch)
-    config = load_recipe(RECIPE, output_dir=str(cold_run), push_experts="me/sd15-safety-{category}",
-                         push_merged="me/sd15-safety-merged", progress=False)  # fmt: skip
-    records = run_workflow(config)
-    assert [name for name, r in records.items() if not r.get("skipped")] == ["push"], records
-    uploads = [(repo.removeprefix("/api/models/"), path, content) for repo, path, content in hub.uploads]
-    repos = {f"me/sd15-safety-{c}" for c in [*CATEGORIES, "merged"]}
-    assert {repo for repo, _, _ in uploads} == repos
-    folder = str(cold_run.parent).encode()
-    leaks = [(repo, path) for repo, path, content in uploads if folder in content]
-    assert not leaks, leaks
-    cards = {repo: content.decode() for repo, path, content in uploads if path == "README.md"}
-    assert cards.keys() == repos and all(
-        f'load_lora_weights("{repo}")' in card for repo, card in cards.items()
-    )
+    pushed = push_to_mock_hub(RECIPE, cold_run, monkeypatch, "me/sd15-safety")
+    assert pushed.keys() == {f"me/sd15-safety-{c}" for c in [*CATEGORIES, "merged"]}
+    assert_no_local_path(pushed, cold_run.parent)
     assert (
         "      name: CoProV2 (rebuilt), folder dataset/\n      type: CoProV2 (rebuilt), folder dataset/"
-        in cards["me/sd15-safety-hate"]
+        in pushed["me/sd15-safety-hate"]["README.md"].decode()
     )

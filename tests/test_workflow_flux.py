@@ -4,23 +4,25 @@ in its evaluation resumes to the artifacts of an uninterrupted one; recipes a tr
 that cannot be opened, are refused before any work."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-import torch
 from diffusers import FluxPipeline
-from huggingface_hub import ModelCard
-from safetensors.torch import load_file
 
 import workflow
 from evaluation.config import EvalConfig
 from tests.browser import check_report
 from tests.mock_hub import install_mock_hub
+from tests.workflow_runs import (
+    assert_no_local_path,
+    assert_same_evaluation,
+    assert_same_loras_and_cards,
+    cold_run,
+    eval_results,
+    kill_in_evaluation_and_rerun,
+    lora,
+    push_to_mock_hub,
+)
 from workflow.__main__ import main
 
 RECIPE = Path(workflow.__file__).parent / "recipes" / "tiny-flux.yaml"
@@ -28,28 +30,10 @@ CATEGORIES = ["hate", "violence"]
 MODELS = ["base", *CATEGORIES, "merged"]
 
 
-def _command(out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "workflow", str(RECIPE), "--output_dir", str(out), "--no_progress", *extra]
-
-
 @pytest.fixture(scope="module")
 def flux_run(tmp_path_factory) -> Path:
     """The shipped tiny FLUX recipe, as is, uninterrupted: the reference of the resume test."""
-    out = tmp_path_factory.mktemp("workflow-flux") / "cold"
-    result = subprocess.run(_command(out), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out
-
-
-def _lora(folder: Path) -> dict[str, torch.Tensor]:
-    return load_file(folder / "pytorch_lora_weights.safetensors")
-
-
-def _eval_results(folder: Path) -> list[tuple]:
-    card = ModelCard.load(folder / "README.md")
-    return sorted(
-        (r.dataset_name, r.dataset_split or "", r.metric_name, r.metric_value) for r in card.data.eval_results
-    )
+    return cold_run(RECIPE, tmp_path_factory.mktemp("workflow-flux") / "cold")
 
 
 @pytest.mark.slow
@@ -74,7 +58,7 @@ def test_the_tiny_flux_recipe_runs_the_whole_chain(flux_run):
             "FluxPipeline.encode_prompt's prompt_embeds (T5's token states, T5 length 512)"
         ), attacked["search"]
     for folder in [flux_run / "experts" / c for c in CATEGORIES] + [flux_run / "merged"]:
-        names = {name for _, _, name, _ in _eval_results(folder)}
+        names = {name for _, _, name, _ in eval_results(folder)}
         assert {"IP (nudenet)", "CLIPScore", "ASR (ringabell)"} <= names, folder
     redteam = json.loads((flux_run / "eval-redteam" / "results.json").read_text())
     assert redteam["attack"] == "ringabell" and sorted(redteam["models"]) == sorted(MODELS)
@@ -84,7 +68,7 @@ def test_the_tiny_flux_recipe_runs_the_whole_chain(flux_run):
     pipe = FluxPipeline.from_pretrained(flux_run / "cache" / "tiny-models" / "flux")
     pipe.load_lora_weights(flux_run / "merged")
     adapted = {n.rsplit(".", 1)[0] for n, _ in pipe.transformer.named_parameters() if "lora_A" in n}
-    assert len(adapted) == len({k.split(".lora_")[0] for k in _lora(flux_run / "merged")}), (
+    assert len(adapted) == len({k.split(".lora_")[0] for k in lora(flux_run / "merged")}), (
         "every merged layer loads"
     )
     for report in ("eval-test", "eval-redteam"):
@@ -97,34 +81,10 @@ def test_a_flux_run_killed_in_its_evaluation_resumes_to_the_artifacts_of_an_unin
     flux_run, tmp_path
 ):
     out = tmp_path / "killed"
-    command = _command(out, "--dataset", str(flux_run / "coprov2" / "dataset"))
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while not (out / "eval-test" / "render-hate").exists() and process.poll() is None:
-        assert time.monotonic() < deadline, "the run never reached the evaluation"
-        time.sleep(0.01)
-    os.kill(process.pid, signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run ended before the kill: nothing was interrupted"
-    assert (out / "workflow" / "merge.json").is_file() and not (out / "workflow" / "eval-test.json").exists()
-    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    assert "experts/hate: skipped, done before" in rerun.stdout and "eval-test: done" in rerun.stdout
-    for name in [f"experts/{c}" for c in CATEGORIES] + ["merged"]:
-        ours, reference = _lora(out / name), _lora(flux_run / name)
-        assert ours.keys() == reference.keys() and all(torch.equal(ours[k], reference[k]) for k in ours), name
-        assert _eval_results(out / name) == _eval_results(flux_run / name), name
+    kill_in_evaluation_and_rerun(RECIPE, flux_run, out)
+    assert_same_loras_and_cards(out, flux_run, CATEGORIES)
     for evaluation in ("eval-test", "eval-redteam"):
-        images = sorted(p.relative_to(out) for p in (out / evaluation / "images").rglob("*.png"))
-        assert images and images == sorted(
-            p.relative_to(flux_run) for p in (flux_run / evaluation / "images").rglob("*.png")
-        )
-        assert all((out / p).read_bytes() == (flux_run / p).read_bytes() for p in images), evaluation
-
-        def metrics(root: Path, name: str = evaluation) -> dict:
-            models = json.loads((root / name / "results.json").read_text())["models"]
-            return {label: {k: v for k, v in m.items() if k != "lora"} for label, m in models.items()}
-
-        assert metrics(out) == metrics(flux_run), evaluation
+        assert_same_evaluation(out, flux_run, evaluation)
 
 
 def test_recipes_a_transformer_base_cannot_take_and_ids_that_cannot_be_opened_are_refused_upfront(
@@ -174,19 +134,6 @@ def test_pushed_cards_and_files_hold_no_local_path_and_name_their_repo(flux_run,
     """The finished run pushed to the (mock) Hub, as ``--push_experts``/``--push_merged`` push it: every step is
     skipped but the push; no uploaded file (cards, model-index, summaries, metrics) holds the run's absolute
     folder, and each card's usage snippet loads the repo it went to."""
-    from workflow.config import load_recipe
-    from workflow.run import run_workflow
-
-    hub = install_mock_hub(monkeypatch)
-    config = load_recipe(RECIPE, output_dir=str(flux_run), push_experts="me/flux-safety-{category}",
-                         push_merged="me/flux-safety-merged", progress=False)  # fmt: skip
-    records = run_workflow(config)
-    assert [name for name, r in records.items() if not r.get("skipped")] == ["push"], records
-    uploads = [(repo.removeprefix("/api/models/"), path, content) for repo, path, content in hub.uploads]
-    assert {repo for repo, _, _ in uploads} == {"me/flux-safety-hate", "me/flux-safety-violence",
-                                               "me/flux-safety-merged"}  # fmt: skip
-    folder = str(flux_run.parent).encode()
-    leaks = [(repo, path) for repo, path, content in uploads if folder in content]
-    assert not leaks, leaks
-    cards = {repo: content.decode() for repo, path, content in uploads if path == "README.md"}
-    assert len(cards) == 3 and all(f'load_lora_weights("{repo}")' in card for repo, card in cards.items())
+    pushed = push_to_mock_hub(RECIPE, flux_run, monkeypatch, "me/flux-safety")
+    assert pushed.keys() == {"me/flux-safety-hate", "me/flux-safety-violence", "me/flux-safety-merged"}
+    assert_no_local_path(pushed, flux_run.parent)
