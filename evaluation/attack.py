@@ -320,7 +320,7 @@ def attack_space(
 
     tokenizer = family.search_tokenizer(pipe)
     return prompt_space(tokenizer, encode_prompts,
-                        f"{type(pipe).__name__}.encode_prompt's prompt_embeds ({family.prompt_states.split(', and')[0]}"
+                        f"{type(pipe).__name__}.encode_prompt's prompt_embeds ({family.token_states}"
                         f"{f', T5 length {length}' if options else ''}), candidates from {type(tokenizer).__name__}")  # fmt: skip
 
 

@@ -81,8 +81,9 @@ class Family:
     #: UNet's cross-attention does: then ``--retain_mode text`` (a term on those layers' LoRAs) measures what the
     #: model reads.
     reads_encoder_states: ClassVar[bool] = False
-    #: What the denoiser reads of the prompt, for messages.
-    prompt_states: ClassVar[str] = "the text encoder's token states"
+    #: The token states the denoiser reads (its text stream), and all it reads of the prompt, for messages.
+    token_states: ClassVar[str] = "the text encoder's token states"
+    prompt_states: ClassVar[str] = token_states
 
     #: The ``DPOConfig`` options this family takes beyond the common ones (the others refuse them).
     options: ClassVar[tuple[str, ...]] = ()

@@ -26,7 +26,8 @@ class FluxFamily(FlowFamily):
     name = "flux"
     default_beta = RELEASE_BETA / 3
     default_max_sequence_length = 512  # train_dreambooth_lora_flux.py's --max_sequence_length
-    prompt_states = "T5's token states, and of CLIP only its pooled embedding"
+    token_states = "T5's token states"
+    prompt_states = f"{token_states}, and of CLIP only its pooled embedding"
     default_weighting_scheme = "none"  # and its --weighting_scheme
 
     guidance_scale: float = 3.5

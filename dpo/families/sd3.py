@@ -22,7 +22,8 @@ class SD3Family(FlowFamily):
     name = "sd3"
     default_beta = 565.0
     default_max_sequence_length = 77  # train_dreambooth_lora_sd3.py's --max_sequence_length
-    prompt_states = "CLIP-L's and CLIP-G's token states joined with T5's, and the CLIPs' pooled embeddings"
+    token_states = "CLIP-L's and CLIP-G's token states joined with T5's"
+    prompt_states = f"{token_states}, and the CLIPs' pooled embeddings"
     default_weighting_scheme = "logit_normal"  # and its --weighting_scheme
 
     @classmethod
