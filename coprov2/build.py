@@ -59,7 +59,8 @@ def check_render_size(config: BuildConfig) -> None:
 
     try:
         check_sizes(config.resolve_model(config.t2i_model), None,
-                    {"--t2i_height": config.t2i_height, "--t2i_width": config.t2i_width}, "--t2i_model")  # fmt: skip
+                    {"--t2i_height": config.t2i_height, "--t2i_width": config.t2i_width}, "--t2i_model",
+                    config.t2i_model)  # fmt: skip
     except OSError:
         return
 

@@ -269,12 +269,15 @@ def resolve_for_base(config: DPOConfig, base: str) -> tuple[Family, DPOConfig, i
     training resolution; every option the base cannot take (another family's options or LoRA targets, a size
     its VAE and denoiser cannot make) is one ``UserError`` naming it. Reads configs only, no weights: the workflow
     runs it for a whole recipe before its first step."""
-    generic = family_of(base, config.revision)
-    vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
-    family = generic.configure(vae_config, config)
-    config = config.for_family(family)
-    family.check_target_modules(base, config.revision, config.target_modules)
-    return family, config, family.resolution(base, config.revision, config.resolution, vae_config)
+    try:
+        generic = family_of(base, config.revision)
+        vae_config = AutoencoderKL.load_config(base, subfolder="vae", revision=config.revision)
+        family = generic.configure(vae_config, config)
+        resolved = config.for_family(family)
+        family.check_target_modules(base, config.revision, resolved.target_modules)
+        return family, resolved, family.resolution(base, config.revision, config.resolution, vae_config)
+    except UserError as error:  # named as the user named it (tiny:flux, not the folder it was written to)
+        raise UserError(str(error).replace(base, config.base)) from None
 
 
 def prepare_inputs(config: DPOConfig, category: str, accelerator: Accelerator) -> TrainingInputs:

@@ -70,7 +70,7 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
     if any(folder is None for _, _, folder in models):
         check_hub_access(config.base, "--base")
         base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
-        check_sizes(base, None, {"--height": config.height, "--width": config.width})
+        check_sizes(base, None, {"--height": config.height, "--width": config.width}, name=config.base)
     if config.prompts:
         read_prompt_set(config.prompts, config.prompts_config, config.prompts_split)
     for _, lora, folder in models:

@@ -142,11 +142,14 @@ class WorkflowConfig:
             base = resolve_tiny_model(self.base, Path(scratch))
             checks = {
                 "dpo": lambda: resolve_for_base(self.dpo_config("violence"), base),
-                "merge": lambda: check_sizes(base, None, {"--resolution": self.merge.get("resolution")}),
+                "merge": lambda: check_sizes(
+                    base, None, {"--resolution": self.merge.get("resolution")}, name=self.base
+                ),
                 "evaluation": lambda: check_sizes(
                     base,
                     None,
                     {"--height": self.evaluation.get("height"), "--width": self.evaluation.get("width")},
+                    name=self.base,
                 ),
                 "build": lambda: (
                     self.build is None

@@ -24,23 +24,28 @@ def family_of(base: str, revision: str | None = None, option: str = "--base") ->
 
 
 def check_sizes(
-    base: str, revision: str | None, sizes: dict[str, int | None], option: str = "--base"
+    base: str,
+    revision: str | None,
+    sizes: dict[str, int | None],
+    option: str = "--base",
+    name: str | None = None,
 ) -> None:
     """Each ``{option: size}`` (an image side the base renders or trains at; None: its default) fits the base's VAE
     factor and its denoiser's downsampling or patch size (the family's rule), else one line naming the option, the
-    value and what the base accepts. Reads the base's configs only."""
+    value and what the base accepts; ``name``: the base as the user named it (``tiny:flux``, not the folder it was
+    written to). Reads the base's configs only."""
     from diffusers import AutoencoderKL
 
-    sizes = {name: size for name, size in sizes.items() if size is not None}
+    sizes = {size_option: size for size_option, size in sizes.items() if size is not None}
     if not sizes:
         return
     family = family_of(base, revision, option)
     vae = AutoencoderKL.load_config(base, subfolder="vae", revision=revision)
-    for name, size in sizes.items():
+    for size_option, size in sizes.items():
         try:
             family.resolution(base, revision, size, vae)
         except UserError as error:
-            raise UserError(f"{name} {size}: {error}") from None
+            raise UserError(f"{size_option} {size}: {str(error).replace(base, name or base)}") from None
 
 
 def family_of_pipeline(pipe) -> Family:
