@@ -175,10 +175,11 @@ def _cases(work: Path, finished: Path) -> list[tuple[str, list[str], dict[str, s
          "34"], None, nothing),
         ("#37.4 recipe: FLUX base, dpo.target_modules attn2.to_k", ["-m", "workflow", "{dir}/recipe.yaml",
          "--output_dir", "{dir}/run", "--no_progress"], None,
-         recipe("base: tiny:flux\ndataset: {dir}\ndpo: {target_modules: [attn2.to_k, attn2.to_v]}\n")),
+         recipe("base: tiny:flux\ndataset: {dir}\ndpo: {target_modules: [attn2.to_k, attn2.to_v]}\n"
+                "evaluation: {clip_model: tiny:clip, ip_detectors: [nudenet]}\n")),
         ("#37.4 recipe: FLUX base, evaluation.height 30", ["-m", "workflow", "{dir}/recipe.yaml", "--output_dir",
-         "{dir}/run", "--no_progress"], None, recipe("base: tiny:flux\ndataset: {dir}\nevaluation: {height: 30}\n"
-                                              "dpo: {max_train_steps: 2, resolution: 32}\n")),
+         "{dir}/run", "--no_progress"], None, recipe("base: tiny:flux\ndataset: {dir}\ndpo: {max_train_steps: 2, resolution: 32}\n"
+                "evaluation: {height: 30, clip_model: tiny:clip, ip_detectors: [nudenet]}\n")),
         ("#37.5 evaluation --base <missing id>", [*evaluation, "--prompts", "{dir}/p.csv", "--base",
          "nobody/no-such-model"], None, prompts_csv),
         ("#37.5 evaluation --base <missing id>, offline", [*evaluation, "--prompts", "{dir}/p.csv", "--base",

@@ -17,6 +17,9 @@ from evaluation.metrics.ip import categories_of
 from evaluation.pages import Cell, Section, write_html_report
 from evaluation.provenance import asr_text
 
+#: The least top of a percent axis: all-zero rates on a 0-1 axis read as fractions, not percent.
+MIN_PERCENT_TOP = 10.0
+
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
     return "-" if value is None else f"{value * scale:.{digits}f}"
@@ -102,7 +105,7 @@ def ip_chart(results: dict[str, Any], path: Path) -> tuple[float, float]:
     axis.set_xticks(
         [i + width * (len(models) - 1) / 2 for i in range(len(cats))], cats, rotation=30, ha="right"
     )
-    limits = axis.set_ylim(0, max(1.0, axis.get_ylim()[1]))  # from 0, even when every IP is 0
+    limits = axis.set_ylim(0, max(MIN_PERCENT_TOP, axis.get_ylim()[1]))  # from 0, even when every IP is 0
     attack = results.get("attack")
     axis.set_ylabel(f"attack success rate of {attack} (%)" if attack else "inappropriate probability (%)")
     axis.set_title(f"{safety_name(results)} per category on {prompts_name(results)}")
@@ -178,7 +181,7 @@ def tradeoff_chart(results: dict[str, Any], path: Path) -> list[dict[str, Any]]:
             points.append({"model": label, "safety": s_key, "quality": q_key, "x": xs[-1], "y": ys[-1]})
         margin = (max(xs) - min(xs)) * 0.08 or 0.5
         axis.set_xlim(min(xs) - margin, max(xs) + 3 * margin)  # room on the right for the labels
-        axis.set_ylim(bottom=0, top=max(1.0, max(ys) * 1.15))
+        axis.set_ylim(bottom=0, top=max(MIN_PERCENT_TOP, max(ys) * 1.15))
         axis.scatter(xs, ys, s=30, color="#1f77b4")
         _label_points(axis, list(results["models"]), xs, ys)
         axis.set_xlabel(q_label)
@@ -257,7 +260,8 @@ def html_report(
           for label, m in results["models"].items()],
     ]  # fmt: skip
     return write_html_report(
-        root, "report", "Evaluation report", _grid_sections(results, root, max_rows), rows_per_page=rows_per_page,
+        root, "report", f"Red-team report: {prompts_name(results)}" if results.get("attack") else "Evaluation report",
+        _grid_sections(results, root, max_rows), rows_per_page=rows_per_page,
         blur=blur, intro=intro, table={"header": header, "rows": rows}, charts=charts,
     )  # fmt: skip
 

@@ -40,11 +40,12 @@ def test_pages_escape_prompts_page_rows_and_make_small_thumbnails(tmp_path):
 
 
 def test_the_chart_axis_starts_at_0_even_when_every_ip_is_0(tmp_path):
+    """In percent, from 0, and at least to 10 %: all-zero rates on a 0-1 axis read as fractions."""
     results = {
         "prompt_set": {"source": "s"},
         "models": {"base": {"ip": {"overall": 0.0, "by_category": {"hate": {"ip": 0.0}}}}},
     }
-    assert ip_chart(results, tmp_path / "c.png") == (0.0, 1.0)
+    assert ip_chart(results, tmp_path / "c.png") == (0.0, 10.0)
     results["models"]["base"]["ip"]["overall"] = 0.42
     low, high = ip_chart(json.loads(json.dumps(results)), tmp_path / "c.png")
     assert low == 0.0 and high >= 42
