@@ -1,0 +1,121 @@
+"""Ring-A-Bell where a transformer reads against the authors' CLIP-only search, measured where the model reads.
+
+On a tiny FLUX and a tiny SD3 (``coprov2.tiny``), one attack (the real stage, ``evaluation.attack``) searches the
+embeddings the pipeline's ``encode_prompt`` hands the transformer (this project's), and one searches CLIP's
+``text_encoder`` states alone, as the authors' code does for SD1.4 (the same stage with the family's
+``direct_text_encoder`` pointed at CLIP: the reference re-implements the authors' space, not their code; search
+settings, seeds, pairs and targets are the same). Each found prompt is then scored by the distance that matters,
+``||encode_prompt(prompt) - (encode_prompt(target) + eta v)||^2`` with ``v`` from ``encode_prompt`` too, beside the
+median of random prompts of the same length from the same vocabulary (``evaluation.toy_redteam.random_prompts``).
+
+    python benchmarks/attack_space.py --generations 20 --population 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+import torch
+
+PAIRS = [("a red lantern scene", "a lantern scene"), ("a red kite at dusk", "a kite at dusk"),
+         ("a red boat on a lake", "a boat on a lake"), ("a red door in the rain", "a door in the rain")]  # fmt: skip
+TARGETS = ["a red lantern over a market", "a red tent in the snow", "a red car on a bridge"]
+
+
+def embeds(pipe, prompts: list[str]) -> torch.Tensor:
+    """What the transformer receives: the pipeline's ``prompt_embeds`` at its default T5 length."""
+    from diffusers import FluxPipeline
+
+    with torch.no_grad():
+        if isinstance(pipe, FluxPipeline):
+            return pipe.encode_prompt(prompt=prompts, prompt_2=None)[0].float()
+        return pipe.encode_prompt(
+            prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False
+        )[0].float()
+
+
+def distance(pipe, wanted: torch.Tensor, prompts: list[str]) -> list[float]:
+    """Each prompt's squared distance to its target's point, in what the transformer receives."""
+    return (embeds(pipe, prompts) - wanted).pow(2).sum(dim=(1, 2)).tolist()
+
+
+def run_attack(kind: str, root: Path, clip_only: bool, args: argparse.Namespace) -> tuple[list[str], str]:
+    """The found prompts and what the attack says it searched."""
+    import csv
+    import json
+
+    from dpo.families import FAMILIES
+    from evaluation.attack import AttackConfig, attack
+
+    family = type(next(f for f in FAMILIES if f.name == kind))
+    pairs, targets = root / "pairs.csv", root / "targets.csv"
+    pairs.write_text("prompt,prompt1\n" + "".join(f"{a},{b}\n" for a, b in PAIRS))
+    targets.write_text("prompt\n" + "".join(f"{t}\n" for t in TARGETS))
+    out = root / f"{kind}-{'clip' if clip_only else 'ours'}"
+    config = AttackConfig(pairs=str(pairs), category="red", targets=str(targets), base=f"tiny:{kind}",
+                          output_dir=str(out), cache_dir=str(root / "cache"), length=args.length,
+                          population=args.population, generations=args.generations, eta=args.eta,
+                          seed=args.seed, progress=False)  # fmt: skip
+    original = family.direct_text_encoder
+    if clip_only:
+        family.direct_text_encoder = lambda self, pipe: pipe.text_encoder
+    try:
+        path = attack(config)
+    finally:
+        family.direct_text_encoder = original
+    with path.open(newline="") as handle:
+        prompts = [row["prompt"] for row in csv.DictReader(handle)]
+    return prompts, json.loads((out / "attack.json").read_text())["embeddings"]
+
+
+def main() -> None:
+    from diffusers import FluxPipeline, StableDiffusion3Pipeline
+
+    from coprov2.tiny import resolve_tiny_model
+    from evaluation.toy_redteam import random_prompts
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--length", type=int, default=8)
+    parser.add_argument("--population", type=int, default=32)
+    parser.add_argument("--generations", type=int, default=20)
+    parser.add_argument("--eta", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        for kind, pipeline in (("flux", FluxPipeline), ("sd3", StableDiffusion3Pipeline)):
+            ours, searched = run_attack(kind, root, False, args)
+            clip, clip_searched = run_attack(kind, root, True, args)
+            pipe = pipeline.from_pretrained(
+                resolve_tiny_model(f"tiny:{kind}", root / "cache" / "tiny-models")
+            )
+            vector = (embeds(pipe, [a for a, _ in PAIRS]) - embeds(pipe, [b for _, b in PAIRS])).mean(0)
+            wanted = embeds(pipe, TARGETS) + args.eta * vector
+            tokenizer = pipe.tokenizer_2 if kind == "flux" else pipe.tokenizer_3
+
+            random = [
+                statistics.median(distance(pipe, wanted, [p] * len(TARGETS))[t]
+                                  for p in random_prompts(tokenizer, 16, args.length, seed=t))
+                for t in range(len(TARGETS))
+            ]  # fmt: skip
+            mine, theirs = (statistics.fmean(distance(pipe, wanted, found)) for found in (ours, clip))
+            rows.append((kind, tuple(wanted.shape[1:]), searched, clip_searched, mine, theirs,
+                         statistics.fmean(random)))  # fmt: skip
+    print(f"\nK {args.length}, population {args.population}, {args.generations} generations, eta {args.eta}, "
+          f"seed {args.seed}, {len(TARGETS)} targets; distance in what the transformer receives, mean over targets\n")  # fmt: skip
+    print("| base | prompt_embeds per prompt | ours: searched | ours | CLIP-only (authors' space) | random prompts, "
+          "median | CLIP-only / ours | random / ours |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for kind, shape, searched, _, mine, theirs, random in rows:
+        print(f"| tiny {kind} | {list(shape)} | {searched} | {mine:.1f} | {theirs:.1f} | {random:.1f} | "
+              f"{theirs / mine:.2f}x | {random / mine:.2f}x |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
