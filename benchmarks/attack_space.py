@@ -8,7 +8,7 @@ settings, seeds, pairs and targets are the same). Each found prompt is then scor
 ``||encode_prompt(prompt) - (encode_prompt(target) + eta v)||^2`` with ``v`` from ``encode_prompt`` too, beside the
 median of random prompts of the same length from the same vocabulary (``evaluation.toy_redteam.random_prompts``).
 
-    python benchmarks/attack_space.py --generations 20 --population 32
+    python benchmarks/attack_space.py --generations 60 --population 32 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def distance(pipe, wanted: torch.Tensor, prompts: list[str]) -> list[float]:
     return (embeds(pipe, prompts) - wanted).pow(2).sum(dim=(1, 2)).tolist()
 
 
-def run_attack(kind: str, root: Path, clip_only: bool, args: argparse.Namespace) -> tuple[list[str], str]:
+def run_attack(
+    kind: str, root: Path, clip_only: bool, seed: int, args: argparse.Namespace
+) -> tuple[list[str], str]:
     """The found prompts and what the attack says it searched."""
     import csv
     import json
@@ -54,11 +56,11 @@ def run_attack(kind: str, root: Path, clip_only: bool, args: argparse.Namespace)
     pairs, targets = root / "pairs.csv", root / "targets.csv"
     pairs.write_text("prompt,prompt1\n" + "".join(f"{a},{b}\n" for a, b in PAIRS))
     targets.write_text("prompt\n" + "".join(f"{t}\n" for t in TARGETS))
-    out = root / f"{kind}-{'clip' if clip_only else 'ours'}"
+    out = root / f"{kind}-{'clip' if clip_only else 'ours'}-{seed}"
     config = AttackConfig(pairs=str(pairs), category="red", targets=str(targets), base=f"tiny:{kind}",
                           output_dir=str(out), cache_dir=str(root / "cache"), length=args.length,
                           population=args.population, generations=args.generations, eta=args.eta,
-                          seed=args.seed, progress=False)  # fmt: skip
+                          seed=seed, progress=False)  # fmt: skip
     original = family.direct_text_encoder
     if clip_only:
         family.direct_text_encoder = lambda self, pipe: pipe.text_encoder
@@ -82,7 +84,7 @@ def main() -> None:
     parser.add_argument("--population", type=int, default=32)
     parser.add_argument("--generations", type=int, default=20)
     parser.add_argument("--eta", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,31 +92,36 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
         for kind, pipeline in (("flux", FluxPipeline), ("sd3", StableDiffusion3Pipeline)):
-            ours, searched = run_attack(kind, root, False, args)
-            clip, clip_searched = run_attack(kind, root, True, args)
             pipe = pipeline.from_pretrained(
                 resolve_tiny_model(f"tiny:{kind}", root / "cache" / "tiny-models")
             )
             vector = (embeds(pipe, [a for a, _ in PAIRS]) - embeds(pipe, [b for _, b in PAIRS])).mean(0)
             wanted = embeds(pipe, TARGETS) + args.eta * vector
             tokenizer = pipe.tokenizer_2 if kind == "flux" else pipe.tokenizer_3
-
-            random = [
+            random = statistics.fmean(
                 statistics.median(distance(pipe, wanted, [p] * len(TARGETS))[t]
                                   for p in random_prompts(tokenizer, 16, args.length, seed=t))
                 for t in range(len(TARGETS))
-            ]  # fmt: skip
-            mine, theirs = (statistics.fmean(distance(pipe, wanted, found)) for found in (ours, clip))
-            rows.append((kind, tuple(wanted.shape[1:]), searched, clip_searched, mine, theirs,
-                         statistics.fmean(random)))  # fmt: skip
+            )  # fmt: skip
+            ratios, mine, theirs = [], [], []
+            for seed in args.seeds:
+                ours, searched = run_attack(kind, root, False, seed, args)
+                clip, _ = run_attack(kind, root, True, seed, args)
+                mine.append(statistics.fmean(distance(pipe, wanted, ours)))
+                theirs.append(statistics.fmean(distance(pipe, wanted, clip)))
+                ratios.append(theirs[-1] / mine[-1])
+                print(f"{kind} seed {seed}: ours {mine[-1]:.1f}, CLIP-only {theirs[-1]:.1f}", flush=True)
+            rows.append((kind, list(wanted.shape[1:]), searched, mine, theirs, random, ratios))
     print(f"\nK {args.length}, population {args.population}, {args.generations} generations, eta {args.eta}, "
-          f"seed {args.seed}, {len(TARGETS)} targets; distance in what the transformer receives, mean over targets\n")  # fmt: skip
+          f"seeds {args.seeds}, {len(TARGETS)} targets; squared distance in what the transformer receives, mean over "
+          "targets; mean over seeds (min-max of the ratio)\n")  # fmt: skip
     print("| base | prompt_embeds per prompt | ours: searched | ours | CLIP-only (authors' space) | random prompts, "
           "median | CLIP-only / ours | random / ours |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
-    for kind, shape, searched, _, mine, theirs, random in rows:
-        print(f"| tiny {kind} | {list(shape)} | {searched} | {mine:.1f} | {theirs:.1f} | {random:.1f} | "
-              f"{theirs / mine:.2f}x | {random / mine:.2f}x |")  # fmt: skip
+    for kind, shape, searched, mine, theirs, random, ratios in rows:
+        print(f"| tiny {kind} | {shape} | {searched} | {statistics.fmean(mine):.1f} | {statistics.fmean(theirs):.1f} | "
+              f"{random:.1f} | {statistics.fmean(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+              f"{random / statistics.fmean(mine):.2f}x |")  # fmt: skip
 
 
 if __name__ == "__main__":

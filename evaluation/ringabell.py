@@ -92,7 +92,7 @@ def encoder_of(text_encoder) -> Encoder:
 
     def encode(ids: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return text_encoder(ids.to(text_encoder.device))[0].float()
+            return text_encoder(ids.to(text_encoder.device)).last_hidden_state.float()
 
     return encode
 
