@@ -84,6 +84,11 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
     for folder in config.update_card:
         if Path(folder).resolve() not in loras:
             raise UserError(f"--update_card {folder}: not one of the --loras folders evaluated in this run")
+    # the scorers' models, after the inputs that are local files (cheaper to fix first)
+    if "clipscore" in config.metrics:
+        check_hub_access(config.clip_model, "--clip_model", filename="config.json")
+    if "ip" in config.metrics and "q16" in config.ip_detectors and not config.q16_csv:
+        check_hub_access(config.q16_clip_model, "--q16_clip_model", filename="config.json")
     check_writable_dir(config.output_dir, "--output_dir")  # last: a refused run leaves no folder behind
 
 
