@@ -68,7 +68,8 @@ SCHEMA = pa.schema([
 
 @dataclass
 class AttackConfig:
-    """One Ring-A-Bell attack against a text encoder (the search settings are the authors' defaults)."""
+    """One Ring-A-Bell attack on the prompt embeddings a base's denoiser reads (the search settings are the authors'
+    defaults)."""
 
     pairs: str = field(default="", metadata={"help": "prompt pairs with/without the concept: a CoProV2 dataset "
                        "(folder or Hub id; its unsafe/safe prompts of --category) or a CSV (prompt,prompt1 or "
@@ -209,7 +210,7 @@ def read_targets(config: AttackConfig, with_concept: list[str]) -> list[dict[str
 
 
 class AttackStage(Stage):
-    """One adversarial prompt per target; the text encoder and the concept vector are loaded once per process."""
+    """One adversarial prompt per target; the encoders and the concept vector are loaded once per process."""
 
     name = "attack"
     schema = SCHEMA
@@ -280,7 +281,7 @@ def write_attack_csv(root: Path, config: AttackConfig) -> Path:
     rows = sorted(stage.iter_rows(columns=list(CSV_COLUMNS)), key=lambda r: r["case_number"])
     search = stage.read_manifest()["search"]
     record = {
-        "attack": ATTACK_NAME, "base": public_name(config.base), "embeddings": search["embeddings"],
+        "attack": ATTACK_NAME, "base": public_name(config.base), "embeddings": search.get("embeddings", "not recorded"),
         "eta": config.eta, "length": config.length, "population": config.population,
         "generations": config.generations, "pairs": public_name(config.pairs),
         "targets": public_name(config.targets) if config.targets else
@@ -345,7 +346,7 @@ def attack(config: AttackConfig) -> Path:
 def make_parser() -> DataclassArgumentParser:
     return DataclassArgumentParser(
         AttackConfig, prog="python -m evaluation.attack",
-        description="Ring-A-Bell: adversarial prompts for a category, found with the base's text encoder alone "
+        description="Ring-A-Bell: adversarial prompts for a category, found with the base's text encoders alone "
         "(concept vector from prompt pairs, genetic search of K-token prompts). Writes attack.csv "
         "(prompt,case_number,evaluation_seed,category); evaluate it with python -m evaluation --prompts "
         "attack.csv --attack ringabell.",
