@@ -13,6 +13,8 @@ from typing import Any
 
 #: Where a LoRA's usage snippet points before the folder is pushed (``cards.push`` writes the repo id in).
 USAGE_PLACEHOLDER = "path/to/this/folder"
+#: Written by ``cards.push`` into a folder it pushed: the repo id, by which the folder is named from then on.
+HUB_REPO_FILE = ".hub_repo_id"
 #: Settings that say where a run wrote, not what it made: left out of what is published.
 LOCAL_ONLY = ("output_dir", "cache_dir", "logging_dir")
 
@@ -25,11 +27,13 @@ def is_local_path(value: str) -> bool:
 
 
 def public_name(source: str) -> str:
-    """``source`` as a card or report may print it: a Hub id unchanged; a local path by its last part, and a
-    dataset folder with a card as ``<pretty_name>, folder <name>/``."""
+    """``source`` as a card or report may print it: a Hub id unchanged; a folder that was pushed by the repo id it
+    went to; a local path by its last part, and a dataset folder with a card as ``<pretty_name>, folder <name>/``."""
     if not is_local_path(source):
         return source
     path = Path(source).expanduser().resolve()
+    if (path / HUB_REPO_FILE).is_file():
+        return (path / HUB_REPO_FILE).read_text(encoding="utf-8").strip()
     card = path / "README.md"
     if path.is_dir() and card.is_file():
         from huggingface_hub import DatasetCard

@@ -18,7 +18,7 @@ import httpx2
 from huggingface_hub import HfApi, constants
 from huggingface_hub.errors import OfflineModeIsEnabled
 
-from cards.public import USAGE_PLACEHOLDER
+from cards.public import HUB_REPO_FILE, USAGE_PLACEHOLDER
 from coprov2.errors import UserError
 from coprov2.stage_io import atomic_write_text
 
@@ -41,7 +41,7 @@ def push_plan(
     files = sorted(
         str(path.relative_to(folder))
         for path in folder.rglob("*")
-        if path.is_file() and path.relative_to(folder).parts[0] not in ignore
+        if path.is_file() and path.relative_to(folder).parts[0] not in ignore and path.name != HUB_REPO_FILE
     )
     if "README.md" not in files:
         raise UserError(f"{folder} has no README.md: write its card before pushing")
@@ -59,7 +59,7 @@ def push_plan(
         "repo_type": repo_type,
         "folder_path": str(folder),
         "commit_message": f"Upload {folder.name} with alignguard",
-        **({"ignore_patterns": [f"{name}/**" for name in ignore]} if ignore else {}),
+        "ignore_patterns": [*(f"{name}/**" for name in ignore), HUB_REPO_FILE],
         "files": files,
     }
     return [create, *(gate if gated is not None else []), upload]
@@ -103,6 +103,7 @@ def push_folder(
             raise UserError(
                 f"cannot reach the Hub for {repo_id} ({type(error).__name__}); check the network, or use --dry_run"
             ) from None
+    atomic_write_text(folder / HUB_REPO_FILE, repo_id + "\n")  # cards name the folder by its repo from now on
     echo(
         f"pushed {len(plan[-1]['files'])} files to {repo_type} repo {repo_id} (private={not public}, gated={gated})"
     )

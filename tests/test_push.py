@@ -88,3 +88,16 @@ def test_model_push_is_private_ungated_and_leaves_checkpoints_local(folder, monk
     assert hub.created == [{"name": "expert", "organization": "me", "visibility": "private", "type": "model"}]
     assert hub.settings == []
     assert set(hub.committed) == {"README.md", "data/hate/train-00000-of-00001.parquet"}
+
+
+def test_a_pushed_folder_is_named_by_its_repo_from_then_on_and_the_record_stays_local(folder, monkeypatch):
+    """Cards and reports name a pushed dataset by the repo it went to (``cards.public.public_name``), not by its
+    folder; the record of that (``.hub_repo_id``) is never uploaded."""
+    from cards.public import HUB_REPO_FILE, public_name
+
+    hub = install_mock_hub(monkeypatch)
+    assert public_name(str(folder)) == folder.name
+    push_folder(folder, "me/coprov2")
+    push_folder(folder, "me/coprov2")
+    assert public_name(str(folder)) == "me/coprov2"
+    assert (folder / HUB_REPO_FILE).is_file() and all(path != HUB_REPO_FILE for _, path, _ in hub.uploads)
