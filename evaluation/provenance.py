@@ -32,6 +32,8 @@ def describe_prompts(
 ) -> dict[str, str]:
     """``{"kind", "name", "text"}``: the kind of prompt set (``attack``, ``published``, ``dataset``, ``file``), its
     short public name (figure titles) and one sentence saying where its prompts came from."""
+    if not prompts:
+        return {"kind": "images", "name": "image folders", "text": "the images of the given --image_folders"}
     record = attack_record(prompts)
     if published is not None:
         title = ATTACK_TITLES.get(published.attack, published.attack)
