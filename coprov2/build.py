@@ -31,20 +31,24 @@ from coprov2.taxonomy import load_taxonomy
 logger = logging.getLogger("coprov2.build")
 
 
+def hub_models(config: BuildConfig) -> list[tuple[str, str, str]]:
+    """``(option, id, a file it must have)`` of each model the stages up to ``--stage`` read: the LLM (on vLLM: a
+    Hub id; another backend's is a server's name), the renderer (its tokenizer counts the prompts' tokens from the
+    prompts stage on), the gate's CLIP."""
+    last = STAGES.index(config.stage)
+    models = [("llm_model", "config.json", config.llm_backend == "vllm"),
+              ("t2i_model", "model_index.json", last >= STAGES.index("prompts")),
+              ("clip_model", "config.json", last >= STAGES.index("gate"))]  # fmt: skip
+    return [(option, getattr(config, option), filename) for option, filename, needed in models if needed]
+
+
 def check_paths(config: BuildConfig) -> None:
     """Before any work: the output folder is writable, every model and input file exists."""
     check_writable_dir(config.output_dir, "--output_dir")
     if config.concepts not in (None, "default") and Path(config.concepts).exists():
         load_taxonomy(config.concepts)  # a malformed taxonomy is the cheapest error to fix: said first
-    # Each model the stages up to --stage read: the LLM (vllm: a Hub id; another backend's is a server's name),
-    # the renderer (its tokenizer counts the prompts' tokens), the gate's CLIP.
-    last = STAGES.index(config.stage)
-    models = [("llm_model", "config.json", config.llm_backend == "vllm"),
-              ("t2i_model", "model_index.json", last >= STAGES.index("prompts")),
-              ("clip_model", "config.json", last >= STAGES.index("gate"))]  # fmt: skip
-    for option, filename, needed in models:
-        if needed:
-            check_hub_access(getattr(config, option), f"--{option}", filename=filename)
+    for option, name, filename in hub_models(config):
+        check_hub_access(name, f"--{option}", filename=filename)
     for option in ("concepts", "templates_dir", "gate_image_embeddings"):
         value = getattr(config, option)
         if value not in (None, "default") and not Path(value).exists():

@@ -108,15 +108,17 @@ class WorkflowConfig:
 
     def hub_ids(self) -> list[tuple[str, str, str, str]]:
         """``(option, id, repo type, a file it must have)`` of every model and dataset the recipe's steps open."""
+        from coprov2.build import hub_models
+
         evaluation = self.eval_config(self.dataset_path, [])
         ids = [("base", self.base, "model", "model_index.json")]
         if self.dataset is not None:
             ids.append(("dataset", self.dataset, "dataset", "README.md"))
         build = self.build_config()
         if build is not None:
-            ids += [("build.llm_model", build.llm_model, "model", "config.json"),
-                    ("build.t2i_model", build.t2i_model, "model", "model_index.json"),
-                    ("build.clip_model", build.clip_model, "model", "config.json")]  # fmt: skip
+            ids += [
+                (f"build.{option}", name, "model", filename) for option, name, filename in hub_models(build)
+            ]
         if "clipscore" in evaluation.metrics:
             ids.append(("evaluation.clip_model", evaluation.clip_model, "model", "config.json"))
         if "ip" in evaluation.metrics and "q16" in evaluation.ip_detectors:
