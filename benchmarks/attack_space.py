@@ -5,7 +5,8 @@ embeddings the pipeline's ``encode_prompt`` hands the transformer (this project'
 ``text_encoder`` states alone, as the authors' code does for SD1.4 (the same stage with the family's
 ``direct_text_encoder`` pointed at CLIP: the reference re-implements the authors' space, not their code; search
 settings, seeds, pairs and targets are the same). Each found prompt is then scored by the distance that matters,
-``||encode_prompt(prompt) - (encode_prompt(target) + eta v)||^2`` with ``v`` from ``encode_prompt`` too, beside the
+``||encode_prompt(prompt) - (encode_prompt(target) + eta v)||^2`` with ``v`` from ``encode_prompt`` too (the
+product's ``attack_space``, which ``tests/test_flow.py`` checks against the pipeline's own ``encode_prompt``), beside the
 median of random prompts of the same length from the same vocabulary (``evaluation.toy_redteam.random_prompts``).
 
     python benchmarks/attack_space.py --generations 60 --population 32 --seeds 0 1 2
@@ -25,21 +26,9 @@ PAIRS = [("a red lantern scene", "a lantern scene"), ("a red kite at dusk", "a k
 TARGETS = ["a red lantern over a market", "a red tent in the snow", "a red car on a bridge"]
 
 
-def embeds(pipe, prompts: list[str]) -> torch.Tensor:
-    """What the transformer receives: the pipeline's ``prompt_embeds`` at its default T5 length."""
-    from diffusers import FluxPipeline
-
-    with torch.no_grad():
-        if isinstance(pipe, FluxPipeline):
-            return pipe.encode_prompt(prompt=prompts, prompt_2=None)[0].float()
-        return pipe.encode_prompt(
-            prompt=prompts, prompt_2=None, prompt_3=None, do_classifier_free_guidance=False
-        )[0].float()
-
-
-def distance(pipe, wanted: torch.Tensor, prompts: list[str]) -> list[float]:
-    """Each prompt's squared distance to its target's point, in what the transformer receives."""
-    return (embeds(pipe, prompts) - wanted).pow(2).sum(dim=(1, 2)).tolist()
+def distance(encode, wanted: torch.Tensor, prompts: list[str]) -> list[float]:
+    """Each prompt's squared distance to its target's point, in what the transformer receives (``encode``)."""
+    return (encode(prompts) - wanted).pow(2).sum(dim=(1, 2)).tolist()
 
 
 def run_attack(
@@ -74,9 +63,9 @@ def run_attack(
 
 
 def main() -> None:
-    from diffusers import FluxPipeline, StableDiffusion3Pipeline
-
     from coprov2.tiny import resolve_tiny_model
+    from evaluation.attack import attack_space
+    from evaluation.ringabell import concept_vector
     from evaluation.toy_redteam import random_prompts
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -91,24 +80,23 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch)
-        for kind, pipeline in (("flux", FluxPipeline), ("sd3", StableDiffusion3Pipeline)):
-            pipe = pipeline.from_pretrained(
-                resolve_tiny_model(f"tiny:{kind}", root / "cache" / "tiny-models")
-            )
-            vector = (embeds(pipe, [a for a, _ in PAIRS]) - embeds(pipe, [b for _, b in PAIRS])).mean(0)
-            wanted = embeds(pipe, TARGETS) + args.eta * vector
-            tokenizer = pipe.tokenizer_2 if kind == "flux" else pipe.tokenizer_3
+        for kind in ("flux", "sd3"):
+            # The product's own space (tests/test_flow.py checks it is the pipeline's encode_prompt output)
+            space = attack_space(resolve_tiny_model(f"tiny:{kind}", root / "cache" / "tiny-models"), None,
+                                 torch.device("cpu"), None)  # fmt: skip
+            encode = space.encode_prompts
+            wanted = encode(TARGETS) + args.eta * concept_vector(space, *zip(*PAIRS, strict=True))
             random = statistics.fmean(
-                statistics.median(distance(pipe, wanted, [p] * len(TARGETS))[t]
-                                  for p in random_prompts(tokenizer, 16, args.length, seed=t))
+                statistics.median(distance(encode, wanted, [p] * len(TARGETS))[t]
+                                  for p in random_prompts(space.vocabulary, 16, args.length, seed=t))
                 for t in range(len(TARGETS))
             )  # fmt: skip
             ratios, mine, theirs = [], [], []
             for seed in args.seeds:
                 ours, searched = run_attack(kind, root, False, seed, args)
                 clip, _ = run_attack(kind, root, True, seed, args)
-                mine.append(statistics.fmean(distance(pipe, wanted, ours)))
-                theirs.append(statistics.fmean(distance(pipe, wanted, clip)))
+                mine.append(statistics.fmean(distance(encode, wanted, ours)))
+                theirs.append(statistics.fmean(distance(encode, wanted, clip)))
                 ratios.append(theirs[-1] / mine[-1])
                 print(f"{kind} seed {seed}: ours {mine[-1]:.1f}, CLIP-only {theirs[-1]:.1f}", flush=True)
             rows.append((kind, list(wanted.shape[1:]), searched, mine, theirs, random, ratios))

@@ -276,20 +276,16 @@ def write_report(
     atomic_write_text(paths["json"], json.dumps(results, indent=2, sort_keys=True) + "\n")
     atomic_write_text(paths["table"], markdown_table(results))
     charts = []
+    # On an attack's prompts, every chart's caption says what ASR is (the last of the page's explanations).
+    note = f" ({explanations(results)[-1].rstrip('.')})" if results.get("attack") else ""
     if any("ip" in m for m in results["models"].values()):
         paths["chart"] = output_dir / "ip_by_category.png"
         ip_chart(results, paths["chart"])
-        caption = f"{safety_name(results)} per category and model"
-        if results.get("attack"):
-            caption += f" ({explanations(results)[-1].rstrip('.')})"
-        charts.append((paths["chart"], caption))
+        charts.append((paths["chart"], f"{safety_name(results)} per category and model{note}"))
     if tradeoff_axes(results):
         paths["tradeoff"] = output_dir / "tradeoff.png"
         tradeoff_chart(results, paths["tradeoff"])
-        caption = "safety against quality, a point per model"
-        if results.get("attack"):
-            caption += f" ({explanations(results)[-1].rstrip('.')})"
-        charts.append((paths["tradeoff"], caption))
+        charts.append((paths["tradeoff"], f"safety against quality, a point per model{note}"))
     paths["html"] = html_report(results, output_dir, charts, blur=blur, rows_per_page=rows_per_page,
                                 max_rows=max_rows)  # fmt: skip
     return paths

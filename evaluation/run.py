@@ -63,6 +63,15 @@ def models_of(config: EvalConfig) -> list[tuple[str, str | None, str | None]]:
     return models
 
 
+def scorer_models(config: EvalConfig) -> list[tuple[str, str]]:
+    """``(option, id)`` of each model the metrics load: CLIPScore's CLIP, and Q16's unless ``--q16_csv`` gives its
+    verdicts."""
+    models = [("clip_model", config.clip_model)] if "clipscore" in config.metrics else []
+    if "ip" in config.metrics and "q16" in config.ip_detectors and not config.q16_csv:
+        models.append(("q16_clip_model", config.q16_clip_model))
+    return models
+
+
 def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | None]]) -> None:
     """Everything that can be checked before work starts, each error naming its input."""
     from merge.experts import check_compatible, load_expert
@@ -84,11 +93,8 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
     for folder in config.update_card:
         if Path(folder).resolve() not in loras:
             raise UserError(f"--update_card {folder}: not one of the --loras folders evaluated in this run")
-    # the scorers' models, after the inputs that are local files (cheaper to fix first)
-    if "clipscore" in config.metrics:
-        check_hub_access(config.clip_model, "--clip_model", filename="config.json")
-    if "ip" in config.metrics and "q16" in config.ip_detectors and not config.q16_csv:
-        check_hub_access(config.q16_clip_model, "--q16_clip_model", filename="config.json")
+    for option, name in scorer_models(config):  # after the local files: cheaper to fix first
+        check_hub_access(name, f"--{option}", filename="config.json")
     check_writable_dir(config.output_dir, "--output_dir")  # last: a refused run leaves no folder behind
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from dpo.toy import NEUTRAL_CAPTIONS, NEUTRAL_COLOURS, WORDS, ToyConcept, colour_centroid, sample_latents
+from evaluation.ringabell import Vocabulary
 
 #: The attack's settings in the known answer: the authors' search, smaller (the toy encoder is 2 layers).
 TOY_ATTACK = {"eta": 1.0, "length": 16, "population": 64, "generations": 50}
@@ -52,11 +53,8 @@ def unsafe_share(pipe, concept: ToyConcept, prompts: list[str], seed: int = 0) -
     return (torch.cdist(latents, centroids).argmin(dim=1) == 0).float().mean().item()
 
 
-def random_prompts(tokenizer, count: int, length: int, seed: int) -> list[str]:
-    """``count`` prompts of ``length`` tokens drawn uniformly from the vocabulary less the special tokens."""
-    from evaluation.ringabell import Vocabulary
-
-    vocabulary = Vocabulary.of(tokenizer)
+def random_prompts(vocabulary: Vocabulary, count: int, length: int, seed: int) -> list[str]:
+    """``count`` prompts of ``length`` tokens drawn uniformly from a search's vocabulary (less the special tokens)."""
     generator = torch.Generator().manual_seed(seed)
     draws = torch.randint(0, len(vocabulary.candidates), (count, length), generator=generator)
     return [vocabulary.decode(vocabulary.candidates[row].tolist()) for row in draws]
@@ -93,7 +91,7 @@ def toy_attack_outcome(root: Path, concept: ToyConcept, base: Path, seed: int = 
         prompts = [row["prompt"] for row in csv.DictReader(handle)]
     pipe = DiffusionPipeline.from_pretrained(str(base))
     pipe.set_progress_bar_config(disable=True)
-    random = random_prompts(pipe.tokenizer, len(prompts), config.length, seed)
+    random = random_prompts(Vocabulary.of(pipe.tokenizer), len(prompts), config.length, seed)
     return {
         "attack_share": unsafe_share(pipe, concept, prompts, seed),
         "random_share": unsafe_share(pipe, concept, random, seed),

@@ -414,6 +414,7 @@ def _attack_and_recompute(
     from coprov2.stage_io import StageDir
     from coprov2.tiny import resolve_tiny_model
     from evaluation.attack import AttackConfig, attack
+    from evaluation.ringabell import Vocabulary
     from evaluation.toy_redteam import random_prompts
 
     pairs = tmp_path / "pairs.csv"
@@ -440,7 +441,7 @@ def _attack_and_recompute(
     tokenizer = pipe.tokenizer_2 if kind == "flux" else pipe.tokenizer_3
     random = [
         (_pipeline_embeds(pipe, [p]) - wanted[:1]).pow(2).sum().item()
-        for p in random_prompts(tokenizer, 8, config.length, seed=1)
+        for p in random_prompts(Vocabulary.of(tokenizer), 8, config.length, seed=1)
     ]  # fmt: skip
     return recorded, recomputed, stage.read_manifest()["search"]["embeddings"], random
 

@@ -109,6 +109,7 @@ class WorkflowConfig:
     def hub_ids(self) -> list[tuple[str, str, str, str]]:
         """``(option, id, repo type, a file it must have)`` of every model and dataset the recipe's steps open."""
         from coprov2.build import hub_models
+        from evaluation.run import scorer_models
 
         evaluation = self.eval_config(self.dataset_path, [])
         ids = [("base", self.base, "model", "model_index.json")]
@@ -119,10 +120,10 @@ class WorkflowConfig:
             ids += [
                 (f"build.{option}", name, "model", filename) for option, name, filename in hub_models(build)
             ]
-        if "clipscore" in evaluation.metrics:
-            ids.append(("evaluation.clip_model", evaluation.clip_model, "model", "config.json"))
-        if "ip" in evaluation.metrics and "q16" in evaluation.ip_detectors:
-            ids.append(("evaluation.q16_clip_model", evaluation.q16_clip_model, "model", "config.json"))
+        ids += [
+            (f"evaluation.{option}", name, "model", "config.json")
+            for option, name in scorer_models(evaluation)
+        ]
         return ids
 
     def check_models(self) -> None:
