@@ -80,6 +80,8 @@ from merge.calibrate import (
 )
 from merge.experts import load_expert, save_merged
 from merge.methods import merge_experts
+from merge.router import RoutedPipeline, RouterConfig, train_router
+from merge.router.model import ConceptRouter
 from merge.run import PRESERVE_PROMPTS, family_options
 
 #: (row name, method, calibration, options): the Co-Merge variants of ``merge/methods.py`` (calibration
@@ -103,6 +105,9 @@ MERGES = [
     ("dare_ties", "dare_ties", None, {}),
 ]
 ALL_SINGLE = ["all-single", "all-single-rankN"]
+#: The routed model's row: a concept router (``merge.router``, its defaults) trained on the N concepts' dataset,
+#: and per caption only the experts it routes to (``RoutedPipeline``), the N experts loaded as adapters.
+ROUTED = "routed"
 #: Two-sided 95% Student-t quantiles by degrees of freedom (scipy is not a dependency).
 #: The result tables: key in a cell -> title.
 TABLES = {
@@ -115,6 +120,9 @@ TABLES = {
 DRIFT_BOUND = 1.2
 #: The goals of issue #21 for the best merge: N -> (retained gain, drift ratio or None).
 GOALS = {7: (0.9, DRIFT_BOUND), 14: (0.7, None), 28: (0.75, None)}
+#: The goals of issue #38 for the routed model: the retained gain at N = 7, 14 and 28, and its drift ratio bound.
+ROUTED_GOALS = {7: 0.95, 14: 0.95, 28: 0.95}
+ROUTED_DRIFT_BOUND = 0.1
 #: What each way to N concepts costs, from a seed's recorded seconds: (seconds, N) -> seconds.
 COSTS = {
     "train N experts": lambda s, n: sum(s[f"expert-{k}"] for k in range(n)),
@@ -124,6 +132,7 @@ COSTS = {
     "comerge-own: calibrate + merge": lambda s, n: s[f"N{n}"]["calibration-own"] + s[f"N{n}"]["comerge-own"],
     "regmean: calibrate + merge": lambda s, n: s[f"N{n}"]["calibration-grams-all"] + s[f"N{n}"]["regmean"],
     "ties: merge": lambda s, n: s[f"N{n}"]["ties"],
+    "routed: train router": lambda s, n: s[f"N{n}"][ROUTED],
 }
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
@@ -185,6 +194,43 @@ class Judge:
             shares.append(share_closer(chunk, *self.centroids[k]))
         return shares, displacement(self.neutral_base, neutral)
 
+    def measure_routed(self, routed: RoutedPipeline, indices: list[int]) -> tuple[list[float], float]:
+        """:meth:`measure` for the routed model: the captions grouped by route, each group sampled as
+        :meth:`measure` samples a model (one call, the same seed) with its experts on, or none. A caption routed to
+        its own expert alone is sampled as that expert's single measure samples it; captions routed to no expert,
+        as the base's."""
+        captions = [c for k in indices for c in (self.concepts[k].captions[0], self.concepts[k].held_out[0])]
+        latents = self._routed_latents(routed, captions, self.seed)
+        neutral = self._routed_latents(routed, NEUTRAL_CAPTIONS, self.seed + 1)
+        shares = []
+        for position, k in enumerate(indices):
+            chunk = latents[position * 2 * self.samples : (position + 1) * 2 * self.samples]
+            shares.append(share_closer(chunk, *self.centroids[k]))
+        return shares, displacement(self.neutral_base, neutral)
+
+    def _routed_latents(self, routed: RoutedPipeline, captions: list[str], seed: int) -> torch.Tensor:
+        out: list[torch.Tensor | None] = [None] * len(captions)
+        for route, members in routed.groups(routed.routes(captions)).items():
+            with routed.activate(route):
+                latents = sample_latents(routed.pipe, [captions[i] for i in members], self.samples, seed=seed)
+            for position, index in enumerate(members):
+                out[index] = latents[position * self.samples : (position + 1) * self.samples]
+        return torch.cat(out)
+
+
+def routed_model(base: Path, data: Path, experts: list[Path], concepts, out: Path, cache: Path, seed: int):
+    """The routed model of the first ``len(experts)`` concepts: its router trained on their dataset (unless there),
+    seconds spent training it (0 when it was there)."""
+    start, seconds = time.perf_counter(), 0.0
+    if not (out / "model.safetensors").exists():
+        train_router(RouterConfig(dataset=str(data), base=str(base), output_dir=str(out), cache_dir=str(cache),
+                                  seed=seed, progress=False))  # fmt: skip
+        seconds = time.perf_counter() - start
+    pipe = DiffusionPipeline.from_pretrained(str(base))
+    pipe.set_progress_bar_config(disable=True)
+    experts_by_category = {c.name: str(e) for c, e in zip(concepts, experts, strict=False)}
+    return RoutedPipeline(pipe, ConceptRouter.from_pretrained(str(out)), experts_by_category), seconds
+
 
 def calibrate(scope: str, base: Path, loaded, experts: list[Path], prompts, own, preserve, seed: int):
     """One calibration of ``MERGES``: Co-Merge's scores (``all``/``own``) or the fusion's Grams (``grams-<tokens>``)."""
@@ -240,7 +286,8 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
         done = state["cells"].get(str(n), {})  # a cell measured before gains only the methods it lacks
         singles = [(name, rank) for name, rank in zip(ALL_SINGLE, ranks, strict=False) if name not in done]
         todo = [m for m in merges if m[0] not in done]
-        if not singles and not todo:
+        route = ROUTED in args.methods and ROUTED not in done
+        if not singles and not todo and not route:
             continue
         start = time.perf_counter()
         subset = root / f"data-{n}"
@@ -283,6 +330,11 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
             save_merged(merged, str(base), out, loaded[0].target_modules)
             seconds[name] = time.perf_counter() - tick
             cells[name] = judge.measure(out, list(range(n)))
+        if route:
+            routed, seconds[ROUTED] = routed_model(
+                base, subset, experts[:n], concepts, here / f"N{n}" / ROUTED, cache, seed
+            )
+            cells[ROUTED] = judge.measure_routed(routed, list(range(n)))
         state["cells"][str(n)] = {
             **done,
             **{name: {"shares": s, "drift": d} for name, (s, d) in cells.items()},
@@ -332,7 +384,7 @@ def report(root: Path, min_gain: float) -> None:
         raise SystemExit(f"no finished cells under {root}")
     ns = sorted({int(n) for state in seeds.values() for n in state["cells"]})
     present = {name for state in seeds.values() for cell in state["cells"].values() for name in cell}
-    names = ["single", *(name for name in [*ALL_SINGLE, *(m[0] for m in MERGES)] if name in present)]
+    names = ["single", *(name for name in [*ALL_SINGLE, *(m[0] for m in MERGES), ROUTED] if name in present)]
     table: dict[str, dict[str, dict]] = {name: {} for name in names}
     for n in ns:
         done = {s: st for s, st in seeds.items() if str(n) in st["cells"]}
@@ -374,6 +426,8 @@ def report(root: Path, min_gain: float) -> None:
             lines.append(f"| {name} | " + " | ".join(f"{m:.2f} ± {h:.2f}" for m, h in cells) + " |")
         lines.append("")
     lines += goals(table, ns, names)
+    if ROUTED in names:
+        lines += routed_goals(table, ns)
     lines += ["**Wall seconds** (mean over seeds; seeds ran side by side, which inflates all alike)", ""]
     lines += ["| cost | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for label, cost in COSTS.items():
@@ -432,6 +486,27 @@ def goals(table: dict, ns: list[int], names: list[str]) -> list[str]:
     return [*lines, ""]
 
 
+def routed_goals(table: dict, ns: list[int]) -> list[str]:
+    """The routed model against issue #38's goals, with the shortfall."""
+    lines = ["**The routed model against its goals**", ""]
+    lines += [
+        "| N | retained gain | goal | shortfall | drift ratio | goal | excess |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for n in ns:
+        (gain, half), (ratio, ratio_half) = (
+            table[ROUTED][str(n)]["retained_gain"],
+            table[ROUTED][str(n)]["drift_ratio"],
+        )
+        goal = ROUTED_GOALS.get(n)
+        shortfall = f"{max(0.0, goal - gain):.2f}" if goal else ""
+        lines.append(
+            f"| {n} | {gain:.2f} ± {half:.2f} | {f'>= {goal}' if goal else ''} | {shortfall} | {ratio:.2f} ± "
+            f"{ratio_half:.2f} | <= {ROUTED_DRIFT_BOUND} | {max(0.0, ratio - ROUTED_DRIFT_BOUND):.2f} |"
+        )
+    return [*lines, ""]
+
+
 def plot(path: Path, ns: list[int], table: dict, names: list[str]) -> None:
     """Retained gain and drift against N, one line per method, 95% intervals as error bars."""
     import matplotlib
@@ -487,7 +562,12 @@ def main() -> None:
     parser.add_argument(
         "--placement", choices=sorted(PLACEMENT_NAMES), default="all", help="the experts' adapted layers"
     )
-    parser.add_argument("--methods", nargs="+", default=[m[0] for m in MERGES], help="merge rows to compute")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=[*(m[0] for m in MERGES), ROUTED],
+        help="merge rows (and routed) to compute",
+    )
     parser.add_argument(
         "--all-single",
         choices=("both", "rank", "none"),

@@ -145,6 +145,18 @@ def _local_files_digest(builder: datasets.DatasetBuilder, split: str) -> str:
     return ",".join(file_sha256(path) for path in local)
 
 
+def stream_columns(name: str, config: str | None, split: str, columns: list[str]) -> datasets.IterableDataset:
+    """The ``columns`` of a dataset split, streamed: of a parquet dataset only those columns are read, without
+    pre-buffering (arrow's default reads ahead whole column chunks, which made the peak memory grow with the size of
+    each parquet file); other builders read whole rows and the columns are picked after."""
+    if not isinstance(datasets.load_dataset_builder(name, config).config, ParquetConfig):
+        return datasets.load_dataset(name, config, split=split, streaming=True).select_columns(columns)
+    return datasets.load_dataset(
+        name, config, split=split, streaming=True, columns=columns,
+        fragment_scan_options=ParquetFragmentScanOptions(pre_buffer=False),
+    )  # fmt: skip
+
+
 def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     """Pairs of anything ``load_dataset`` opens, read in streaming mode only.
 
@@ -153,19 +165,8 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     rewritten in place (``datasets`` keys a README-configs folder's cache on its YAML, not its files).
     """
 
-    builder = datasets.load_dataset_builder(name, config)
-    parquet = isinstance(builder.config, ParquetConfig)
-
     def rows(columns: list[str]) -> datasets.IterableDataset:
-        if not parquet:  # other builders read whole rows; the columns are picked after
-            everything = datasets.load_dataset(name, config, split=split, streaming=True)
-            return everything.select_columns(columns)
-        # Only the needed columns, and no pre-buffering: arrow's default reads ahead whole column
-        # chunks, which made this process's peak memory grow with the size of each parquet file.
-        return datasets.load_dataset(
-            name, config, split=split, streaming=True, columns=columns,
-            fragment_scan_options=ParquetFragmentScanOptions(pre_buffer=False),
-        )  # fmt: skip
+        return stream_columns(name, config, split, columns)
 
     features = datasets.load_dataset(name, config, split=split, streaming=True).features or {}
     missing = set(COPROV2_COLUMNS) - set(features)
@@ -201,7 +202,7 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     def loader(index: int, position: int) -> Callable[[], bytes]:
         return lambda: next(itertools.islice(stream(), index, None))[position]
 
-    digest = _local_files_digest(builder, split)
+    digest = _local_files_digest(datasets.load_dataset_builder(name, config), split)
     return PreferencePairs(
         captions,
         categories,

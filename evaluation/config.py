@@ -131,6 +131,16 @@ class EvalConfig(ScoringConfig):
         },
     )
     lora_scale: float = field(default=1.0, metadata={"help": "LoRA scale at inference"})
+    router: str | None = field(
+        default=None,
+        metadata={"help": "a concept router (python -m merge.router; folder or Hub id): evaluate the routed model, the "
+                  "base with, per prompt, only the experts of the categories the router chooses, labelled 'routed'"},
+    )  # fmt: skip
+    router_experts: list[str] = field(
+        default_factory=list,
+        metadata={"help": "the routed model's experts, each CATEGORY=SOURCE (default: the --loras named by the "
+                  "router's categories)"},
+    )  # fmt: skip
     no_base: bool = field(default=False, metadata={"help": "do not evaluate the base model itself"})
     image_folders: list[str] = field(
         default_factory=list,
@@ -209,5 +219,7 @@ class EvalConfig(ScoringConfig):
             )
         if self.release_compatible and self.images_per_prompt != 1:
             raise UserError("--release_compatible renders one image per row; drop --images_per_prompt")
+        if self.router_experts and not self.router:
+            raise UserError("--router_experts: the experts of a routed model; give its --router too")
         if not self.prompts and not self.image_folders:
             raise UserError("--prompts: no prompt set given (a dataset, a .csv or a .jsonl)")

@@ -59,6 +59,7 @@ RENDER_SCHEMA = pa.schema(
         ("model", pa.string()),
         ("lora", pa.string()),
         ("lora_scale", pa.float64()),
+        ("route", pa.string()),
     ]
 )
 PROMPT_BATCH = 1000
@@ -117,6 +118,9 @@ class RenderSettings:
     image_format: str
     batch_size: int
     shard_prompts: int
+    #: The routed model: its router and its experts (category -> source); None for any other model.
+    router: str | None = None
+    router_experts: dict[str, str] | None = None
 
 
 def image_seed(run_seed: int, row: dict[str, Any], k: int) -> int:
@@ -172,24 +176,38 @@ class RenderStage(Stage):
         pipe = load_t2i_pipeline(self.resolve_model(c.model), distributed_state().device, c.dtype)
         if c.lora:
             load_lora(pipe, c.lora, c.lora_scale, c.model)
+        if c.router:
+            from merge.router import ConceptRouter, RoutedPipeline
+
+            return RoutedPipeline(pipe, ConceptRouter.from_pretrained(c.router), c.router_experts, c.lora_scale,
+                                  f"--router {c.router}")  # fmt: skip
         return pipe
 
     def _call(self, prompts: list[str], generators: list[torch.Generator], guidance: float, width, height):
+        """The images of ``prompts``, and each one's route (the routed model; else None)."""
         c = self.config
         with torch.inference_mode():
-            return self.pipe()(
+            output = self.pipe()(
                 prompt=prompts, num_inference_steps=c.steps, guidance_scale=guidance, height=height,
                 width=width, generator=generators, output_type="pil",
-            ).images  # fmt: skip
+            )  # fmt: skip
+        routes = [",".join(r.categories) for r in output.routes] if c.router else [None] * len(prompts)
+        return output.images, routes
 
     def _row(
-        self, prompt_row: dict[str, Any], file: str, seed: int | None, guidance: float
+        self,
+        prompt_row: dict[str, Any],
+        file: str,
+        seed: int | None,
+        guidance: float,
+        route: str | None = None,
     ) -> dict[str, Any]:
         c = self.config
         return {
             "id": Path(file).stem, "prompt_id": prompt_row["id"], "prompt": prompt_row["prompt"],
             "category": prompt_row["category"], "seed": seed, "guidance": guidance,
             "file": str(Path("images") / c.label / file), "model": c.model, "lora": c.lora, "lora_scale": c.lora_scale,
+            "route": route,
         }  # fmt: skip
 
     def run_shard(self, root: Path, index: int, writer: ShardWriter) -> None:
@@ -212,14 +230,14 @@ class RenderStage(Stage):
             out = []
             for (guidance, width, height), group in groups.items():
                 seeds = [image_seed(c.seed, row, k) for row, k in group]
-                images = self._call(
+                images, routes = self._call(
                     [row["prompt"] for row, _ in group],
                     [torch.Generator("cpu").manual_seed(s) for s in seeds], guidance, width, height,
                 )  # fmt: skip
-                for (row, k), seed, image in zip(group, seeds, images, strict=True):
+                for (row, k), seed, image, route in zip(group, seeds, images, routes, strict=True):
                     file = f"{row['position']:07d}_{k}.{EXTENSIONS[c.image_format]}"
                     _write_image(image, self.images_dir(root) / file, c.image_format)
-                    out.append(self._row(row, file, seed, guidance))
+                    out.append(self._row(row, file, seed, guidance, route))
             writer.commit(out, stats={"images": dict(Counter(r["category"] for r in out))})
 
     def _run_release(self, root: Path, writer: ShardWriter) -> None:
@@ -241,14 +259,14 @@ class RenderStage(Stage):
                     )
                 own = row["seed"] is not None
                 generator = torch.Generator(device).manual_seed(row["seed"]) if own else shared
-                (image,) = self._call([row["prompt"]], [generator], c.guidance, c.width, c.height)
+                (image,), (route,) = self._call([row["prompt"]], [generator], c.guidance, c.width, c.height)
                 _write_image(image, self.images_dir(root) / row["image"], "jpeg")
-                out.append(self._row(row, row["image"], row["seed"] if own else None, c.guidance))
+                out.append(self._row(row, row["image"], row["seed"] if own else None, c.guidance, route))
             state = shared.get_state().numpy().tobytes()
             writer.commit(out, stats={"images": dict(Counter(r["category"] for r in out))}, state=state)
 
     def manifest_extra(self, root: Path) -> dict[str, Any]:
-        return {"model": self.config.model, "lora": self.config.lora}
+        return {"model": self.config.model, "lora": self.config.lora, "router": self.config.router}
 
 
 class FolderStage(Stage):
@@ -288,7 +306,8 @@ class FolderStage(Stage):
 
     def _row(self, prompt_id: str, prompt: str | None, category: str, path: Path) -> dict[str, Any]:
         return {"id": path.stem, "prompt_id": prompt_id, "prompt": prompt, "category": category, "seed": None,
-                "guidance": None, "file": str(path), "model": self.config.folder, "lora": None, "lora_scale": None}  # fmt: skip
+                "guidance": None, "file": str(path), "model": self.config.folder, "lora": None, "lora_scale": None,
+                "route": None}  # fmt: skip
 
     def manifest_extra(self, root: Path) -> dict[str, Any]:
         return {"model": self.config.folder, "lora": None}

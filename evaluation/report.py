@@ -43,10 +43,34 @@ def explanations(results: dict[str, Any]) -> list[str]:
     what ASR is."""
     prompt_set = results["prompt_set"]
     origin = prompt_set.get("origin", {}).get("text") or public_name(prompt_set["source"])
-    lines = [f"Prompts: {origin} ({prompt_set['prompts']} prompts)."]
+    lines = [f"Prompts: {origin} ({prompt_set['prompts']} prompts).", *router_lines(results)]
     detectors = next((m["ip"]["detectors"] for m in results["models"].values() if "ip" in m), [])
     if results.get("attack"):
         lines.append(f"{asr_text(detectors)}.")
+    return lines
+
+
+def router_lines(results: dict[str, Any]) -> list[str]:
+    """How the routed model's router routed these prompts: per category its recall (and precision), and how many
+    prompts of no routed category it sent to an expert."""
+    lines = []
+    for label, model in results["models"].items():
+        routing = model.get("router")
+        if not routing:
+            continue
+        cells = [
+            f"{c}: recall {_fmt(m['recall'], digits=2)} of {m['prompts']}, precision {_fmt(m['precision'], digits=2)}"
+            for c, m in routing["categories"].items()
+            if m["prompts"] or m["routed"]
+        ]
+        others = routing["neutral_prompts"]
+        rate = (
+            f"; of the {others} images of other prompts, {_fmt(routing['neutral_false_positive_rate'], 100)}% got an expert"
+            if others
+            else ""
+        )
+        lines.append(f"Router of '{label}' (the base with, per prompt, only the experts of the categories it routes the "
+                     f"prompt to), per image: {'; '.join(cells) or 'no prompt of its categories'}{rate}.")  # fmt: skip
     return lines
 
 

@@ -54,6 +54,8 @@ def models_of(config: EvalConfig) -> list[tuple[str, str | None, str | None]]:
         (label, None, folder)
         for label, folder in map(lambda s: _label(s, "--image_folders"), config.image_folders)
     ]
+    if config.router:
+        models.append((ROUTED, None, None))
     labels = [m[0] for m in models]
     for label in labels:
         if labels.count(label) > 1:
@@ -61,6 +63,54 @@ def models_of(config: EvalConfig) -> list[tuple[str, str | None, str | None]]:
     if not models:
         raise UserError("nothing to evaluate: --no_base without --loras or --image_folders")
     return models
+
+
+#: The label of the routed model (``--router``).
+ROUTED = "routed"
+
+
+def router_experts(config: EvalConfig) -> dict[str, str]:
+    """The routed model's experts, category -> source: ``--router_experts``, else the ``--loras`` named by the
+    router's categories; a router and experts that do not match is one line (``RoutedPipeline``'s check)."""
+    router = load_router(config.router)
+    if config.router_experts:
+        experts = dict(_label(spec, "--router_experts") for spec in config.router_experts)
+    else:
+        loras = dict(_label(spec, "--loras") for spec in config.loras)
+        experts = {c: loras[c] for c in router.categories if c in loras}
+    missing = [c for c in router.categories if c not in experts]
+    if missing:
+        raise UserError(
+            f"--router {config.router} routes {', '.join(router.categories)}; no expert for {', '.join(missing)}: give "
+            "--router_experts CATEGORY=SOURCE (or --loras named by the categories)"
+        )
+    return experts
+
+
+def load_router(source: str):
+    """The router at ``source`` (folder or Hub id); one that cannot be read is one line naming it."""
+    from merge.router import ConceptRouter
+
+    if not Path(source).exists():
+        check_hub_access(source, "--router", filename="config.json")
+    try:
+        return ConceptRouter.from_pretrained(source)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise UserError(
+            f"--router {source}: not a concept router ({type(error).__name__}: {str(error)[:200]})"
+        ) from None
+
+
+def check_router(config: EvalConfig, base: str) -> None:
+    """The router reads the base's text encoder and its experts are its categories', before any image."""
+    from dpo.families import family_of
+    from dpo.trainer import load_encoder_pipeline
+    from merge.router import RoutedPipeline
+
+    router = load_router(config.router)
+    RoutedPipeline.check_categories(router, router_experts(config), f"--router {config.router}")
+    pipe = load_encoder_pipeline(base, None, "cpu", family_of(base))
+    router.check_pipeline(pipe, f"--router {config.router}")
 
 
 def scorer_models(config: EvalConfig) -> list[tuple[str, str]]:
@@ -82,6 +132,10 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
         check_sizes(base, None, {"--height": config.height, "--width": config.width}, name=config.base)
     if config.prompts:
         read_prompt_set(config.prompts, config.prompts_config, config.prompts_split)
+    if config.router:
+        check_router(config, base)
+        for source in router_experts(config).values():
+            check_compatible([load_expert(source)], config.base)
     for _, lora, folder in models:
         if lora:
             check_compatible([load_expert(lora)], config.base)
@@ -139,6 +193,22 @@ def attack_success(ip: dict[str, Any], attack: str) -> dict[str, Any]:
             "by_category": {c: {"asr": v["ip"], "images": v["images"]} for c, v in ip["by_category"].items()}}  # fmt: skip
 
 
+def routing_of(root: Path, label: str, categories: list[str]) -> dict[str, Any]:
+    """How the router routed the prompt set (``merge.router.metrics``): a prompt of one of its categories should
+    reach that category; a prompt of any other category (``neutral``, or one it does not route) none."""
+    import torch
+
+    from coprov2.stage_io import StageDir
+    from merge.router.metrics import routing_metrics
+
+    rows = list(StageDir.finished(root, f"render-{label}").iter_rows())
+    labels = torch.tensor([[row["category"] == c for c in categories] for row in rows], dtype=torch.bool)
+    chosen = torch.tensor([[c in (row["route"] or "").split(",") for c in categories] for row in rows])
+    kinds = ["unsafe" if row["category"] in categories else "neutral" for row in rows]
+    return routing_metrics(chosen.view(len(rows), len(categories)), labels.view(len(rows), len(categories)), kinds,
+                           categories)  # fmt: skip
+
+
 def evaluate(config: EvalConfig) -> dict[str, Any]:
     """Render, score and report every model of ``config``; returns what ``results.json`` holds."""
     config, published = resolve_prompts(config)
@@ -181,6 +251,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
                         if f.name not in ("label", "model", "lora")}  # fmt: skip
             if config.release_compatible:
                 settings["image_format"] = "jpeg"
+            routed = label == ROUTED
+            settings["router"] = config.router if routed else None
+            settings["router_experts"] = router_experts(config) if routed else None
             render = RenderStage(
                 RenderSettings(label=label, model=config.base, lora=lora, **settings), resolve
             )
@@ -195,6 +268,10 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
                                     "lora_scale": config.lora_scale if lora else None, **scored["metrics"]}  # fmt: skip
         if config.attack:
             results["models"][label]["asr"] = attack_success(scored["metrics"]["ip"], config.attack)
+        if label == ROUTED:
+            results["models"][label]["router"] = routing_of(
+                root, label, load_router(config.router).categories
+            )
     if distributed_state().is_main_process:
         paths = write_report(results, root, blur=config.blur, rows_per_page=config.report_rows_per_page,
                              max_rows=config.report_max_rows)  # fmt: skip

@@ -1,0 +1,68 @@
+"""The card of a concept router (``merge.router``): what it was trained on and how well it routes."""
+
+from __future__ import annotations
+
+import math
+from importlib import resources
+from typing import Any
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from cards.licence import base_licence
+from cards.public import USAGE_PLACEHOLDER, public_name
+
+TEMPLATE = "templates/router.md"
+
+
+def _rate(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.3f}"
+
+
+def router_card(config: Any, summary: dict[str, Any]) -> ModelCard:
+    """The card of the router ``config`` (``RouterConfig``) trained, from its ``summary`` (``router_summary.json``);
+    no local path is published (``cards.public``)."""
+    licence = base_licence(config.base)
+    dataset = public_name(config.dataset)
+    card_data = ModelCardData(
+        base_model=public_name(config.base), datasets=[dataset] if "/" in dataset else None,
+        library_name="alignguard", license=licence.license, license_name=licence.name,
+        license_link=licence.link, pipeline_tag="text-classification",
+        tags=["alignguard", "safety", "router", "prompt-guard", "text-to-image"],
+    )  # fmt: skip
+    test, calibration = summary["test"], summary["calibration"]
+    rows = [
+        {
+            "category": c,
+            "threshold": f"{summary['thresholds'][c]:.3f}",
+            "precision": _rate(test["categories"][c]["precision"]),
+            "recall": _rate(test["categories"][c]["recall"]),
+            "prompts": test["categories"][c]["prompts"],
+            "calibration_recall": _rate(calibration["categories"][c]["recall"]),
+        }
+        for c in summary["categories"]
+    ]
+    prompts = summary["prompts"]
+    rates = {
+        f"neutral prompts held out of training and calibration ({test['neutral_prompts']}), false-positive rate":
+            _rate(test["neutral_false_positive_rate"]),
+        f"safe twins of the test split ({test['safe_twin_prompts']}), false-positive rate":
+            _rate(test["safe_twin_false_positive_rate"]),
+    }  # fmt: skip
+    method = (
+        f"A {summary['head']} head on the base's frozen text features ({summary['family']} family: the token "
+        f"states its denoiser reads, averaged over the prompt's own tokens, width {summary['feature_dim']}), "
+        f"trained on {dataset}'s train split: each category's unsafe prompts are its positives; their safe twins, "
+        f"the other categories' prompts and neutral prompts its negatives ({prompts['train']} prompts). Each "
+        f"category's threshold is the best F1 on {prompts['calibration']} held-out prompts. A prompt is routed to "
+        "every category whose score reaches its threshold, and gets those categories' experts at weight 1 "
+        "(none: the base alone)."
+    )
+    template = (resources.files("cards") / TEMPLATE).read_text(encoding="utf-8")
+    return ModelCard.from_template(
+        card_data, template_str=template, title=f"Concept router for {public_name(config.base)}",
+        summary="Routes each prompt to the safety experts of the categories it belongs to: "
+        + ", ".join(f"`{c}`" for c in summary["categories"]) + ".",
+        method=method, base_model=public_name(config.base), repo_or_folder=config.push_to_hub or USAGE_PLACEHOLDER,
+        categories=summary["categories"], categories_table=rows, rates=rates,
+        settings={k: v for k, v in summary["settings"].items() if v not in (None, [], "")},
+    )  # fmt: skip

@@ -1,0 +1,157 @@
+"""``train_router``: a CoProV2 dataset in, a :class:`ConceptRouter` with its card and summary out."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from cards.public import public_name, public_settings
+from cards.push import push_folder
+from cards.router_card import router_card
+from coprov2.errors import UserError
+from coprov2.paths import check_hub_access, check_writable_dir
+from coprov2.stage_io import atomic_write_text
+from coprov2.tiny import resolve_tiny_model
+from dpo.families import family_of
+from dpo.trainer import load_encoder_pipeline
+from merge.router.config import RouterConfig
+from merge.router.data import (
+    Examples,
+    categories_of,
+    examples,
+    neutral_prompts,
+    read_rows,
+    split_for_calibration,
+)
+from merge.router.features import PROBES, cached_features, encoder_key, pipeline_family
+from merge.router.metrics import best_f1_threshold, routing_metrics
+from merge.router.model import ConceptRouter
+
+#: Share of the neutral list kept out of training and calibration, for the card's false-positive rate.
+NEUTRAL_EVAL_SHARE = 0.25
+
+
+def fit_head(router: ConceptRouter, features: torch.Tensor, data: Examples, config: RouterConfig) -> None:
+    """Standardise on the training features; prototype: each concept's centroid of its training prompts; linear,
+    mlp: full-batch AdamW on one-vs-rest BCE, each category's positives weighted by its negatives/positives (a
+    category's prompts are a small share of all), seeded."""
+    router.mean.copy_(features.mean(0))
+    router.scale.copy_(
+        features.std(0).clamp(min=1e-6) if len(features) > 1 else torch.ones(features.shape[1])
+    )
+    if router.head is None:
+        inputs = (features - router.mean) / router.scale
+        for k, concept in enumerate(router.concepts):
+            router.centroids[k] = inputs[[c == concept for c in data.concepts]].mean(0)
+        return
+    labels = data.labels
+    positives = labels.sum(0)
+    loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(len(labels) - positives) / positives.clamp(min=1))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        for module in router.head.modules():
+            if isinstance(module, torch.nn.Linear):
+                module.reset_parameters()
+        optimizer = torch.optim.AdamW(
+            router.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        inputs = (features - router.mean) / router.scale
+        for _ in range(config.steps):
+            loss = loss_fn(router.head(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def calibrate(router: ConceptRouter, features: torch.Tensor, labels: torch.Tensor) -> None:
+    """Each category's threshold: the best F1 on the held-out prompts (``metrics.best_f1_threshold``)."""
+    with torch.no_grad():
+        scores = router(features)
+    for k in range(len(router.categories)):
+        router.thresholds[k] = best_f1_threshold(scores[:, k], labels[:, k].bool())
+
+
+def _measure(router: ConceptRouter, features: torch.Tensor, data: Examples) -> dict:
+    with torch.no_grad():
+        chosen = router.decide(router(features))
+    return routing_metrics(chosen, data.labels, data.kinds, router.categories)
+
+
+def train_router(config: RouterConfig) -> dict:
+    """Read, check (every bad input before anything is written), encode, fit, calibrate, measure, save, card."""
+    check_hub_access(config.base, "--base", config.revision)
+    rows = read_rows(config.dataset, config.dataset_config, "train")
+    if rows is None:
+        raise UserError(f"--dataset {config.dataset}: no train split; the router learns from the train split")
+    categories = categories_of(rows, config.categories, config.dataset)
+    neutral = neutral_prompts(config.neutral_prompts)
+    if len(neutral) < 4:
+        raise UserError(
+            f"--neutral_prompts: {len(neutral)} distinct prompt(s); give four or more (training, calibration and "
+            "the card's false-positive rate each need some)"
+        )
+    random.Random(config.seed).shuffle(neutral)
+    held_neutral = max(1, round(NEUTRAL_EVAL_SHARE * len(neutral)))
+    data = examples(rows, categories, neutral[held_neutral:])
+    train_rows, calibration_rows = split_for_calibration(
+        data, config.calibration_share, config.seed, categories
+    )
+    test_rows = read_rows(config.dataset, config.dataset_config, "test") or []
+    test = examples(test_rows, categories, neutral[:held_neutral])
+    check_writable_dir(config.output_dir, "--output_dir")
+    base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = load_encoder_pipeline(base, config.revision, device, family_of(base, config.revision))
+    family = pipeline_family(pipe, config.max_sequence_length)
+    everything = Examples.join([data, test])
+    features = cached_features(
+        pipe, family, [*everything.prompts, *PROBES], encoder_key(public_name(config.base), config.revision, family),
+        Path(config.cache_dir) / "router-features", config.batch_size, config.progress, device,
+    )  # fmt: skip
+    probes, features = features[len(everything) :], features[: len(everything)]
+    known, unknown = features[: len(data)], features[len(data) :]
+    training = data.subset(train_rows)
+    router = ConceptRouter(
+        categories, features.shape[1], config.head, config.hidden_size, public_name(config.base), family.name,
+        family.settings(), sorted({c for c in training.concepts if c is not None}),
+    )  # fmt: skip
+    router.probes.copy_(probes)
+    fit_head(router, known[train_rows], training, config)
+    if router.head is None:  # prototype: fitted on positives alone, so every negative is held out from it
+        calibration_rows = sorted({*calibration_rows, *(r for r in train_rows if not data.labels[r].any())})
+    calibrate(router, known[calibration_rows], data.labels[calibration_rows])
+    summary = {
+        "categories": categories,
+        "head": config.head,
+        "family": family.name,
+        "feature_dim": features.shape[1],
+        "thresholds": {
+            c: round(float(t), 6) for c, t in zip(categories, router.thresholds.tolist(), strict=True)
+        },
+        "prompts": {
+            "train": len(train_rows),
+            "calibration": len(calibration_rows),
+            "test": len(test),
+            "neutral_train_and_calibration": len(neutral) - held_neutral,
+            "neutral_held_out": held_neutral,
+        },
+        "train": _measure(router, known[train_rows], training),
+        "calibration": _measure(router, known[calibration_rows], data.subset(calibration_rows)),
+        "test": _measure(router, unknown, test),
+        "settings": public_settings(
+            {k: v for k, v in asdict(config).items() if k not in ("progress", "dry_run", "cache_dir")}
+        ),
+    }
+    folder = Path(config.output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    router.save_pretrained(folder)
+    atomic_write_text(folder / "router_summary.json", json.dumps(summary, indent=2))
+    router_card(config, summary).save(folder / "README.md")
+    if config.push_to_hub:
+        push_folder(folder, config.push_to_hub, repo_type="model", gated=None, public=config.hub_public,
+                    dry_run=config.dry_run)  # fmt: skip
+    return summary
