@@ -281,6 +281,7 @@ def html_report(
         *explanations(results),
         "Each row is one prompt and seed, rendered by every model: the columns differ only by the LoRA.",
         *[f"{label}: {public_name(m['model'])}" + (f" + LoRA {public_name(m['lora'])}" if m["lora"] else "")
+          + (f" + per prompt the experts router {public_name(m['routed_by'])} chooses" if m.get("routed_by") else "")
           for label, m in results["models"].items()],
     ]  # fmt: skip
     return write_html_report(

@@ -269,6 +269,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         if config.attack:
             results["models"][label]["asr"] = attack_success(scored["metrics"]["ip"], config.attack)
         if label == ROUTED:
+            results["models"][label]["routed_by"] = config.router
             results["models"][label]["router"] = routing_of(
                 root, label, load_router(config.router).categories
             )
