@@ -19,6 +19,7 @@ from coprov2.errors import UserError, load_yaml_file
 from dpo.config import DPOConfig
 from evaluation.attack import AttackConfig
 from evaluation.config import EvalConfig
+from merge.router.config import RouterConfig
 from merge.run import MergeConfig
 
 #: Options of each tool the workflow sets itself: a recipe that sets them is refused.
@@ -26,11 +27,13 @@ OWNED = {
     "build": ("output_dir", "stage", "push_to_hub"),
     "dpo": ("dataset", "category", "base", "output_dir", "cache_dir", "push_to_hub"),
     "merge": ("experts", "base", "output_dir", "cache_dir", "push_to_hub", "calibration"),
-    "evaluation": ("prompts", "base", "loras", "output_dir", "update_card", "cache_dir", "no_base", "attack"),
+    "evaluation": ("prompts", "base", "loras", "output_dir", "update_card", "cache_dir", "no_base", "attack",
+                   "router", "router_experts"),
     "redteam": ("pairs", "category", "base", "output_dir", "cache_dir"),
-}
+    "route": ("dataset", "base", "output_dir", "cache_dir", "push_to_hub", "categories"),
+}  # fmt: skip
 SECTIONS = {"build": BuildConfig, "dpo": DPOConfig, "merge": MergeConfig, "evaluation": EvalConfig,
-            "redteam": AttackConfig}  # fmt: skip
+            "redteam": AttackConfig, "route": RouterConfig}  # fmt: skip
 RELEASE_KEYS = ("train_csv", "images", "test_csv")
 
 
@@ -54,11 +57,15 @@ class WorkflowConfig:
     #: Red-teaming, off when None: ``python -m evaluation.attack`` options (Ring-A-Bell in the embeddings the base's
     #: denoiser reads, per category, from the dataset's pairs and test prompts), then the ASR of every model.
     redteam: dict[str, Any] | None = None
+    #: The concept router, off when None: ``python -m merge.router`` options; trained on the dataset over the experts'
+    #: categories, and the routed model (per prompt only the experts it needs) evaluated beside the merge.
+    route: dict[str, Any] | None = None
     #: More prompt sets to evaluate on, NAME: CSV or dataset (e.g. ``i2p: i2p_benchmark.csv``).
     extra_prompt_sets: dict[str, str] = field(default_factory=dict)
     #: Hub repo of each expert, ``{category}`` filled in (e.g. ``me/sd15-safety-{category}``); None: no push.
     push_experts: str | None = None
     push_merged: str | None = None
+    push_router: str | None = None
     hub_public: bool = False
     dry_run: bool = False
     progress: bool = True
@@ -80,7 +87,7 @@ class WorkflowConfig:
             and all(isinstance(c, str) for c in self.categories)
         ):
             raise UserError(f"categories must be 'each' or a list of names, got {self.categories!r}")
-        for name in ("push_experts", "push_merged"):
+        for name in ("push_experts", "push_merged", "push_router"):
             repo = getattr(self, name)
             if repo is not None and repo.count("/") != 1:
                 raise UserError(f"{name} {repo!r} is not a Hub repo id like user/name")
@@ -88,7 +95,7 @@ class WorkflowConfig:
             raise UserError("push_experts must hold {category}, one repo per expert")
         for section, cls in SECTIONS.items():
             values = getattr(self, section) or {}
-            if section == "redteam" and self.redteam is None:
+            if section in ("redteam", "route") and getattr(self, section) is None:
                 continue
             check_options(cls, values, section, f"python -m {_module(section)} --help")
             owned = sorted(set(values) & set(OWNED[section]))
@@ -96,7 +103,8 @@ class WorkflowConfig:
                 raise UserError(f"{section}.{owned[0]} is set by the workflow; remove it from the recipe")
         checks = {"build": self.build_config, "dpo": lambda: self.dpo_config("violence"),
                   "merge": lambda: self.merge_config([]), "evaluation": lambda: self.eval_config(self.dataset_path, []),
-                  "redteam": lambda: self.redteam is None or self.attack_config("violence")}  # fmt: skip
+                  "redteam": lambda: self.redteam is None or self.attack_config("violence"),
+                  "route": lambda: self.route is None or self.router_config(["hate", "violence"])}  # fmt: skip
         for (
             section,
             check,
@@ -194,10 +202,20 @@ class WorkflowConfig:
                               "output_dir": str(self.root / "merged"), "cache_dir": self.cache_dir,
                               "progress": self.progress})  # fmt: skip
 
+    def router_config(self, categories: list[str]) -> RouterConfig:
+        return RouterConfig(**{**(self.route or {}), "dataset": self.dataset_path, "base": self.base,
+                               "categories": categories, "output_dir": str(self.root / "router"),
+                               "cache_dir": self.cache_dir, "progress": self.progress})  # fmt: skip
+
     def eval_config(
-        self, prompts: str, loras: list[str], name: str = "test", cards: bool = True
+        self,
+        prompts: str,
+        loras: list[str],
+        name: str = "test",
+        cards: bool = True,
+        router: str | None = None,
     ) -> EvalConfig:
-        return EvalConfig(**{**self.evaluation, "prompts": prompts, "base": self.base, "loras": loras,
+        return EvalConfig(**{**self.evaluation, "prompts": prompts, "base": self.base, "loras": loras, "router": router,
                              "output_dir": str(self.root / f"eval-{name}"), "cache_dir": self.cache_dir,
                              "update_card": [spec.partition("=")[2] for spec in loras] if cards else [],
                              "progress": self.progress})  # fmt: skip
@@ -216,9 +234,12 @@ class WorkflowConfig:
 
 
 def _module(section: str) -> str:
-    return {"build": "coprov2.build", "dpo": "dpo.train", "redteam": "evaluation.attack"}.get(
-        section, section
-    )
+    return {
+        "build": "coprov2.build",
+        "dpo": "dpo.train",
+        "redteam": "evaluation.attack",
+        "route": "merge.router",
+    }.get(section, section)
 
 
 def load_recipe(path: str | Path, **overrides: Any) -> WorkflowConfig:
@@ -232,7 +253,7 @@ def load_recipe(path: str | Path, **overrides: Any) -> WorkflowConfig:
         raise UserError(
             f"{path}: unknown recipe key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}"
         )
-    for name in ("build", "release", "dpo", "merge", "evaluation", "redteam", "extra_prompt_sets"):
+    for name in ("build", "release", "dpo", "merge", "evaluation", "redteam", "route", "extra_prompt_sets"):
         if data.get(name) is not None and not isinstance(data[name], dict):
             raise UserError(f"{path}: {name} must be a mapping of option: value, got {data[name]!r}")
     data.update(overrides)

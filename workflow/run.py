@@ -30,6 +30,7 @@ from dpo.trainer import train_expert
 from evaluation.attack import ATTACK_CSV, ATTACK_NAME, attack, attack_csv_text
 from evaluation.provenance import ATTACK_RECORD
 from evaluation.run import evaluate
+from merge.router import train_router
 from merge.run import run_merge
 from workflow.config import WorkflowConfig
 
@@ -130,9 +131,14 @@ def workflow_steps(config: WorkflowConfig) -> Iterator[Step]:
         loras.append(f"merged={config.root / 'merged'}")
     else:
         logger.info("workflow: one category, nothing to merge")
+    if config.route is not None and len(categories) > 1:
+        router_config = config.router_config(list(categories))
+        merged.append(Step("route", _settings(router_config, dataset), lambda: train_router(router_config)))
+        yield merged[-1]
+    router = str(config.root / "router") if any(step.name == "route" for step in merged) else None
     evaluations = []
     for name, prompts in {"test": config.dataset_path, **config.extra_prompt_sets}.items():
-        eval_config = config.eval_config(prompts, loras, name)
+        eval_config = config.eval_config(prompts, loras, name, router=router)
         evaluations.append(
             Step(
                 f"eval-{name}",
@@ -143,13 +149,19 @@ def workflow_steps(config: WorkflowConfig) -> Iterator[Step]:
         yield evaluations[-1]
     if config.redteam is not None:
         evaluations.append(
-            (yield from _redteam_steps(config, categories, loras, [dataset, *experts.values(), *merged]))
+            (
+                yield from _redteam_steps(
+                    config, categories, loras, [dataset, *experts.values(), *merged], router
+                )
+            )
         )
     pushes = []
     if config.push_experts:
         pushes = [(config.push_experts.format(category=c), config.root / "experts" / c) for c in categories]
-    if config.push_merged and merged:
+    if config.push_merged and len(categories) > 1:
         pushes.append((config.push_merged, config.root / "merged"))
+    if config.push_router and router:
+        pushes.append((config.push_router, config.root / "router"))
     if pushes:
 
         def push() -> dict[str, Any]:
@@ -179,7 +191,7 @@ def workflow_steps(config: WorkflowConfig) -> Iterator[Step]:
 
 
 def _redteam_steps(
-    config: WorkflowConfig, categories: list[str], loras: list[str], inputs: list[Step]
+    config: WorkflowConfig, categories: list[str], loras: list[str], inputs: list[Step], router: str | None
 ) -> Iterator[Step]:
     """Ring-A-Bell per category against the base's text encoder, then every model's ASR on all the prompts;
     returns the evaluation step."""
@@ -190,7 +202,9 @@ def _redteam_steps(
                             lambda a=attack_config: {"csv": str(attack(a))}))  # fmt: skip
         yield attacks[-1]
     combined = config.root / "redteam" / ATTACK_CSV
-    eval_config = dataclasses.replace(config.eval_config(str(combined), loras, "redteam"), attack=ATTACK_NAME)
+    eval_config = dataclasses.replace(
+        config.eval_config(str(combined), loras, "redteam", router=router), attack=ATTACK_NAME
+    )
 
     def run() -> dict[str, Any]:
         rows = []

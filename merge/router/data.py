@@ -135,22 +135,23 @@ def categories_of(rows: list[dict[str, str]], requested: list[str], dataset: str
 
 def split_for_calibration(
     data: Examples, share: float, seed: int, categories: list[str]
-) -> tuple[list[int], list[int]]:
-    """Rows to train on and rows to set the thresholds on: per category (and per kind of negative), a seeded
-    ``share`` of its prompts, at least one, held out; a category needs two distinct prompts."""
+) -> tuple[list[int], list[int], list[str]]:
+    """Rows to train on, rows to set the thresholds on, and the categories whose threshold is set in-sample: per
+    category (and per kind of negative), a seeded ``share`` of its prompts, at least one, held out. A category of
+    one distinct prompt (a smoke build's) is both trained and calibrated on it, and named in the third list."""
     generator = random.Random(seed)
     groups: dict[str, list[int]] = defaultdict(list)
     for row in range(len(data)):
         positives = data.labels[row].nonzero().flatten().tolist()
         groups[categories[positives[0]] if positives else data.kinds[row]].append(row)
-    train, held = [], []
+    train, held, in_sample = [], [], []
     for name in [*categories, "safe twin", "neutral"]:
         rows = groups.get(name, [])
-        if name in categories and len(rows) < 2:
-            raise UserError(
-                f"category {name}: {len(rows)} distinct unsafe prompt(s) in the train split; the router needs two "
-                "or more per category (one to learn from, one to set its threshold on)"
-            )
+        if name in categories and len(rows) == 1:
+            train += rows
+            held += rows
+            in_sample.append(name)
+            continue
         if len(rows) < 2:
             train += rows
             continue
@@ -158,4 +159,4 @@ def split_for_calibration(
         count = min(len(rows) - 1, max(1, round(share * len(rows))))
         held += rows[:count]
         train += rows[count:]
-    return sorted(train), sorted(held)
+    return sorted(train), sorted(held), in_sample

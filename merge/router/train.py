@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -30,6 +31,8 @@ from merge.router.data import (
 from merge.router.features import PROBES, cached_features, encoder_key, pipeline_family
 from merge.router.metrics import best_f1_threshold, routing_metrics
 from merge.router.model import ConceptRouter
+
+logger = logging.getLogger(__name__)
 
 #: Share of the neutral list kept out of training and calibration, for the card's false-positive rate.
 NEUTRAL_EVAL_SHARE = 0.25
@@ -97,9 +100,18 @@ def train_router(config: RouterConfig) -> dict:
     random.Random(config.seed).shuffle(neutral)
     held_neutral = max(1, round(NEUTRAL_EVAL_SHARE * len(neutral)))
     data = examples(rows, categories, neutral[held_neutral:])
-    train_rows, calibration_rows = split_for_calibration(
+    train_rows, calibration_rows, in_sample = split_for_calibration(
         data, config.calibration_share, config.seed, categories
     )
+    if not any(kind != "unsafe" for kind in data.kinds):
+        raise UserError(
+            f"--dataset {config.dataset}: every training prompt is of a category (no safe twin differs from its "
+            "prompt, no neutral prompt): one class, nothing to tell it from; give --neutral_prompts"
+        )
+    if in_sample:
+        logger.warning(
+            "router: one distinct prompt in %s; its threshold is set on the prompt it learned", in_sample
+        )
     test_rows = read_rows(config.dataset, config.dataset_config, "test") or []
     test = examples(test_rows, categories, neutral[:held_neutral])
     check_writable_dir(config.output_dir, "--output_dir")
@@ -129,6 +141,7 @@ def train_router(config: RouterConfig) -> dict:
         "head": config.head,
         "family": family.name,
         "feature_dim": features.shape[1],
+        "in_sample_thresholds": in_sample,
         "thresholds": {
             c: round(float(t), 6) for c, t in zip(categories, router.thresholds.tolist(), strict=True)
         },
