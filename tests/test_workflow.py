@@ -40,11 +40,19 @@ def cold_run(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
     summary = json.loads((cold_run / "workflow" / "summary.json").read_text())
-    assert list(summary) == ["dataset", *[f"experts/{c}" for c in CATEGORIES], "merge", "eval-test",
+    assert list(summary) == ["dataset", *[f"experts/{c}" for c in CATEGORIES], "merge", "route", "eval-test",
                              *[f"redteam/{c}" for c in CATEGORIES], "eval-redteam"]  # fmt: skip
     assert summary["dataset"]["summary"]["rows"] > 0
     results = json.loads((cold_run / "eval-test" / "results.json").read_text())
-    assert sorted(results["models"]) == sorted(["base", *CATEGORIES, "merged"])
+    assert sorted(results["models"]) == sorted(["base", *CATEGORIES, "merged", "routed"])
+    # the routed model: every expert as an adapter, each image's route recorded, the router's accuracy reported
+    routing = results["models"]["routed"]["router"]
+    assert set(routing["categories"]) == set(CATEGORIES)
+    assert sum(m["prompts"] for m in routing["categories"].values()) == results["models"]["routed"]["ip"]["images"]
+    assert "Router of 'routed'" in (cold_run / "eval-test" / "results.md").read_text()
+    router = json.loads((cold_run / "router" / "router_summary.json").read_text())
+    assert router["categories"] == CATEGORIES and (cold_run / "router" / "model.safetensors").is_file()
+    assert "Concept router for" in (cold_run / "router" / "README.md").read_text()
     assert results["prompt_set"]["source"] == str(cold_run / "coprov2" / "dataset")
     for folder in [cold_run / "experts" / c for c in CATEGORIES] + [cold_run / "merged"]:
         assert lora(folder), folder
@@ -53,7 +61,7 @@ def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
     assert (cold_run / "eval-test" / "report.html").is_file()
     redteam = json.loads((cold_run / "eval-redteam" / "results.json").read_text())
     assert redteam["attack"] == "ringabell" and sorted(redteam["models"]) == sorted(
-        ["base", *CATEGORIES, "merged"]
+        ["base", *CATEGORIES, "merged", "routed"]
     )
     assert all(set(m["asr"]["by_category"]) == set(CATEGORIES) for m in redteam["models"].values())
     assert "ASR overall (%)" in (cold_run / "eval-redteam" / "report.html").read_text()
@@ -126,8 +134,9 @@ def test_the_pushed_run_holds_no_local_path_and_its_cards_load_their_repos(cold_
     """The finished tiny run pushed to the (mock) Hub as ``--push_experts``/``--push_merged`` push it (every other
     step skipped): no uploaded byte holds the run's absolute folder, each card's usage snippet loads its own repo,
     and the model-index names the prompt set by its card's name, not a path."""
-    pushed = push_to_mock_hub(RECIPE, cold_run, monkeypatch, "me/sd15-safety")
-    assert pushed.keys() == {f"me/sd15-safety-{c}" for c in [*CATEGORIES, "merged"]}
+    pushed = push_to_mock_hub(RECIPE, cold_run, monkeypatch, "me/sd15-safety", router=True)
+    assert pushed.keys() == {f"me/sd15-safety-{c}" for c in [*CATEGORIES, "merged", "router"]}
+    assert {"model.safetensors", "config.json", "router_summary.json"} <= pushed["me/sd15-safety-router"].keys()
     assert_no_local_path(pushed, cold_run.parent)
     assert (
         "      name: CoProV2 (rebuilt), folder dataset/\n      type: CoProV2 (rebuilt), folder dataset/"

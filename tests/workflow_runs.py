@@ -37,15 +37,18 @@ def eval_results(folder: Path) -> list[tuple]:
     )
 
 
-def push_to_mock_hub(recipe: Path, run: Path, monkeypatch, prefix: str) -> dict[str, dict[str, bytes]]:
-    """The finished ``run`` pushed to the mock Hub as ``--push_experts``/``--push_merged`` push it (every other
-    step skipped): ``{repo id: {path: bytes}}`` of everything uploaded."""
+def push_to_mock_hub(
+    recipe: Path, run: Path, monkeypatch, prefix: str, router: bool = False
+) -> dict[str, dict[str, bytes]]:
+    """The finished ``run`` pushed to the mock Hub as ``--push_experts``/``--push_merged`` (and ``--push_router``)
+    push it (every other step skipped): ``{repo id: {path: bytes}}`` of everything uploaded."""
     from workflow.config import load_recipe
     from workflow.run import run_workflow
 
     hub = install_mock_hub(monkeypatch)
     config = load_recipe(recipe, output_dir=str(run), push_experts=f"{prefix}-{{category}}",
-                         push_merged=f"{prefix}-merged", progress=False)  # fmt: skip
+                         push_merged=f"{prefix}-merged", push_router=f"{prefix}-router" if router else None,
+                         progress=False)  # fmt: skip
     records = run_workflow(config)
     assert [name for name, r in records.items() if not r.get("skipped")] == ["push"], records
     pushed: dict[str, dict[str, bytes]] = {}
@@ -60,7 +63,8 @@ def assert_no_local_path(pushed: dict[str, dict[str, bytes]], folder: Path) -> N
              if str(folder).encode() in content]  # fmt: skip
     assert not leaks, leaks
     cards = {repo: files["README.md"].decode() for repo, files in pushed.items()}
-    assert all(f'load_lora_weights("{repo}")' in card for repo, card in cards.items()), list(cards)
+    loads = ("load_lora_weights", "ConceptRouter.from_pretrained")
+    assert all(any(f'{call}("{repo}")' in card for call in loads) for repo, card in cards.items()), list(cards)
 
 
 def kill_in_evaluation_and_rerun(recipe: Path, reference: Path, out: Path) -> str:
