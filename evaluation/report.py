@@ -22,7 +22,9 @@ MIN_PERCENT_TOP = 10.0
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
-    return "-" if value is None or value != value else f"{value * scale:.{digits}f}"  # None or NaN: nothing measured
+    return (
+        "-" if value is None or value != value else f"{value * scale:.{digits}f}"
+    )  # None or NaN: nothing measured
 
 
 def categories(results: dict[str, Any]) -> list[str]:

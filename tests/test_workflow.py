@@ -48,7 +48,10 @@ def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
     # the routed model: every expert as an adapter, each image's route recorded, the router's accuracy reported
     routing = results["models"]["routed"]["router"]
     assert set(routing["categories"]) == set(CATEGORIES)
-    assert sum(m["prompts"] for m in routing["categories"].values()) == results["models"]["routed"]["ip"]["images"]
+    assert (
+        sum(m["prompts"] for m in routing["categories"].values())
+        == results["models"]["routed"]["ip"]["images"]
+    )
     assert "Router of 'routed'" in (cold_run / "eval-test" / "results.md").read_text()
     router = json.loads((cold_run / "router" / "router_summary.json").read_text())
     assert router["categories"] == CATEGORIES and (cold_run / "router" / "model.safetensors").is_file()
@@ -136,7 +139,9 @@ def test_the_pushed_run_holds_no_local_path_and_its_cards_load_their_repos(cold_
     and the model-index names the prompt set by its card's name, not a path."""
     pushed = push_to_mock_hub(RECIPE, cold_run, monkeypatch, "me/sd15-safety", router=True)
     assert pushed.keys() == {f"me/sd15-safety-{c}" for c in [*CATEGORIES, "merged", "router"]}
-    assert {"model.safetensors", "config.json", "router_summary.json"} <= pushed["me/sd15-safety-router"].keys()
+    assert {"model.safetensors", "config.json", "router_summary.json"} <= pushed[
+        "me/sd15-safety-router"
+    ].keys()
     assert_no_local_path(pushed, cold_run.parent)
     assert (
         "      name: CoProV2 (rebuilt), folder dataset/\n      type: CoProV2 (rebuilt), folder dataset/"

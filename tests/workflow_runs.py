@@ -64,7 +64,9 @@ def assert_no_local_path(pushed: dict[str, dict[str, bytes]], folder: Path) -> N
     assert not leaks, leaks
     cards = {repo: files["README.md"].decode() for repo, files in pushed.items()}
     loads = ("load_lora_weights", "ConceptRouter.from_pretrained")
-    assert all(any(f'{call}("{repo}")' in card for call in loads) for repo, card in cards.items()), list(cards)
+    assert all(any(f'{call}("{repo}")' in card for call in loads) for repo, card in cards.items()), list(
+        cards
+    )
 
 
 def kill_in_evaluation_and_rerun(recipe: Path, reference: Path, out: Path) -> str:
