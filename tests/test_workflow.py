@@ -80,7 +80,7 @@ def test_a_killed_run_resumes_to_the_artifacts_of_an_uninterrupted_one(cold_run,
     # the model-index each card carries
     kill_in_evaluation_and_rerun(RECIPE, cold_run, out)
     assert_same_loras_and_cards(out, cold_run, CATEGORIES)
-    assert assert_same_evaluation(out, cold_run) == 9 * 3
+    assert assert_same_evaluation(out, cold_run) == 10 * 3  # base, 7 experts, merged, routed
     again = subprocess.run(
         _command(out, "--dataset", str(cold_run / "coprov2" / "dataset")),
         capture_output=True,
@@ -97,7 +97,7 @@ def test_the_reports_open_in_a_browser(cold_run, tmp_path):
     from evaluation.gallery import main as gallery_main
 
     counts = check_report(cold_run / "eval-test" / "report.html")
-    assert counts["pages"] >= 2 and counts["images"] >= 9 * 3
+    assert counts["pages"] >= 2 and counts["images"] >= 10 * 3
     # the build's gallery: every pair, kept and rejected; unsafe images blurred (no detector ran)
     assert (
         gallery_main([str(cold_run / "coprov2"), "--output_dir", str(tmp_path), "--rows_per_page", "2"]) == 0

@@ -103,11 +103,6 @@ def train_router(config: RouterConfig) -> dict:
     train_rows, calibration_rows, in_sample = split_for_calibration(
         data, config.calibration_share, config.seed, categories
     )
-    if not any(kind != "unsafe" for kind in data.kinds):
-        raise UserError(
-            f"--dataset {config.dataset}: every training prompt is of a category (no safe twin differs from its "
-            "prompt, no neutral prompt): one class, nothing to tell it from; give --neutral_prompts"
-        )
     if in_sample:
         logger.warning(
             "router: one distinct prompt in %s; its threshold is set on the prompt it learned", in_sample
