@@ -143,13 +143,24 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
             raise UserError(f"--image_folders {folder}: no such folder")
     if "fid" in config.metrics and Path(config.fid_reference).suffix != ".npz":
         image_files(config.fid_reference, "--fid_reference")
-    loras = {Path(lora).resolve() for _, lora, _ in models if lora and Path(lora).is_dir()}
+    carded = set(card_labels(config, models))
     for folder in config.update_card:
-        if Path(folder).resolve() not in loras:
-            raise UserError(f"--update_card {folder}: not one of the --loras folders evaluated in this run")
+        if Path(folder).resolve() not in carded:
+            raise UserError(
+                f"--update_card {folder}: not one of the --loras (or --router) folders evaluated in this run"
+            )
     for option, name in scorer_models(config):  # after the local files: cheaper to fix first
         check_hub_access(name, f"--{option}", filename="config.json")
     check_writable_dir(config.output_dir, "--output_dir")  # last: a refused run leaves no folder behind
+
+
+def card_labels(config: EvalConfig, models: list[tuple[str, str | None, str | None]]) -> dict[Path, str]:
+    """The folders whose card can take this run's results, and the model each one is: the ``--loras`` folders and a
+    ``--router`` folder (the routed model's results go into the router's card)."""
+    labels = {Path(lora).resolve(): label for label, lora, _ in models if lora and Path(lora).is_dir()}
+    if config.router and Path(config.router).is_dir():
+        labels[Path(config.router).resolve()] = ROUTED
+    return labels
 
 
 def build_scorers(config: EvalConfig, resolve: Any) -> Scorers:
@@ -277,10 +288,9 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         paths = write_report(results, root, blur=config.blur, rows_per_page=config.report_rows_per_page,
                              max_rows=config.report_max_rows)  # fmt: skip
         logger.info("evaluation: wrote %s", ", ".join(map(str, paths.values())))
+        labels = card_labels(config, models)
         for folder in config.update_card:
-            label = next(
-                lab for lab, lora, _ in models if lora and Path(lora).resolve() == Path(folder).resolve()
-            )
+            label = labels[Path(folder).resolve()]
             entries = eval_results(results["models"][label], results["prompt_set"]["origin"]["name"],
                                    config.prompts_split)  # fmt: skip
             logger.info(

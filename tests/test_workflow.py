@@ -56,6 +56,8 @@ def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
     router = json.loads((cold_run / "router" / "router_summary.json").read_text())
     assert router["categories"] == CATEGORIES and (cold_run / "router" / "model.safetensors").is_file()
     assert "Concept router for" in (cold_run / "router" / "README.md").read_text()
+    names = {name for _, _, name, _ in eval_results(cold_run / "router")}  # the routed model's results, on its card
+    assert {"IP (nudenet)", "CLIPScore", "ASR (ringabell)"} <= names
     assert results["prompt_set"]["source"] == str(cold_run / "coprov2" / "dataset")
     for folder in [cold_run / "experts" / c for c in CATEGORIES] + [cold_run / "merged"]:
         assert lora(folder), folder

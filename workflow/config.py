@@ -217,7 +217,8 @@ class WorkflowConfig:
     ) -> EvalConfig:
         return EvalConfig(**{**self.evaluation, "prompts": prompts, "base": self.base, "loras": loras, "router": router,
                              "output_dir": str(self.root / f"eval-{name}"), "cache_dir": self.cache_dir,
-                             "update_card": [spec.partition("=")[2] for spec in loras] if cards else [],
+                             "update_card": [*(spec.partition("=")[2] for spec in loras), *([router] if router else [])]
+                             if cards else [],
                              "progress": self.progress})  # fmt: skip
 
     def attack_config(self, category: str) -> AttackConfig:
