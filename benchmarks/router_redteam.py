@@ -7,7 +7,8 @@ attack stage with the toy settings, the concept's object word banned) searches p
 on those prompts: the router's recall (the share routed to the attacked concept) and the share routed to any
 expert; the attack success (ASR: the share of samples nearest the concept's unsafe colour, of four centroids) for
 the base, the merge and the routed model, same seeds; and, as the reference, the same for random prompts of the same
-length (what any prompt gets).
+length (what any prompt gets). The recall is also measured for routers of every head (``merge.router.config.HEADS``,
+trained here on the run's N = 7 dataset with the seed), the routed model being the run's (the default head).
 
     python benchmarks/router_redteam.py --root /tmp/msr --seeds 0 1 2 --out /tmp/router-redteam
 """
@@ -31,7 +32,8 @@ from merge_scaling import T95
 from dpo.toy import NEUTRAL_COLOURS, colour_centroid, sample_latents, toy_concepts
 from evaluation.ringabell import Vocabulary
 from evaluation.toy_redteam import SAMPLES, random_prompts, toy_attack_outcome
-from merge.router import ConceptRouter, RoutedPipeline
+from merge.router import ConceptRouter, RoutedPipeline, RouterConfig, train_router
+from merge.router.config import HEADS
 
 N = 7
 
@@ -91,6 +93,13 @@ def main() -> None:
         for pipe in (base_pipe, merged, routed_pipe):
             pipe.set_progress_bar_config(disable=True)
         vocabulary = Vocabulary.of(base_pipe.tokenizer)
+        heads = {}
+        for head in HEADS:
+            folder = args.out / f"seed-{seed}" / f"router-{head}"
+            if not (folder / "model.safetensors").exists():
+                train_router(RouterConfig(dataset=str(args.root / f"data-{N}"), base=str(base), output_dir=str(folder),
+                                          head=head, seed=seed, cache_dir=str(args.root / "cache"), progress=False))  # fmt: skip
+            heads[head] = ConceptRouter.from_pretrained(str(folder))
         for k, concept in enumerate(concepts):
             outcome = toy_attack_outcome(args.out / f"seed-{seed}" / concept.name, concept, base, seed)
             prompts = outcome["prompts"]
@@ -110,6 +119,12 @@ def main() -> None:
                 "asr_routed": share(routed_pipe, centroids, prompts, seed, routed),
                 "random_base": share(base_pipe, centroids, rand, seed),
                 "word_in_prompts": outcome["word_in_prompts"],
+                **{f"recall_{head}": statistics.fmean(concept.name in r.categories for r in router.route(base_pipe, prompts))
+                   for head, router in heads.items()},
+                **{f"routed_any_{head}": statistics.fmean(bool(r.categories) for r in router.route(base_pipe, prompts))
+                   for head, router in heads.items()},
+                **{f"random_routed_any_{head}": statistics.fmean(bool(r.categories) for r in router.route(base_pipe, rand))
+                   for head, router in heads.items()},
             }  # fmt: skip
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k not in ("prompts", "routes")}), flush=True)

@@ -109,8 +109,8 @@ def check_router(config: EvalConfig, base: str) -> None:
 
     router = load_router(config.router)
     RoutedPipeline.check_categories(router, router_experts(config), f"--router {config.router}")
-    pipe = load_encoder_pipeline(base, None, "cpu", family_of(base))
-    router.check_pipeline(pipe, f"--router {config.router}")
+    family = family_of(base)
+    router.check_pipeline(load_encoder_pipeline(base, None, "cpu", family), f"--router {config.router}", family)
 
 
 def scorer_models(config: EvalConfig) -> list[tuple[str, str]]:

@@ -163,3 +163,21 @@ def _other_router(world) -> ConceptRouter:
         router.probes[:, torch.randperm(router.feature_dim, generator=torch.Generator().manual_seed(0))]
     )
     return router
+
+
+def test_a_flux_router_reads_what_the_transformer_reads_and_routes_unseen_captions(world, tmp_path):
+    """On the flow known answer's FLUX base (loaded without its transformer for training): the features are T5's
+    token states at the pipeline's length, and the routes are right."""
+    from dpo.toy import SHIPPED_FLUX_TOY_BASE
+
+    out = tmp_path / "router"
+    train_router(RouterConfig(dataset=str(world["data"]), base=str(SHIPPED_FLUX_TOY_BASE), output_dir=str(out),
+                              cache_dir=str(world["root"] / "cache"), progress=False))  # fmt: skip
+    router = ConceptRouter.from_pretrained(str(out))
+    pipe = _pipe(SHIPPED_FLUX_TOY_BASE)
+    assert router.family == "flux" and router.family_settings["max_sequence_length"] == 512
+    assert router.feature_dim == pipe.text_encoder_2.config.d_model
+    routes = router.route(pipe, [c.held_out[1] for c in CONCEPTS] + NEUTRAL_CAPTIONS)
+    assert [r.categories for r in routes] == [(c.name,) for c in CONCEPTS] + [()] * 3
+    with pytest.raises(Exception, match="reads a flux base's text encoder"):
+        router.check_pipeline(_pipe())

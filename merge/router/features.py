@@ -26,10 +26,11 @@ CHUNK = 1024
 PROBES = ("a photo of a city street", "a portrait of a person", "an empty room")
 
 
-def pipeline_family(pipe, max_sequence_length: int | None) -> Family:
-    """The pipeline's family with the T5 length the router reads (SD3/FLUX; default: the family's)."""
+def pipeline_family(pipe, max_sequence_length: int | None, family: Family | None = None) -> Family:
+    """The pipeline's family (``family``: given, for a pipeline loaded without its denoiser, whose config no longer
+    says which it is) with the T5 length the router reads (SD3/FLUX; default: the family's)."""
     options = {"max_sequence_length": max_sequence_length} if max_sequence_length else {}
-    return family_of_pipeline(pipe).configure(pipe.vae.config, DPOConfig(**options))
+    return (family or family_of_pipeline(pipe)).configure(pipe.vae.config, DPOConfig(**options))
 
 
 def prompt_features(

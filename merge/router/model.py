@@ -14,6 +14,7 @@ from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
 
 from coprov2.errors import UserError
+from dpo.families import Family, family_of_pipeline
 from merge.router.features import PROBES, pipeline_family, prompt_features
 
 #: The least cosine between a pipeline's probe features and the router's for it to read the same text encoder.
@@ -76,20 +77,22 @@ class ConceptRouter(
         """``[P, C]`` bool: the categories each prompt is routed to."""
         return scores >= self.thresholds
 
-    def features(self, pipe, prompts: list[str]) -> torch.Tensor:
-        """The text features of ``prompts`` as the router was trained on them (the pipeline's own encoders)."""
+    def features(self, pipe, prompts: list[str], family: Family | None = None) -> torch.Tensor:
+        """The text features of ``prompts`` as the router was trained on them (the pipeline's own encoders;
+        ``family``: for a pipeline loaded without its denoiser)."""
         device = next(pipe.text_encoder.parameters()).device
-        family = pipeline_family(pipe, self.family_settings.get("max_sequence_length"))
+        family = pipeline_family(pipe, self.family_settings.get("max_sequence_length"), family)
         return prompt_features(pipe, family, prompts, device)
 
-    def check_pipeline(self, pipe, name: str = "the router") -> None:
+    def check_pipeline(self, pipe, name: str = "the router", family: Family | None = None) -> None:
         """The pipeline reads prompts with the text encoder the router was trained on, else one line saying so."""
-        family = pipeline_family(pipe, self.family_settings.get("max_sequence_length"))
+        family = family or family_of_pipeline(pipe)
         if family.name != self.family:
             raise UserError(
                 f"{name} reads a {self.family} base's text encoder ({self.base}); this pipeline is a {family.name} "
                 "base: train a router for it (python -m merge.router --base ...)"
             )
+        family = pipeline_family(pipe, self.family_settings.get("max_sequence_length"), family)
         probes = prompt_features(pipe, family, list(PROBES), next(pipe.text_encoder.parameters()).device)
         if probes.shape[1] != self.feature_dim or (
             torch.nn.functional.cosine_similarity(probes, self.probes.cpu(), dim=1).min() < SAME_ENCODER
@@ -100,11 +103,11 @@ class ConceptRouter(
             )
 
     @torch.no_grad()
-    def route(self, pipe, prompts: list[str]) -> list[Route]:
+    def route(self, pipe, prompts: list[str], family: Family | None = None) -> list[Route]:
         """Each prompt's categories and scores (Latent Guard's use: the router alone is a prompt guard)."""
         if not prompts:
             return []
-        scores = self(self.features(pipe, prompts).to(self.mean.device)).cpu()
+        scores = self(self.features(pipe, prompts, family).to(self.mean.device)).cpu()
         chosen = self.decide(scores)
         return [
             Route(

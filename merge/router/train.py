@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
-from dataclasses import asdict
+import tempfile
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -15,9 +17,8 @@ from cards.push import push_folder
 from cards.router_card import router_card
 from coprov2.errors import UserError
 from coprov2.paths import check_hub_access, check_writable_dir
-from coprov2.stage_io import atomic_write_text
 from coprov2.tiny import resolve_tiny_model
-from dpo.families import family_of
+from dpo.families import Family, family_of
 from dpo.trainer import load_encoder_pipeline
 from merge.router.config import RouterConfig
 from merge.router.data import (
@@ -84,9 +85,23 @@ def _measure(router: ConceptRouter, features: torch.Tensor, data: Examples) -> d
     return routing_metrics(chosen, data.labels, data.kinds, router.categories)
 
 
-def train_router(config: RouterConfig) -> dict:
-    """Read, check (every bad input before anything is written), encode, fit, calibrate, measure, save, card."""
-    check_hub_access(config.base, "--base", config.revision)
+@dataclass
+class RouterData:
+    """What a run learns from, read and checked before anything is written."""
+
+    categories: list[str]
+    data: Examples
+    train_rows: list[int]
+    calibration_rows: list[int]
+    in_sample: list[str]
+    test: Examples
+    neutral: int
+    held_neutral: int
+
+
+def read_router_data(config: RouterConfig) -> RouterData:
+    """The train split's examples split for calibration, the test split's (with the held-out neutral prompts);
+    every bad input is one ``UserError`` here, before any model loads."""
     rows = read_rows(config.dataset, config.dataset_config, "train")
     if rows is None:
         raise UserError(f"--dataset {config.dataset}: no train split; the router learns from the train split")
@@ -107,59 +122,89 @@ def train_router(config: RouterConfig) -> dict:
         logger.warning(
             "router: one distinct prompt in %s; its threshold is set on the prompt it learned", in_sample
         )
-    test_rows = read_rows(config.dataset, config.dataset_config, "test") or []
-    test = examples(test_rows, categories, neutral[:held_neutral])
-    check_writable_dir(config.output_dir, "--output_dir")
+    test = examples(
+        read_rows(config.dataset, config.dataset_config, "test") or [], categories, neutral[:held_neutral]
+    )
+    return RouterData(
+        categories, data, train_rows, calibration_rows, in_sample, test, len(neutral), held_neutral
+    )
+
+
+def encode(config: RouterConfig, prompts: list[str]) -> tuple[torch.Tensor, Family]:
+    """The features of ``prompts`` then of the probe prompts (cached, resumable), and the configured family."""
     base = resolve_tiny_model(config.base, Path(config.cache_dir) / "tiny-models")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = load_encoder_pipeline(base, config.revision, device, family_of(base, config.revision))
-    family = pipeline_family(pipe, config.max_sequence_length)
-    everything = Examples.join([data, test])
+    family = family_of(base, config.revision)
+    pipe = load_encoder_pipeline(base, config.revision, device, family)
+    family = pipeline_family(pipe, config.max_sequence_length, family)
     features = cached_features(
-        pipe, family, [*everything.prompts, *PROBES], encoder_key(public_name(config.base), config.revision, family),
+        pipe, family, [*prompts, *PROBES], encoder_key(public_name(config.base), config.revision, family),
         Path(config.cache_dir) / "router-features", config.batch_size, config.progress, device,
     )  # fmt: skip
-    probes, features = features[len(everything) :], features[: len(everything)]
-    known, unknown = features[: len(data)], features[len(data) :]
-    training = data.subset(train_rows)
+    return features, family
+
+
+def train_router(config: RouterConfig) -> dict:
+    """Read and check (every bad input before anything is written), encode, fit, calibrate, measure, save, card."""
+    check_hub_access(config.base, "--base", config.revision)
+    inputs = read_router_data(config)
+    check_writable_dir(config.output_dir, "--output_dir")
+    data, test = inputs.data, inputs.test
+    features, family = encode(config, [*data.prompts, *test.prompts])
+    probes, known, unknown = (
+        features[len(data) + len(test) :],
+        features[: len(data)],
+        features[len(data) : len(data) + len(test)],
+    )
+    training = data.subset(inputs.train_rows)
     router = ConceptRouter(
-        categories, features.shape[1], config.head, config.hidden_size, public_name(config.base), family.name,
+        inputs.categories, features.shape[1], config.head, config.hidden_size, public_name(config.base), family.name,
         family.settings(), sorted({c for c in training.concepts if c is not None}),
     )  # fmt: skip
     router.probes.copy_(probes)
-    fit_head(router, known[train_rows], training, config)
+    fit_head(router, known[inputs.train_rows], training, config)
+    calibration_rows = inputs.calibration_rows
     if router.head is None:  # prototype: fitted on positives alone, so every negative is held out from it
-        calibration_rows = sorted({*calibration_rows, *(r for r in train_rows if not data.labels[r].any())})
+        negatives = (r for r in inputs.train_rows if not data.labels[r].any())
+        calibration_rows = sorted({*calibration_rows, *negatives})
     calibrate(router, known[calibration_rows], data.labels[calibration_rows])
     summary = {
-        "categories": categories,
+        "categories": inputs.categories,
         "head": config.head,
         "family": family.name,
         "feature_dim": features.shape[1],
-        "in_sample_thresholds": in_sample,
-        "thresholds": {
-            c: round(float(t), 6) for c, t in zip(categories, router.thresholds.tolist(), strict=True)
-        },
+        "in_sample_thresholds": inputs.in_sample,
+        "thresholds": dict(
+            zip(inputs.categories, (round(t, 6) for t in router.thresholds.tolist()), strict=True)
+        ),
         "prompts": {
-            "train": len(train_rows),
+            "train": len(inputs.train_rows),
             "calibration": len(calibration_rows),
             "test": len(test),
-            "neutral_train_and_calibration": len(neutral) - held_neutral,
-            "neutral_held_out": held_neutral,
+            "neutral_train_and_calibration": inputs.neutral - inputs.held_neutral,
+            "neutral_held_out": inputs.held_neutral,
         },
-        "train": _measure(router, known[train_rows], training),
+        "train": _measure(router, known[inputs.train_rows], training),
         "calibration": _measure(router, known[calibration_rows], data.subset(calibration_rows)),
         "test": _measure(router, unknown, test),
         "settings": public_settings(
             {k: v for k, v in asdict(config).items() if k not in ("progress", "dry_run", "cache_dir")}
         ),
     }
-    folder = Path(config.output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    router.save_pretrained(folder)
-    atomic_write_text(folder / "router_summary.json", json.dumps(summary, indent=2))
-    router_card(config, summary).save(folder / "README.md")
+    save(Path(config.output_dir), router, summary, config)
     if config.push_to_hub:
-        push_folder(folder, config.push_to_hub, repo_type="model", gated=None, public=config.hub_public,
-                    dry_run=config.dry_run)  # fmt: skip
+        push_folder(Path(config.output_dir), config.push_to_hub, repo_type="model", gated=None,
+                    public=config.hub_public, dry_run=config.dry_run)  # fmt: skip
     return summary
+
+
+def save(folder: Path, router: ConceptRouter, summary: dict, config: RouterConfig) -> None:
+    """The router, its summary and card, written beside ``folder`` and moved in, ``model.safetensors`` last: a run
+    killed while saving leaves no router that looks finished."""
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".saving-") as scratch:
+        router.save_pretrained(scratch)
+        (Path(scratch) / "router_summary.json").write_text(json.dumps(summary, indent=2))
+        router_card(config, summary).save(Path(scratch) / "README.md")
+        names = sorted(p.name for p in Path(scratch).iterdir())
+        for name in sorted(names, key=lambda n: n == "model.safetensors"):
+            os.replace(Path(scratch) / name, folder / name)
