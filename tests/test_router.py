@@ -181,3 +181,20 @@ def test_a_flux_router_reads_what_the_transformer_reads_and_routes_unseen_captio
     assert [r.categories for r in routes] == [(c.name,) for c in CONCEPTS] + [()] * 3
     with pytest.raises(Exception, match="reads a flux base's text encoder"):
         router.check_pipeline(_pipe())
+
+
+def test_a_second_router_on_the_same_prompts_encodes_nothing_and_is_the_same(world, tmp_path, monkeypatch):
+    """The features are cached per chunk of prompts (a killed run resumes from them): a rerun never calls the
+    encoder, and a router trained again with the same seed has the same bytes."""
+    import merge.router.features
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("encoded again")
+
+    monkeypatch.setattr(merge.router.features, "prompt_features", refuse)
+    out = tmp_path / "again"
+    train_router(RouterConfig(dataset=str(world["data"]), base=str(SHIPPED_TOY_BASE), output_dir=str(out),
+                              cache_dir=str(world["root"] / "cache"), seed=0, progress=False))  # fmt: skip
+    first = world["routers"][0]
+    assert (out / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
+    assert not list(out.glob(".saving-*")), "no scratch folder left behind"
