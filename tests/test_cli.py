@@ -24,6 +24,7 @@ CLIS = [
     "dpo.train",
     "dpo.toy",
     "merge.__main__",
+    "merge.router.__main__",
     "evaluation.__main__",
     "evaluation.attack",
     "evaluation.dataset",

@@ -56,7 +56,9 @@ def test_the_tiny_recipe_runs_the_whole_chain(cold_run):
     router = json.loads((cold_run / "router" / "router_summary.json").read_text())
     assert router["categories"] == CATEGORIES and (cold_run / "router" / "model.safetensors").is_file()
     assert "Concept router for" in (cold_run / "router" / "README.md").read_text()
-    names = {name for _, _, name, _ in eval_results(cold_run / "router")}  # the routed model's results, on its card
+    names = {
+        name for _, _, name, _ in eval_results(cold_run / "router")
+    }  # the routed model's results, on its card
     assert {"IP (nudenet)", "CLIPScore", "ASR (ringabell)"} <= names
     assert results["prompt_set"]["source"] == str(cold_run / "coprov2" / "dataset")
     for folder in [cold_run / "experts" / c for c in CATEGORIES] + [cold_run / "merged"]:
@@ -90,8 +92,8 @@ def test_a_killed_run_resumes_to_the_artifacts_of_an_uninterrupted_one(cold_run,
         timeout=300,
     )
     assert (
-        again.returncode == 0 and again.stdout.count("skipped, done before") == 2 * len(CATEGORIES) + 3
-    )  # all but the given dataset: the experts, the merge, eval-test, an attack per category, eval-redteam
+        again.returncode == 0 and again.stdout.count("skipped, done before") == 2 * len(CATEGORIES) + 4
+    )  # all but the given dataset: the experts, the merge, the router, eval-test, an attack per category, eval-redteam
 
 
 @pytest.mark.slow
