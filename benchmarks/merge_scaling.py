@@ -194,28 +194,38 @@ class Judge:
             shares.append(share_closer(chunk, *self.centroids[k]))
         return shares, displacement(self.neutral_base, neutral)
 
-    def measure_routed(self, routed: RoutedPipeline, indices: list[int]) -> tuple[list[float], float]:
+    def measure_routed(self, routed: RoutedPipeline, indices: list[int]) -> tuple[list[float], float, dict]:
         """:meth:`measure` for the routed model: the captions grouped by route, each group sampled as
         :meth:`measure` samples a model (one call, the same seed) with its experts on, or none. A caption routed to
-        its own expert alone is sampled as that expert's single measure samples it; captions routed to no expert,
-        as the base's."""
+        its own expert alone is therefore sampled exactly as that expert's single measure samples it, and captions
+        routed to no expert as the base's: where the routing is exact, the retained gain is 1 and the drift 0 by
+        construction, and the cell measures the routing. Also returned: the share of the concepts' captions routed
+        to their own concept alone, and of the neutral captions routed to any."""
+        concepts = [k for k in indices for _ in range(2)]
         captions = [c for k in indices for c in (self.concepts[k].captions[0], self.concepts[k].held_out[0])]
-        latents = self._routed_latents(routed, captions, self.seed)
-        neutral = self._routed_latents(routed, NEUTRAL_CAPTIONS, self.seed + 1)
+        latents, routes = self._routed_latents(routed, captions, self.seed)
+        neutral, neutral_routes = self._routed_latents(routed, NEUTRAL_CAPTIONS, self.seed + 1)
         shares = []
         for position, k in enumerate(indices):
             chunk = latents[position * 2 * self.samples : (position + 1) * 2 * self.samples]
             shares.append(share_closer(chunk, *self.centroids[k]))
-        return shares, displacement(self.neutral_base, neutral)
+        routing = {
+            "own_concept_alone": statistics.fmean(
+                r.categories == (self.concepts[k].name,) for r, k in zip(routes, concepts, strict=True)
+            ),
+            "neutral_routed": statistics.fmean(bool(r.categories) for r in neutral_routes),
+        }
+        return shares, displacement(self.neutral_base, neutral), routing
 
-    def _routed_latents(self, routed: RoutedPipeline, captions: list[str], seed: int) -> torch.Tensor:
+    def _routed_latents(self, routed: RoutedPipeline, captions: list[str], seed: int):
         out: list[torch.Tensor | None] = [None] * len(captions)
-        for route, members in routed.groups(routed.routes(captions)).items():
+        routes = routed.routes(captions)
+        for route, members in routed.groups(routes).items():
             with routed.activate(route):
                 latents = sample_latents(routed.pipe, [captions[i] for i in members], self.samples, seed=seed)
             for position, index in enumerate(members):
                 out[index] = latents[position * self.samples : (position + 1) * self.samples]
-        return torch.cat(out)
+        return torch.cat(out), routes
 
 
 def routed_model(base: Path, data: Path, experts: list[Path], concepts, out: Path, cache: Path, seed: int):
@@ -334,11 +344,14 @@ def run_seed(args, root: Path, base: Path, concepts, seed: int) -> None:
             routed, seconds[ROUTED] = routed_model(
                 base, subset, experts[:n], concepts, here / f"N{n}" / ROUTED, cache, seed
             )
-            cells[ROUTED] = judge.measure_routed(routed, list(range(n)))
+            shares, drift, routing = judge.measure_routed(routed, list(range(n)))
+            cells[ROUTED] = shares, drift
         state["cells"][str(n)] = {
             **done,
             **{name: {"shares": s, "drift": d} for name, (s, d) in cells.items()},
         }
+        if route:
+            state["cells"][str(n)][ROUTED]["routing"] = routing
         state["seconds"][f"N{n}"] = seconds
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(state, indent=1))
@@ -427,7 +440,7 @@ def report(root: Path, min_gain: float) -> None:
         lines.append("")
     lines += goals(table, ns, names)
     if ROUTED in names:
-        lines += routed_goals(table, ns)
+        lines += routed_goals(table, ns, seeds)
     lines += ["**Wall seconds** (mean over seeds; seeds ran side by side, which inflates all alike)", ""]
     lines += ["| cost | " + " | ".join(f"N={n}" for n in ns) + " |", "|---|" + "---|" * len(ns)]
     for label, cost in COSTS.items():
@@ -441,7 +454,8 @@ def report(root: Path, min_gain: float) -> None:
                 except KeyError:  # that N not run, or that row left out of the run
                     continue
             measured = [value for value in measured if value > 0]
-            row.append(f"{statistics.fmean(measured):.0f}" if measured else "n/a")
+            mean = statistics.fmean(measured) if measured else None
+            row.append("n/a" if mean is None else f"{mean:.0f}" if mean >= 10 else f"{mean:.1f}")
         lines.append(f"| {label} | " + " | ".join(row) + " |")
     seeds_line = ", ".join(f"N={n}: {len(table['single'][str(n)]['seeds'])}" for n in ns)
     left = ", ".join(f"N={n}: {table['single'][str(n)]['concepts_left_out']}" for n in ns)
@@ -486,9 +500,22 @@ def goals(table: dict, ns: list[int], names: list[str]) -> list[str]:
     return [*lines, ""]
 
 
-def routed_goals(table: dict, ns: list[int]) -> list[str]:
-    """The routed model against issue #38's goals, with the shortfall."""
-    lines = ["**The routed model against its goals**", ""]
+def routed_goals(table: dict, ns: list[int], seeds: dict) -> list[str]:
+    """The routed model against issue #38's goals, with the shortfall, and how it routed the judged captions."""
+    lines = ["**How the router routed the judged captions** (mean over seeds)", ""]
+    lines += [
+        "| N | concept captions routed to their own concept alone | neutral captions routed to any |",
+        "|---|---|---|",
+    ]
+    for n in ns:
+        routings = [st["cells"][str(n)][ROUTED]["routing"] for st in seeds.values()
+                    if ROUTED in st["cells"].get(str(n), {}) and "routing" in st["cells"][str(n)][ROUTED]]  # fmt: skip
+        if routings:
+            own, neutral = (
+                statistics.fmean(r[key] for r in routings) for key in ("own_concept_alone", "neutral_routed")
+            )
+            lines.append(f"| {n} | {own:.3f} | {neutral:.3f} |")
+    lines += ["", "**The routed model against its goals**", ""]
     lines += [
         "| N | retained gain | goal | shortfall | drift ratio | goal | excess |",
         "|---|---|---|---|---|---|---|",
