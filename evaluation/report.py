@@ -53,26 +53,38 @@ def explanations(results: dict[str, Any]) -> list[str]:
 
 
 def router_lines(results: dict[str, Any]) -> list[str]:
-    """How the routed model's router routed these prompts: per category its recall (and precision), and how many
-    prompts of no routed category it sent to an expert."""
+    """How the routed model's router routed these prompts, per image: of each category's images, the share it sent
+    to that category's expert (recall); of the images it sent to an expert, the share of that expert's category
+    (precision); of the images of no category it routes, the share sent to any expert."""
+
+    def images(count: int) -> str:
+        return f"{count} image{'' if count == 1 else 's'}"
+
     lines = []
     for label, model in results["models"].items():
         routing = model.get("router")
         if not routing:
             continue
-        cells = [
-            f"{c}: recall {_fmt(m['recall'], digits=2)} of {m['prompts']}, precision {_fmt(m['precision'], digits=2)}"
-            for c, m in routing["categories"].items()
-            if m["prompts"] or m["routed"]
+        categories = routing["categories"].items()
+        recall = [
+            f"{c} {_fmt(m['recall'], digits=2)} ({images(m['prompts'])})"
+            for c, m in categories
+            if m["prompts"]
         ]
-        others = routing["neutral_prompts"]
-        rate = (
-            f"; of the {others} images of other prompts, {_fmt(routing['neutral_false_positive_rate'], 100)}% got an expert"
-            if others
-            else ""
-        )
-        lines.append(f"Router of '{label}' (the base with, per prompt, only the experts of the categories it routes the "
-                     f"prompt to), per image: {'; '.join(cells) or 'no prompt of its categories'}{rate}.")  # fmt: skip
+        precision = [
+            f"{c} {_fmt(m['precision'], digits=2)} ({images(m['routed'])})"
+            for c, m in categories
+            if m["routed"]
+        ]
+        parts = [f"recall {', '.join(recall)}" if recall else "no image of its categories"]
+        parts.append(f"precision {', '.join(precision)}" if precision else "no image sent to an expert")
+        if routing["neutral_prompts"]:
+            rate = _fmt(routing["neutral_false_positive_rate"], 100)
+            parts.append(
+                f"{rate}% of the {images(routing['neutral_prompts'])} of other prompts sent to an expert"
+            )
+        lines.append(f"Router of '{label}' (per prompt, the base with only the experts of the categories the router "
+                     f"sends it to), per image: {'; '.join(parts)}.")  # fmt: skip
     return lines
 
 
@@ -283,7 +295,7 @@ def html_report(
         *explanations(results),
         "Each row is one prompt and seed, rendered by every model: the columns differ only by the LoRA.",
         *[f"{label}: {public_name(m['model'])}" + (f" + LoRA {public_name(m['lora'])}" if m["lora"] else "")
-          + (f" + per prompt the experts router {public_name(m['routed_by'])} chooses" if m.get("routed_by") else "")
+          + (f" + per prompt only the experts its router ({public_name(m['routed_by'])}) chooses" if m.get("routed_by") else "")
           for label, m in results["models"].items()],
     ]  # fmt: skip
     return write_html_report(

@@ -18,6 +18,7 @@ from cards.eval_results import eval_results, write_eval_results
 from coprov2.errors import UserError
 from coprov2.executor import distributed_state, run_stage
 from coprov2.paths import check_hub_access, check_writable_dir
+from coprov2.stage_io import StageDir
 from coprov2.tiny import resolve_tiny_model
 from dpo.families import check_sizes
 from evaluation.config import EvalConfig
@@ -110,7 +111,9 @@ def check_router(config: EvalConfig, base: str) -> None:
     router = load_router(config.router)
     RoutedPipeline.check_categories(router, router_experts(config), f"--router {config.router}")
     family = family_of(base)
-    router.check_pipeline(load_encoder_pipeline(base, None, "cpu", family), f"--router {config.router}", family)
+    router.check_pipeline(
+        load_encoder_pipeline(base, None, "cpu", family), f"--router {config.router}", family
+    )
 
 
 def scorer_models(config: EvalConfig) -> list[tuple[str, str]]:
@@ -204,20 +207,18 @@ def attack_success(ip: dict[str, Any], attack: str) -> dict[str, Any]:
             "by_category": {c: {"asr": v["ip"], "images": v["images"]} for c, v in ip["by_category"].items()}}  # fmt: skip
 
 
-def routing_of(root: Path, label: str, categories: list[str]) -> dict[str, Any]:
-    """How the router routed the prompt set (``merge.router.metrics``): a prompt of one of its categories should
-    reach that category; a prompt of any other category (``neutral``, or one it does not route) none."""
+def routing_of(rows: list[dict[str, Any]], categories: list[str]) -> dict[str, Any]:
+    """How the router routed a routed render's ``rows`` (``merge.router.metrics``): an image of one of its categories
+    should reach that category; an image of any other category (``neutral``, or one it does not route) none."""
     import torch
 
-    from coprov2.stage_io import StageDir
     from merge.router.metrics import routing_metrics
 
-    rows = list(StageDir.finished(root, f"render-{label}").iter_rows())
     labels = torch.tensor([[row["category"] == c for c in categories] for row in rows], dtype=torch.bool)
     chosen = torch.tensor([[c in (row["route"] or "").split(",") for c in categories] for row in rows])
     kinds = ["unsafe" if row["category"] in categories else "neutral" for row in rows]
-    return routing_metrics(chosen.view(len(rows), len(categories)), labels.view(len(rows), len(categories)), kinds,
-                           categories)  # fmt: skip
+    shape = (len(rows), len(categories))
+    return routing_metrics(chosen.view(shape), labels.view(shape), kinds, categories)
 
 
 def evaluate(config: EvalConfig) -> dict[str, Any]:
@@ -281,9 +282,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
             results["models"][label]["asr"] = attack_success(scored["metrics"]["ip"], config.attack)
         if label == ROUTED:
             results["models"][label]["routed_by"] = config.router
-            results["models"][label]["router"] = routing_of(
-                root, label, load_router(config.router).categories
-            )
+            rows = StageDir.finished(root, f"render-{label}").iter_rows()
+            results["models"][label]["router"] = routing_of(list(rows), load_router(config.router).categories)
     if distributed_state().is_main_process:
         paths = write_report(results, root, blur=config.blur, rows_per_page=config.report_rows_per_page,
                              max_rows=config.report_max_rows)  # fmt: skip

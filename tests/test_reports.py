@@ -114,3 +114,23 @@ def test_pages_read_at_the_papers_model_count_on_a_laptop_and_a_phone(tmp_path):
     counts = check_report(tmp_path / "report.html")
     assert counts["pages"] == 2 and counts["images"] == 3 * len(labels) + 1, counts
     assert check_report(tmp_path / "gallery.html")["pages"] == 2
+
+
+def test_the_router_line_gives_recall_precision_and_other_prompts_from_the_rendered_routes():
+    """``evaluation.run.routing_of`` on a routed render's rows, then the report's line about it."""
+    from evaluation.report import router_lines
+    from evaluation.run import routing_of
+
+    rows = [  # (prompt category, route): hate 2 of 3 recalled, one violence prompt sent to hate, neutral kept out
+        ("hate", "hate"), ("hate", "hate"), ("hate", ""), ("violence", "hate"), ("violence", "violence"),
+        ("neutral", ""), ("neutral", "violence"),
+    ]  # fmt: skip
+    routing = routing_of([{"category": c, "route": r or None} for c, r in rows], ["hate", "violence"])
+    assert routing["categories"]["hate"] == {"precision": 2 / 3, "recall": 2 / 3, "prompts": 3, "routed": 3}
+    assert (
+        routing["categories"]["violence"]["recall"] == 0.5 and routing["neutral_false_positive_rate"] == 0.5
+    )
+    (line,) = router_lines({"models": {"base": {}, "routed": {"router": routing}}})
+    assert "recall hate 0.67 (3 images), violence 0.50 (2 images)" in line
+    assert "precision hate 0.67 (3 images), violence 0.50 (2 images)" in line
+    assert "50.0% of the 2 images of other prompts sent to an expert" in line
