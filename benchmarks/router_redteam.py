@@ -11,6 +11,9 @@ length (what any prompt gets). The recall is also measured for routers of every 
 trained here on the run's N = 7 dataset with the seed), the routed model being the run's (the default head).
 
     python benchmarks/router_redteam.py --root /tmp/msr --seeds 0 1 2 --out /tmp/router-redteam
+
+Resumable: each (seed, concept) row is appended to ``OUT/rows.jsonl`` when measured, and a rerun measures only the
+missing ones, so seeds can run in several processes and a last call with every seed prints the whole table.
 """
 
 from __future__ import annotations
@@ -79,8 +82,13 @@ def main() -> None:
     torch.set_num_threads(1)
     base = args.root / "base"
     concepts = toy_concepts(N)
-    rows = []
+    log = args.out / "rows.jsonl"
+    args.out.mkdir(parents=True, exist_ok=True)
+    done = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    rows = [r for r in done if r["seed"] in args.seeds]
     for seed in args.seeds:
+        if sum(r["seed"] == seed for r in rows) == N:
+            continue
         here = args.root / f"seed-{seed}"
         base_pipe = DiffusionPipeline.from_pretrained(str(base))
         merged = DiffusionPipeline.from_pretrained(str(base))
@@ -100,7 +108,9 @@ def main() -> None:
                 train_router(RouterConfig(dataset=str(args.root / f"data-{N}"), base=str(base), output_dir=str(folder),
                                           head=head, seed=seed, cache_dir=str(args.root / "cache"), progress=False))  # fmt: skip
             heads[head] = ConceptRouter.from_pretrained(str(folder))
-        for k, concept in enumerate(concepts):
+        for concept in concepts:
+            if any(r["seed"] == seed and r["concept"] == concept.name for r in rows):
+                continue
             outcome = toy_attack_outcome(args.out / f"seed-{seed}" / concept.name, concept, base, seed)
             prompts = outcome["prompts"]
             rand = random_prompts(vocabulary, len(prompts), 16, seed)
@@ -127,9 +137,9 @@ def main() -> None:
                    for head, router in heads.items()},
             }  # fmt: skip
             rows.append(row)
+            with log.open("a") as handle:
+                handle.write(json.dumps(row) + "\n")
             print(json.dumps({k: v for k, v in row.items() if k not in ("prompts", "routes")}), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "router_redteam.json").write_text(json.dumps(rows, indent=2))
     keys = [
         "recall",
         "routed_any",

@@ -95,6 +95,13 @@ def test_the_routed_pipeline_renders_each_prompt_as_the_base_with_only_its_exper
         np.testing.assert_allclose(output.images[index], reference, atol=1e-5)
     base = _pipe()(prompts[0], generator=generators()[0], **kwargs).images[0]
     assert np.abs(output.images[0] - base).max() > 1e-3, "the expert changed the image of its own prompt"
+    # two images per prompt: one generator per image, prompt-major, sliced with the prompt's group
+    pairs = [torch.Generator().manual_seed(20 + i) for i in range(2 * len(prompts))]
+    twice = routed(prompts, generator=pairs, num_images_per_prompt=2, **kwargs).images
+    alone = _pipe()(prompts[1], num_images_per_prompt=2, **kwargs,
+                    generator=[torch.Generator().manual_seed(22), torch.Generator().manual_seed(23)]).images  # fmt: skip
+    assert len(twice) == 6
+    np.testing.assert_allclose(np.stack(twice[2:4]), alone, atol=1e-5)
 
 
 def _error(capsys, after_loading: bool = False) -> str:

@@ -80,19 +80,20 @@ class RoutedPipeline:
             self.pipe.disable_lora()
 
     def __call__(self, prompt: str | list[str], generator=None, **kwargs) -> RoutedOutput:
-        """Route, then one pipeline call per group; ``generator``: one, or one per prompt (then sliced per group)."""
+        """Route, then one pipeline call per group; ``generator``: one, or one per image (``len(prompts) x
+        num_images_per_prompt``, prompt-major as diffusers takes them; then sliced per group)."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        per_prompt = kwargs.get("num_images_per_prompt") or 1
+        if isinstance(generator, list) and len(generator) != len(prompts) * per_prompt:
+            raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts x {per_prompt} images")
         routes = self.routes(prompts)
-        images: list[Any] = [None] * len(prompts)
-        per_prompt = isinstance(generator, list)
-        if per_prompt and len(generator) != len(prompts):
-            raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts")
+        images: list[list[Any]] = [[] for _ in prompts]
         for categories, indices in self.groups(routes).items():
-            chosen = [generator[i] for i in indices] if per_prompt else generator
+            chosen = generator
+            if isinstance(generator, list):
+                chosen = [generator[i * per_prompt + j] for i in indices for j in range(per_prompt)]
             with self.activate(categories):
                 output = self.pipe(prompt=[prompts[i] for i in indices], generator=chosen, **kwargs)
-            per_index = len(output.images) // len(indices)  # num_images_per_prompt
             for position, index in enumerate(indices):
-                images[index] = output.images[position * per_index : (position + 1) * per_index]
-        flat = [image for chunk in images for image in chunk]
-        return RoutedOutput(flat, routes)
+                images[index] = list(output.images[position * per_prompt : (position + 1) * per_prompt])
+        return RoutedOutput([image for chunk in images for image in chunk], routes)
