@@ -570,7 +570,10 @@ def plot(path: Path, ns: list[int], table: dict, names: list[str]) -> None:
     for axis in axes[2:]:
         axis.set_yscale("log")  # a LoRA that breaks the model drifts 100x more than the rest
     axes[0].legend(fontsize=7, ncol=2)
-    figure.suptitle("Toy world: merged experts vs one LoRA trained on all N concepts (equal compute)")
+    title = "Toy world: merged experts vs one LoRA trained on all N concepts (equal compute)"
+    if ROUTED in names:
+        title += " and the routed model (its drift, 0, is below the log axes)"
+    figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
 

@@ -148,6 +148,7 @@ def main() -> None:
         "asr_merged",
         "asr_routed",
         "random_base",
+        *(f"{k}_{head}" for head in HEADS for k in ("recall", "routed_any", "random_routed_any")),
     ]
     print("\n| measure | mean over seeds x concepts ± 95% |\n|---|---|")
     for key in keys:
