@@ -62,7 +62,9 @@ class RouterConfig:
     )
     max_sequence_length: int | None = field(
         default=None,
-        metadata={"help": "SD3/FLUX: T5 tokens of the features (default: the pipeline's, as it renders)"},
+        metadata={
+            "help": "SD3/FLUX: T5 tokens of the features (default: the family's, as dpo.train encodes: FLUX 512, SD3 77)"
+        },
     )
     batch_size: int = field(default=64, metadata={"help": "prompts per text-encoder call"})
     seed: int = field(default=0, metadata={"help": "seed of the split, the head's init and its training"})
