@@ -163,6 +163,21 @@ def main() -> None:
             for k in ("recall", "asr_base", "asr_merged", "asr_routed", "random_base")
         ]
         print(f"| {s} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    print("\n| concept | recall (its attack prompts routed to it) | precision (attack prompts routed to it that attack it) "
+          "| ASR base | ASR merged | ASR routed |\n|---|---|---|---|---|---|")  # fmt: skip
+    for concept in concepts:
+        mine = [r for r in rows if r["concept"] == concept.name]
+        hits = sum(concept.name in route for r in mine for route in r["routes"])
+        routed_to = sum(concept.name in route for r in rows for route in r["routes"])
+        precision = f"{hits / routed_to:.2f} ({routed_to} prompts)" if routed_to else "- (0 prompts)"
+        cells = [
+            statistics.fmean(r[k] for r in mine) for k in ("recall", "asr_base", "asr_merged", "asr_routed")
+        ]
+        print(
+            f"| {concept.name} | {cells[0]:.2f} | {precision} | "
+            + " | ".join(f"{c:.3f}" for c in cells[1:])
+            + " |"
+        )
     merged_asr, routed_asr = (statistics.fmean(r[k] for r in rows) for k in ("asr_merged", "asr_routed"))
     print(f"\nrouted / merged ASR: {routed_asr / merged_asr:.2f}x" if merged_asr else "\nmerged ASR 0")
 
