@@ -58,6 +58,12 @@ def router_card(config: Any, summary: dict[str, Any]) -> ModelCard:
             "each concept's centroid of its unsafe prompts; a prompt's score for a category is its cosine to the "
             "category's nearest concept centroid, so a prompt far from every concept gets no category"
         )
+    elif summary["head"] == "contrastive":
+        fit = (
+            "a learned embedding (a projection of the features and one row per concept, plus one for no concept, "
+            "trained with InfoNCE: each unsafe prompt toward its concept, safe twins and neutral prompts toward no "
+            "concept); a prompt's score for a category is its cosine to the category's nearest concept row"
+        )
     else:
         fit = (
             "a one-vs-rest classifier per category: its unsafe prompts are the positives; their safe twins, the other "

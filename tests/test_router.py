@@ -205,3 +205,33 @@ def test_a_second_router_on_the_same_prompts_encodes_nothing_and_is_the_same(wor
     first = world["routers"][0]
     assert (out / "model.safetensors").read_bytes() == (first / "model.safetensors").read_bytes()
     assert not list(out.glob(".saving-*")), "no scratch folder left behind"
+
+
+def test_every_head_learns_the_toy_routes_and_a_shuffled_label_does_not(world, tmp_path, monkeypatch):
+    """Each head (prototype, contrastive, linear, MLP) routes the unseen captions right; the mutation, the train
+    split's categories shuffled among its prompts, must break it."""
+    import merge.router.train
+    from merge.router.config import HEADS
+
+    pipe = _pipe()
+    prompts = [c.held_out[1] for c in CONCEPTS]
+
+    def routes(head: str, name: str = "") -> list[tuple[str, ...]]:
+        out = tmp_path / (name or head)
+        train_router(RouterConfig(dataset=str(world["data"]), base=str(SHIPPED_TOY_BASE), output_dir=str(out),
+                                  head=head, cache_dir=str(world["root"] / "cache"), progress=False))  # fmt: skip
+        return [r.categories for r in ConceptRouter.from_pretrained(str(out)).route(pipe, prompts)]
+
+    for head in HEADS:
+        assert routes(head) == [(c.name,) for c in CONCEPTS], head
+    read = merge.router.train.read_rows
+
+    def shuffled(*args):
+        rows = read(*args)
+        if rows and args[2] == "train":
+            names = [r["category"] for r in rows]
+            rows = [{**r, "category": names[(i + len(names) // 3) % len(names)]} for i, r in enumerate(rows)]
+        return rows
+
+    monkeypatch.setattr(merge.router.train, "read_rows", shuffled)
+    assert routes("contrastive", "shuffled") != [(c.name,) for c in CONCEPTS]

@@ -10,8 +10,9 @@ from dpo.config import default_cache_dir
 
 #: The router's heads (``benchmarks/router_heads.py`` compares them): ``prototype`` scores a prompt by its cosine to
 #: the nearest concept centroid of each category (nothing else learned: far from every concept, a prompt gets no
-#: category), ``linear`` and ``mlp`` are one-vs-rest classifiers (no hidden layer, or one).
-HEADS = ("prototype", "linear", "mlp")
+#: category); ``contrastive`` (Latent Guard's idea) by its cosine to the nearest concept in a learned embedding
+#: (InfoNCE over the concepts and a "no concept" row); ``linear`` and ``mlp`` are one-vs-rest classifiers.
+HEADS = ("prototype", "contrastive", "linear", "mlp")
 
 #: Numeric options: (lowest, highest, lowest excluded).
 RANGES: dict[str, tuple[float | None, float | None, bool]] = {
@@ -19,6 +20,7 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "steps": (1, None, False),
     "learning_rate": (0, None, True),
     "weight_decay": (0, None, False),
+    "temperature": (0, None, True),
     "calibration_share": (0, 1, True),
     "batch_size": (1, None, False),
     "seed": (0, 2**63 - 1, False),
@@ -52,10 +54,15 @@ class RouterConfig:
     head: str = field(
         default="prototype", metadata={"help": "the head on the text features", "choices": HEADS}
     )
-    hidden_size: int = field(default=256, metadata={"help": "mlp: hidden width"})
-    steps: int = field(default=400, metadata={"help": "linear/mlp: full-batch AdamW steps"})
-    learning_rate: float = field(default=3e-3, metadata={"help": "linear/mlp: AdamW learning rate"})
-    weight_decay: float = field(default=1e-3, metadata={"help": "linear/mlp: AdamW weight decay"})
+    hidden_size: int = field(
+        default=256, metadata={"help": "mlp: hidden width; contrastive: embedding width"}
+    )
+    steps: int = field(default=400, metadata={"help": "contrastive/linear/mlp: full-batch AdamW steps"})
+    learning_rate: float = field(
+        default=3e-3, metadata={"help": "contrastive/linear/mlp: AdamW learning rate"}
+    )
+    weight_decay: float = field(default=1e-3, metadata={"help": "contrastive/linear/mlp: AdamW weight decay"})
+    temperature: float = field(default=0.1, metadata={"help": "contrastive: InfoNCE temperature"})
     calibration_share: float = field(
         default=0.2,
         metadata={"help": "share of each category's train prompts held out to set its threshold"},

@@ -50,6 +50,11 @@ class ConceptRouter(
         if head == "prototype":
             self.head = None
             self.register_buffer("centroids", torch.zeros(len(self.concepts), feature_dim))
+        elif head == "contrastive":
+            # Latent Guard's idea: a learned embedding where a prompt lies near the concepts it holds; one row more
+            # for "no concept", where the negatives are pulled
+            self.head = nn.Linear(feature_dim, hidden_size, bias=False)
+            self.concept_embeddings = nn.Parameter(torch.zeros(len(self.concepts) + 1, hidden_size))
         elif head == "linear":
             self.head = nn.Linear(feature_dim, width)
         else:
@@ -64,14 +69,22 @@ class ConceptRouter(
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``[P, C]`` scores of each category from ``[P, D]`` features: probabilities (linear, mlp), or the cosine
-        to the category's nearest concept centroid (prototype), in the standardised feature space."""
+        to the category's nearest concept, its centroid in the standardised feature space (prototype) or its
+        learned embedding (contrastive)."""
         inputs = (features.float() - self.mean) / self.scale
-        if self.head is not None:
+        if self.kind in ("linear", "mlp"):
             return torch.sigmoid(self.head(inputs))
-        cosines = nn.functional.cosine_similarity(inputs[:, None], self.centroids[None], dim=2)
+        if self.kind == "prototype":
+            cosines = nn.functional.cosine_similarity(inputs[:, None], self.centroids[None], dim=2)
+        else:
+            cosines = self.embed(inputs) @ nn.functional.normalize(self.concept_embeddings[:-1], dim=1).T
         owner = torch.tensor([self.categories.index(c.split("/", 1)[0]) for c in self.concepts])
         scores = torch.full((len(features), len(self.categories)), -1.0)
         return scores.scatter_reduce(1, owner.expand(len(features), -1), cosines, reduce="amax")
+
+    def embed(self, inputs: torch.Tensor) -> torch.Tensor:
+        """contrastive: standardised features in the learned embedding, unit length."""
+        return nn.functional.normalize(self.head(inputs), dim=1)
 
     def decide(self, scores: torch.Tensor) -> torch.Tensor:
         """``[P, C]`` bool: the categories each prompt is routed to."""

@@ -47,10 +47,13 @@ def fit_head(router: ConceptRouter, features: torch.Tensor, data: Examples, conf
     router.scale.copy_(
         features.std(0).clamp(min=1e-6) if len(features) > 1 else torch.ones(features.shape[1])
     )
-    if router.head is None:
-        inputs = (features - router.mean) / router.scale
+    inputs = (features - router.mean) / router.scale
+    if router.kind == "prototype":
         for k, concept in enumerate(router.concepts):
             router.centroids[k] = inputs[[c == concept for c in data.concepts]].mean(0)
+        return
+    if router.kind == "contrastive":
+        fit_contrastive(router, inputs, data, config)
         return
     labels = data.labels
     positives = labels.sum(0)
@@ -63,9 +66,32 @@ def fit_head(router: ConceptRouter, features: torch.Tensor, data: Examples, conf
         optimizer = torch.optim.AdamW(
             router.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
-        inputs = (features - router.mean) / router.scale
         for _ in range(config.steps):
             loss = loss_fn(router.head(inputs), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+
+def fit_contrastive(
+    router: ConceptRouter, inputs: torch.Tensor, data: Examples, config: RouterConfig
+) -> None:
+    """InfoNCE (temperature ``config.temperature``) between each prompt's embedding and the concept rows: a
+    positive's class is its concept, a negative's the "no concept" row; classes weighted by their inverse counts,
+    full-batch AdamW, seeded."""
+    index = {concept: k for k, concept in enumerate(router.concepts)}
+    targets = torch.tensor([index.get(c, len(router.concepts)) for c in data.concepts])
+    counts = torch.bincount(targets, minlength=len(router.concepts) + 1).float()
+    loss_fn = torch.nn.CrossEntropyLoss(weight=counts.sum() / counts.clamp(min=1) / len(counts))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        router.head.reset_parameters()
+        torch.nn.init.normal_(router.concept_embeddings)
+        parameters = [*router.head.parameters(), router.concept_embeddings]
+        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        for _ in range(config.steps):
+            rows = torch.nn.functional.normalize(router.concept_embeddings, dim=1)
+            loss = loss_fn(router.embed(inputs) @ rows.T / config.temperature, targets)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -164,7 +190,7 @@ def train_router(config: RouterConfig) -> dict:
     router.probes.copy_(probes)
     fit_head(router, known[inputs.train_rows], training, config)
     calibration_rows = inputs.calibration_rows
-    if router.head is None:  # prototype: fitted on positives alone, so every negative is held out from it
+    if router.kind == "prototype":  # fitted on positives alone, so every negative is held out from it
         negatives = (r for r in inputs.train_rows if not data.labels[r].any())
         calibration_rows = sorted({*calibration_rows, *negatives})
     calibrate(router, known[calibration_rows], data.labels[calibration_rows])
