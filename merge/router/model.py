@@ -1,7 +1,8 @@
 """ConceptRouter: per prompt, a score per category and the categories whose threshold it reaches.
 
-A small head (linear, or one hidden layer) on :mod:`merge.router.features`'s text features, with per-category
-thresholds set on held-out prompts. Saved and loaded with ``huggingface_hub``'s ``PyTorchModelHubMixin``
+A small head on :mod:`merge.router.features`'s text features (``merge.router.config.HEADS``: concept centroids, a
+learned concept embedding, or a linear or one-hidden-layer classifier), with per-category thresholds set on held-out
+prompts. Saved and loaded with ``huggingface_hub``'s ``PyTorchModelHubMixin``
 (``model.safetensors`` + ``config.json``: ``save_pretrained``, ``from_pretrained(folder or repo id)``).
 """
 
@@ -44,7 +45,7 @@ class ConceptRouter(
         super().__init__()
         self.categories, self.feature_dim, self.base, self.kind = list(categories), feature_dim, base, head
         self.family, self.family_settings = family, dict(family_settings or {})
-        #: prototype: the concepts (``category/concept``) whose centroids score their category
+        #: prototype, contrastive: the concepts (``category/concept``) whose centroids or rows score their category
         self.concepts = list(concepts or [])
         width = len(self.categories)
         if head == "prototype":
