@@ -235,3 +235,19 @@ def test_every_head_learns_the_toy_routes_and_a_shuffled_label_does_not(world, t
 
     monkeypatch.setattr(merge.router.train, "read_rows", shuffled)
     assert routes("contrastive", "shuffled") != [(c.name,) for c in CONCEPTS]
+
+
+def test_two_bases_in_folders_of_one_name_do_not_share_cached_features(world, tmp_path):
+    """The feature cache is keyed by the base as loaded: a router trained on ``b/base`` after one on ``a/base`` (another
+    text encoder, the same folder name, one cache) reads ``b/base``'s own features, so it accepts ``b/base``."""
+    import shutil
+
+    from coprov2.tiny import resolve_tiny_model
+
+    first, second = tmp_path / "a" / "base", tmp_path / "b" / "base"
+    shutil.copytree(resolve_tiny_model("tiny:sd15", tmp_path / "tiny"), first)
+    shutil.copytree(SHIPPED_TOY_BASE, second)
+    for base in (first, second):
+        train_router(RouterConfig(dataset=str(world["data"]), base=str(base), output_dir=str(base.parent / "router"),
+                                  cache_dir=str(tmp_path / "cache"), progress=False))  # fmt: skip
+    ConceptRouter.from_pretrained(str(second.parent / "router")).check_pipeline(_pipe(second))

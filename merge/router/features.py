@@ -44,7 +44,9 @@ def prompt_features(
 
 
 def encoder_key(base: str, revision: str | None, family: Family) -> str:
-    """What determines a prompt's features besides its text: the base, its revision, the family's options."""
+    """What determines a prompt's features besides its text: the base as loaded (a local folder by its whole path,
+    as ``dpo.train``'s encoding cache keys it: two folders of one name are two bases), its revision, the family's
+    options."""
     return json.dumps([base, revision, family.name, family.settings()], sort_keys=True)
 
 

@@ -163,8 +163,9 @@ def encode(config: RouterConfig, prompts: list[str]) -> tuple[torch.Tensor, Fami
     family = family_of(base, config.revision)
     pipe = load_encoder_pipeline(base, config.revision, device, family)
     family = pipeline_family(pipe, config.max_sequence_length, family)
+    loaded = str(Path(base).resolve()) if Path(base).exists() else base
     features = cached_features(
-        pipe, family, [*prompts, *PROBES], encoder_key(public_name(config.base), config.revision, family),
+        pipe, family, [*prompts, *PROBES], encoder_key(loaded, config.revision, family),
         Path(config.cache_dir) / "router-features", config.batch_size, config.progress, device,
     )  # fmt: skip
     return features, family
