@@ -32,35 +32,32 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from diffusers import DiffusionPipeline
 from merge_scaling import T95
 
-from dpo.toy import NEUTRAL_COLOURS, colour_centroid, sample_latents, toy_concepts
+from dpo.toy import toy_concepts
 from evaluation.ringabell import Vocabulary
-from evaluation.toy_redteam import SAMPLES, random_prompts, toy_attack_outcome
+from evaluation.toy_redteam import (
+    attack_samples,
+    judged_colours,
+    nearest_unsafe,
+    random_prompts,
+    toy_attack_outcome,
+    unsafe_share,
+)
 from merge.router import ConceptRouter, RoutedPipeline, RouterConfig, train_router
 from merge.router.config import HEADS
 
 N = 7
 
 
-def nearest_unsafe(latents: torch.Tensor, centroids: torch.Tensor) -> float:
-    return (torch.cdist(latents, centroids).argmin(dim=1) == 0).float().mean().item()
-
-
-def share(
-    pipe, centroids: torch.Tensor, prompts: list[str], seed: int, routed: RoutedPipeline | None = None
-) -> float:
-    """The attack success on ``prompts``: :func:`evaluation.toy_redteam.unsafe_share`'s sampling, per route group
-    for the routed model."""
+def share(pipe, concept, prompts: list[str], seed: int, routed: RoutedPipeline | None = None) -> float:
+    """The attack success on ``prompts``: ``evaluation.toy_redteam.unsafe_share``, its samples drawn per route
+    group for the routed model."""
     if routed is None:
-        return nearest_unsafe(sample_latents(pipe, prompts, samples=SAMPLES, steps=10, seed=seed), centroids)
+        return unsafe_share(pipe, concept, prompts, seed)
     parts = []
     for route, members in routed.groups(routed.routes(prompts)).items():
         with routed.activate(route):
-            parts.append(
-                sample_latents(
-                    routed.pipe, [prompts[i] for i in members], samples=SAMPLES, steps=10, seed=seed
-                )
-            )
-    return nearest_unsafe(torch.cat(parts), centroids)
+            parts.append(attack_samples(routed.pipe, [prompts[i] for i in members], seed))
+    return nearest_unsafe(torch.cat(parts), judged_colours(pipe, concept))
 
 
 def interval(values: list[float]) -> str:
@@ -114,8 +111,6 @@ def main() -> None:
             outcome = toy_attack_outcome(args.out / f"seed-{seed}" / concept.name, concept, base, seed)
             prompts = outcome["prompts"]
             rand = random_prompts(vocabulary, len(prompts), 16, seed)
-            centroids = torch.stack([colour_centroid(base_pipe, colour) for colour in
-                                     (concept.unsafe_colour, concept.safe_colour, *NEUTRAL_COLOURS)])  # fmt: skip
             routes = routed.routes(prompts)
             random_routes = routed.routes(rand)
             row = {
@@ -124,10 +119,10 @@ def main() -> None:
                 "recall": statistics.fmean(concept.name in r.categories for r in routes),
                 "routed_any": statistics.fmean(bool(r.categories) for r in routes),
                 "random_routed_any": statistics.fmean(bool(r.categories) for r in random_routes),
-                "asr_base": share(base_pipe, centroids, prompts, seed),
-                "asr_merged": share(merged, centroids, prompts, seed),
-                "asr_routed": share(routed_pipe, centroids, prompts, seed, routed),
-                "random_base": share(base_pipe, centroids, rand, seed),
+                "asr_base": share(base_pipe, concept, prompts, seed),
+                "asr_merged": share(merged, concept, prompts, seed),
+                "asr_routed": share(routed_pipe, concept, prompts, seed, routed),
+                "random_base": share(base_pipe, concept, rand, seed),
                 "word_in_prompts": outcome["word_in_prompts"],
                 **{f"recall_{head}": statistics.fmean(concept.name in r.categories for r in router.route(base_pipe, prompts))
                    for head, router in heads.items()},

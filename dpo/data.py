@@ -145,11 +145,14 @@ def _local_files_digest(builder: datasets.DatasetBuilder, split: str) -> str:
     return ",".join(file_sha256(path) for path in local)
 
 
-def stream_columns(name: str, config: str | None, split: str, columns: list[str]) -> datasets.IterableDataset:
+def stream_columns(
+    name: str, config: str | None, split: str, columns: list[str], builder: datasets.DatasetBuilder
+) -> datasets.IterableDataset:
     """The ``columns`` of a dataset split, streamed: of a parquet dataset only those columns are read, without
     pre-buffering (arrow's default reads ahead whole column chunks, which made the peak memory grow with the size of
-    each parquet file); other builders read whole rows and the columns are picked after."""
-    if not isinstance(datasets.load_dataset_builder(name, config).config, ParquetConfig):
+    each parquet file); other builders read whole rows and the columns are picked after. ``builder``: the dataset's,
+    resolved once by the caller (resolving lists its data files, on the Hub too)."""
+    if not isinstance(builder.config, ParquetConfig):
         return datasets.load_dataset(name, config, split=split, streaming=True).select_columns(columns)
     return datasets.load_dataset(
         name, config, split=split, streaming=True, columns=columns,
@@ -165,8 +168,10 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     rewritten in place (``datasets`` keys a README-configs folder's cache on its YAML, not its files).
     """
 
+    builder = datasets.load_dataset_builder(name, config)
+
     def rows(columns: list[str]) -> datasets.IterableDataset:
-        return stream_columns(name, config, split, columns)
+        return stream_columns(name, config, split, columns, builder)
 
     features = datasets.load_dataset(name, config, split=split, streaming=True).features or {}
     missing = set(COPROV2_COLUMNS) - set(features)
@@ -202,7 +207,7 @@ def _hf_dataset(name: str, config: str | None, split: str) -> PreferencePairs:
     def loader(index: int, position: int) -> Callable[[], bytes]:
         return lambda: next(itertools.islice(stream(), index, None))[position]
 
-    digest = _local_files_digest(datasets.load_dataset_builder(name, config), split)
+    digest = _local_files_digest(builder, split)
     return PreferencePairs(
         captions,
         categories,

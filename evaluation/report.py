@@ -6,6 +6,7 @@ and seed rendered by the base, each expert and the merge, side by side, each ima
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,9 +23,10 @@ MIN_PERCENT_TOP = 10.0
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
-    return (
-        "-" if value is None or value != value else f"{value * scale:.{digits}f}"
-    )  # None or NaN: nothing measured
+    """``-`` where nothing was measured (None, or NaN: a rate of no image)."""
+    if value is None or math.isnan(value):
+        return "-"
+    return f"{value * scale:.{digits}f}"
 
 
 def categories(results: dict[str, Any]) -> list[str]:

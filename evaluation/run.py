@@ -70,10 +70,9 @@ def models_of(config: EvalConfig) -> list[tuple[str, str | None, str | None]]:
 ROUTED = "routed"
 
 
-def router_experts(config: EvalConfig) -> dict[str, str]:
-    """The routed model's experts, category -> source: ``--router_experts``, else the ``--loras`` named by the
-    router's categories; a router and experts that do not match is one line (``RoutedPipeline``'s check)."""
-    router = load_router(config.router)
+def router_experts(config: EvalConfig, router) -> dict[str, str]:
+    """The routed model's experts, category -> source: ``--router_experts``, else the ``--loras`` named by
+    ``router``'s categories; a category without one is one line naming the flags."""
     if config.router_experts:
         experts = dict(_label(spec, "--router_experts") for spec in config.router_experts)
     else:
@@ -102,18 +101,23 @@ def load_router(source: str):
         ) from None
 
 
-def check_router(config: EvalConfig, base: str) -> None:
-    """The router reads the base's text encoder and its experts are its categories', before any image."""
+def check_router(config: EvalConfig, base: str, loras: set[str]) -> None:
+    """Before any image: the router's experts are its categories', it reads the base's text encoder, and its
+    experts fit the base (those not among ``loras``, which are checked with them)."""
     from dpo.families import family_of
     from dpo.trainer import load_encoder_pipeline
+    from merge.experts import check_compatible, load_expert
     from merge.router import RoutedPipeline
 
     router = load_router(config.router)
-    RoutedPipeline.check_categories(router, router_experts(config), f"--router {config.router}")
+    experts = router_experts(config, router)
+    RoutedPipeline.check_categories(router, experts, f"--router {config.router}")
     family = family_of(base)
     router.check_pipeline(
         load_encoder_pipeline(base, None, "cpu", family), f"--router {config.router}", family
     )
+    for source in sorted(set(experts.values()) - loras):
+        check_compatible([load_expert(source)], config.base)
 
 
 def scorer_models(config: EvalConfig) -> list[tuple[str, str]]:
@@ -136,9 +140,7 @@ def check_inputs(config: EvalConfig, models: list[tuple[str, str | None, str | N
     if config.prompts:
         read_prompt_set(config.prompts, config.prompts_config, config.prompts_split)
     if config.router:
-        check_router(config, base)
-        for source in router_experts(config).values():
-            check_compatible([load_expert(source)], config.base)
+        check_router(config, base, {lora for _, lora, _ in models if lora})
     for _, lora, folder in models:
         if lora:
             check_compatible([load_expert(lora)], config.base)
@@ -238,6 +240,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         return resolve_tiny_model(name, tiny_dir)
 
     scorers = build_scorers(config, resolve)
+    router = load_router(config.router) if config.router else None
     prompt_set = PromptSetConfig(
         config.prompts, config.prompts_config, config.prompts_split, config.max_prompts, category
     )
@@ -263,9 +266,8 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
                         if f.name not in ("label", "model", "lora")}  # fmt: skip
             if config.release_compatible:
                 settings["image_format"] = "jpeg"
-            routed = label == ROUTED
-            settings["router"] = config.router if routed else None
-            settings["router_experts"] = router_experts(config) if routed else None
+            settings["router"] = config.router if label == ROUTED else None
+            settings["router_experts"] = router_experts(config, router) if label == ROUTED else None
             render = RenderStage(
                 RenderSettings(label=label, model=config.base, lora=lora, **settings), resolve
             )
@@ -283,7 +285,7 @@ def evaluate(config: EvalConfig) -> dict[str, Any]:
         if label == ROUTED:
             results["models"][label]["routed_by"] = config.router
             rows = StageDir.finished(root, f"render-{label}").iter_rows()
-            results["models"][label]["router"] = routing_of(list(rows), load_router(config.router).categories)
+            results["models"][label]["router"] = routing_of(list(rows), router.categories)
     if distributed_state().is_main_process:
         paths = write_report(results, root, blur=config.blur, rows_per_page=config.report_rows_per_page,
                              max_rows=config.report_max_rows)  # fmt: skip

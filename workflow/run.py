@@ -131,11 +131,12 @@ def workflow_steps(config: WorkflowConfig) -> Iterator[Step]:
         loras.append(f"merged={config.root / 'merged'}")
     else:
         logger.info("workflow: one category, nothing to merge")
+    router = None  # the router's folder, when the recipe routes
     if config.route is not None and len(categories) > 1:
         router_config = config.router_config(list(categories))
         merged.append(Step("route", _settings(router_config, dataset), lambda: train_router(router_config)))
         yield merged[-1]
-    router = str(config.root / "router") if any(step.name == "route" for step in merged) else None
+        router = router_config.output_dir
     evaluations = []
     for name, prompts in {"test": config.dataset_path, **config.extra_prompt_sets}.items():
         eval_config = config.eval_config(prompts, loras, name, router=router)

@@ -74,7 +74,9 @@ def read_rows(dataset: str, config: str | None, split: str) -> list[dict[str, st
             f"{', '.join(features)}"
         )
     return list(
-        stream_columns(dataset, config, split, [*COLUMNS, *(["concept"] if "concept" in features else [])])
+        stream_columns(
+            dataset, config, split, [*COLUMNS, *(["concept"] if "concept" in features else [])], builder
+        )
     )
 
 

@@ -47,6 +47,10 @@ class ConceptRouter(
         self.family, self.family_settings = family, dict(family_settings or {})
         #: prototype, contrastive: the concepts (``category/concept``) whose centroids or rows score their category
         self.concepts = list(concepts or [])
+        #: the index of each concept's category, for the per-category maximum of the concepts' cosines
+        self.owner = torch.tensor(
+            [self.categories.index(c.split("/", 1)[0]) for c in self.concepts], dtype=torch.long
+        )
         width = len(self.categories)
         if head == "prototype":
             self.head = None
@@ -79,9 +83,8 @@ class ConceptRouter(
             cosines = nn.functional.cosine_similarity(inputs[:, None], self.centroids[None], dim=2)
         else:
             cosines = self.embed(inputs) @ nn.functional.normalize(self.concept_embeddings[:-1], dim=1).T
-        owner = torch.tensor([self.categories.index(c.split("/", 1)[0]) for c in self.concepts])
         scores = torch.full((len(features), len(self.categories)), -1.0)
-        return scores.scatter_reduce(1, owner.expand(len(features), -1), cosines, reduce="amax")
+        return scores.scatter_reduce(1, self.owner.expand(len(features), -1), cosines, reduce="amax")
 
     def embed(self, inputs: torch.Tensor) -> torch.Tensor:
         """contrastive: standardised features in the learned embedding, unit length."""

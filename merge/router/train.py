@@ -7,6 +7,7 @@ import logging
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -58,19 +59,14 @@ def fit_head(router: ConceptRouter, features: torch.Tensor, data: Examples, conf
     labels = data.labels
     positives = labels.sum(0)
     loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=(len(labels) - positives) / positives.clamp(min=1))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+
+    def init() -> list[torch.nn.Parameter]:
         for module in router.head.modules():
             if isinstance(module, torch.nn.Linear):
                 module.reset_parameters()
-        optimizer = torch.optim.AdamW(
-            router.head.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-        )
-        for _ in range(config.steps):
-            loss = loss_fn(router.head(inputs), labels)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        return list(router.head.parameters())
+
+    minimise(init, lambda: loss_fn(router.head(inputs), labels), config)
 
 
 def fit_contrastive(
@@ -83,17 +79,31 @@ def fit_contrastive(
     targets = torch.tensor([index.get(c, len(router.concepts)) for c in data.concepts])
     counts = torch.bincount(targets, minlength=len(router.concepts) + 1).float()
     loss_fn = torch.nn.CrossEntropyLoss(weight=counts.sum() / counts.clamp(min=1) / len(counts))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
+
+    def init() -> list[torch.nn.Parameter]:
         router.head.reset_parameters()
         torch.nn.init.normal_(router.concept_embeddings)
-        parameters = [*router.head.parameters(), router.concept_embeddings]
-        optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        return [*router.head.parameters(), router.concept_embeddings]
+
+    def loss() -> torch.Tensor:
+        rows = torch.nn.functional.normalize(router.concept_embeddings, dim=1)
+        return loss_fn(router.embed(inputs) @ rows.T / config.temperature, targets)
+
+    minimise(init, loss, config)
+
+
+def minimise(
+    init: Callable[[], list[torch.nn.Parameter]], loss: Callable[[], torch.Tensor], config: RouterConfig
+) -> None:
+    """The learned heads' training: ``init`` (seeded with ``config.seed``, without touching the global generator)
+    returns the parameters, then ``config.steps`` full-batch AdamW steps on ``loss``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        optimizer = torch.optim.AdamW(init(), lr=config.learning_rate, weight_decay=config.weight_decay)
         for _ in range(config.steps):
-            rows = torch.nn.functional.normalize(router.concept_embeddings, dim=1)
-            loss = loss_fn(router.embed(inputs) @ rows.T / config.temperature, targets)
+            value = loss()
             optimizer.zero_grad()
-            loss.backward()
+            value.backward()
             optimizer.step()
 
 
