@@ -188,11 +188,15 @@ class Judge:
         neutral = sample_latents(self.pipe, NEUTRAL_CAPTIONS, self.samples, seed=self.seed + 1)
         if lora is not None:
             self.pipe.unload_lora_weights()
-        shares = []
-        for position, k in enumerate(indices):
-            chunk = latents[position * 2 * self.samples : (position + 1) * 2 * self.samples]
-            shares.append(share_closer(chunk, *self.centroids[k]))
-        return shares, displacement(self.neutral_base, neutral)
+        return self.shares(latents, indices), displacement(self.neutral_base, neutral)
+
+    def shares(self, latents: torch.Tensor, indices: list[int]) -> list[float]:
+        """Safe share of each concept of ``indices`` from the latents of its two judged captions, in order."""
+        size = 2 * self.samples
+        return [
+            share_closer(latents[p * size : (p + 1) * size], *self.centroids[k])
+            for p, k in enumerate(indices)
+        ]
 
     def measure_routed(self, routed: RoutedPipeline, indices: list[int]) -> tuple[list[float], float, dict]:
         """:meth:`measure` for the routed model: the captions grouped by route, each group sampled as
@@ -205,10 +209,7 @@ class Judge:
         captions = [c for k in indices for c in (self.concepts[k].captions[0], self.concepts[k].held_out[0])]
         latents, routes = self._routed_latents(routed, captions, self.seed)
         neutral, neutral_routes = self._routed_latents(routed, NEUTRAL_CAPTIONS, self.seed + 1)
-        shares = []
-        for position, k in enumerate(indices):
-            chunk = latents[position * 2 * self.samples : (position + 1) * 2 * self.samples]
-            shares.append(share_closer(chunk, *self.centroids[k]))
+        shares = self.shares(latents, indices)
         routing = {
             "own_concept_alone": statistics.fmean(
                 r.categories == (self.concepts[k].name,) for r, k in zip(routes, concepts, strict=True)
